@@ -1,0 +1,319 @@
+"""The command line: parse options, call one library function, map errors to exit codes.
+
+Examples:
+  pixverse-batch validate manifests/example.yaml
+  PIXVERSE_API_KEY=... pixverse-batch run manifests/example.yaml --out out/dubs
+  pixverse-batch status --out out/dubs
+  pixverse-batch sim --port 8787      # then: --base-url http://127.0.0.1:8787 --api-key sim-key
+  pixverse-batch demo                 # the example manifest against the bundled simulator
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
+from pipeline.errors import ApiError, FatalError, ManifestError, StateError
+from pipeline.manifest import load_manifest
+from pipeline.preflight import Checked, preflight
+from pipeline.report import build_rows, summary_line
+from pipeline.runner import ExitCode, RunOptions, run_batch
+from pipeline.state import StateStore
+
+log = logging.getLogger("pipeline.cli")
+
+STATE_NAME = ".pixverse-batch.sqlite"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_MANIFEST = PACKAGE_ROOT / "manifests" / "example.yaml"
+
+EPILOG = """\
+exit codes: 0 all done | 1 some jobs failed, the rest done | 2 bad manifest or usage |
+3 state file locked or unreadable | 4 account problem (key, permission, credits) |
+75 interrupted or unfinished: run the same command again to resume
+environment: PIXVERSE_API_KEY (required for run/speakers/balance), PIXVERSE_BASE_URL
+"""
+
+
+class _RedactKey(logging.Filter):
+    """Belt and braces: no log line ever carries the API key, whatever a library prints."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self._secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secret and self._secret in record.getMessage():
+            record.msg = record.getMessage().replace(self._secret, "***")
+            record.args = None
+        return True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixverse-batch",
+        description="Lip-sync videos in bulk through the PixVerse API, resumably.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a manifest (resumes a previous run of the same output)")
+    run.add_argument("manifest", type=Path)
+    _add_run_options(run)
+    _add_api_options(run)
+
+    validate = sub.add_parser("validate", help="check a manifest and its media; sends nothing")
+    validate.add_argument("manifest", type=Path)
+
+    status = sub.add_parser("status", help="job states from the state file; sends nothing")
+    status.add_argument("manifest", type=Path, nargs="?", help="find the output folder from it")
+    status.add_argument("--out", type=Path, help="the output folder")
+    status.add_argument(
+        "--state", type=Path, help="the state file (default: OUT/" + STATE_NAME + ")"
+    )
+
+    _add_api_options(sub.add_parser("speakers", help="list the TTS speakers of the account"))
+    _add_api_options(sub.add_parser("balance", help="show the account's credits"))
+
+    sim = sub.add_parser("sim", help="serve the bundled PixVerse simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8787)
+    sim.add_argument("--api-key", default="sim-key", help="the key the simulator accepts")
+    sim.add_argument("--limit", type=int, default=5, help="concurrent generations per key")
+    sim.add_argument("--generation-seconds", type=float, default=20.0)
+    sim.add_argument("--time-scale", type=float, default=0.05, help="real seconds per sim second")
+    sim.add_argument("--fail-probability", type=float, default=0.0, help="status 8 share")
+    sim.add_argument("--credits", type=int, default=10_000)
+
+    demo = sub.add_parser("demo", help="run manifests/example.yaml against an in-process simulator")
+    demo.add_argument("--manifest", type=Path, default=EXAMPLE_MANIFEST)
+    _add_run_options(demo)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="output folder (overrides output_dir)")
+    parser.add_argument("--state", type=Path, help="state file (default: OUT/" + STATE_NAME + ")")
+    parser.add_argument("--concurrency", type=_positive_int, default=5, help="generation slots")
+    parser.add_argument("--poll-interval", type=_positive_float, default=5.0, help="seconds")
+    parser.add_argument("--max-attempts", type=_positive_int, default=3, help="tries per job (8)")
+
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-url", default=None, help="API base URL ($PIXVERSE_BASE_URL)")
+    parser.add_argument(
+        "--api-key", default=None, help="API key ($PIXVERSE_API_KEY; prefer the variable)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be above 0")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _cmd_run,
+        "validate": _cmd_validate,
+        "status": _cmd_status,
+        "speakers": _cmd_speakers,
+        "balance": _cmd_balance,
+        "sim": _cmd_sim,
+        "demo": _cmd_demo,
+    }
+    try:
+        return handlers[args.command](args)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return ExitCode.USAGE
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.STATE
+    except FatalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.ACCOUNT
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.UNFINISHED
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_RedactKey(os.environ.get("PIXVERSE_API_KEY", "")))
+    if getattr(args, "api_key", None):
+        handler.addFilter(_RedactKey(args.api_key))
+    root = logging.getLogger("pipeline")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    key = args.api_key or os.environ.get("PIXVERSE_API_KEY", "")
+    if not key.strip():
+        raise ManifestError(["PIXVERSE_API_KEY is not set (or pass --api-key)"])
+    base = args.base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL
+    return ClientConfig(base_url=base, api_key=key.strip())
+
+
+def _load(manifest: Path) -> Checked:
+    return preflight(load_manifest(manifest))
+
+
+def _output_dir(checked: Checked, out: Path | None) -> Path:
+    if out is not None:
+        return out
+    if checked.manifest.output_dir is not None:
+        return checked.manifest.output_dir
+    return checked.manifest.path.resolve().parent / "out"
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    checked = _load(args.manifest)
+    files = len(checked.media)
+    print(f"{args.manifest}: {len(checked.manifest.jobs)} jobs, {files} media files: OK")
+    return ExitCode.OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    checked = _load(args.manifest)
+    config = _client_config(args)
+    return _run(checked, config, args)
+
+
+def _run(checked: Checked, config: ClientConfig, args: argparse.Namespace) -> int:
+    return anyio.run(_run_async, checked, config, args)
+
+
+async def _run_async(checked: Checked, config: ClientConfig, args: argparse.Namespace) -> int:
+    out = _output_dir(checked, args.out)
+    options = RunOptions(
+        output_dir=out,
+        concurrency=args.concurrency,
+        poll_interval=args.poll_interval,
+        max_attempts=args.max_attempts,
+        handle_signals=True,
+    )
+    store = StateStore.open(args.state or out / STATE_NAME)  # exit 3 if locked: nothing sent
+    try:
+        async with PixverseClient(config) as client:
+            outcome = await run_batch(checked, store, client, options)
+    finally:
+        store.close()
+    if outcome.problem:
+        print(f"error: {outcome.problem}", file=sys.stderr)
+    print(f"{outcome.summary}; report: {outcome.report_path}")
+    return int(outcome.exit_code)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if args.state is not None:
+        state_path = args.state
+    elif args.out is not None:
+        state_path = args.out / STATE_NAME
+    elif args.manifest is not None:
+        manifest = load_manifest(args.manifest)
+        out = manifest.output_dir or manifest.path.resolve().parent / "out"
+        state_path = out / STATE_NAME
+    else:
+        raise ManifestError(["status needs a MANIFEST, --out or --state"])
+    store = StateStore.read_only(state_path)
+    try:
+        records = store.jobs()
+    finally:
+        store.close()
+    for r in records:
+        extra = r.error or (r.output if r.output else "")
+        video = r.video_id if r.video_id is not None else "-"
+        print(f"{r.id:<32} {r.state.value:<12} video={video} attempts={r.attempts} {extra}")
+    print(summary_line(build_rows(records)))
+    return ExitCode.OK
+
+
+def _with_client(
+    args: argparse.Namespace, action: Callable[[PixverseClient], Awaitable[Any]]
+) -> Any:
+    config = _client_config(args)
+
+    async def go() -> Any:
+        async with PixverseClient(config) as client:
+            return await action(client)
+
+    return anyio.run(go)
+
+
+def _cmd_speakers(args: argparse.Namespace) -> int:
+    async def fetch(client: PixverseClient) -> Any:
+        return await client.speakers()
+
+    for speaker in _with_client(args, fetch):
+        print(f"{speaker.speaker_id:>6}  {speaker.name}")
+    return ExitCode.OK
+
+
+def _cmd_balance(args: argparse.Namespace) -> int:
+    async def fetch(client: PixverseClient) -> Any:
+        return await client.balance()
+
+    balance = _with_client(args, fetch)
+    print(
+        f"account {balance.account_id}: {balance.spendable} credits"
+        f" ({balance.credit_monthly} monthly + {balance.credit_package} package)"
+    )
+    return ExitCode.OK
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from pipeline.simulator import SimConfig, main_blocking
+
+    config = SimConfig(
+        api_keys=frozenset({args.api_key}),
+        concurrency_limit=args.limit,
+        generation_seconds=args.generation_seconds,
+        time_scale=args.time_scale,
+        fail_probability=args.fail_probability,
+        credit_monthly=args.credits,
+    )
+    main_blocking(args.host, args.port, config)
+    return ExitCode.OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.simulator import SimConfig, serve
+
+    checked = _load(args.manifest)
+    out = args.out or Path("out/demo")
+    args.out = out
+    sim_config = SimConfig(time_scale=0.02, generation_seconds=20.0, seed=7)
+
+    async def start() -> int:
+        async with serve(sim_config) as sim:
+            print(f"simulator listening on {sim.url}")
+            config = ClientConfig(base_url=sim.url, api_key="sim-key")
+            return await _run_async(checked, config, args)
+
+    return anyio.run(start)

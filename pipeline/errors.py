@@ -1,0 +1,110 @@
+"""One error tree for the whole pipeline, branched by what the caller does next.
+
+    PipelineError                      root; never raised itself
+    ├── ManifestError                  bad manifest or usage: exit 2, nothing sent
+    ├── StateError                     state file unreadable, or another run holds it: exit 3
+    │   └── LockedError
+    └── ApiError                       anything that came back from (or failed to reach) the API
+        ├── TransientError             retry with backoff (tenacity, full jitter, Retry-After)
+        │   ├── TransportError         no envelope at all: connection, timeout, non-JSON body.
+        │   │                          For a submission the outcome is *ambiguous*: re-send
+        │   │                          with the same trace id.
+        │   └── ServerBusyError        an envelope said "try later" (500069, 500100, 99999,
+        │                              HTTP 429/5xx): definitive, so a new trace id next time
+        ├── SlotLimitError             500044: not a failure; wait for a slot, new trace id
+        ├── JobError                   this job fails, the run goes on (400xxx, content, 7/8)
+        │   └── StaleMediaError        a cached media_id the server no longer knows: re-upload
+        └── FatalError                 stop the run (exit 4)
+            ├── AuthError              400012 / HTTP 401, 500020: stop at once
+            └── CreditsError           500090: stop submitting, let in-flight jobs finish
+
+`pipeline.client` is the single boundary that turns aiohttp/OS exceptions and error envelopes
+into this tree (`classify_envelope`, `map_transport_errors`).
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error the pipeline raises on purpose."""
+
+
+class ManifestError(PipelineError):
+    """The manifest (or a command-line value) is invalid; `problems` lists every finding."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(problems[0] if len(problems) == 1 else f"{len(problems)} problems")
+
+
+class StateError(PipelineError):
+    """The state file cannot be opened, read or migrated."""
+
+
+class LockedError(StateError):
+    """Another run holds the state file's lock."""
+
+
+class ApiError(PipelineError):
+    """Raised by `pipeline.client`; carries what the server (or the network) said."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        err_code: int | None = None,
+        err_msg: str | None = None,
+        job_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.err_code = err_code
+        self.err_msg = err_msg
+        self.job_id = job_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        parts = [super().__str__()]
+        if self.err_code is not None:
+            parts.append(f"ErrCode {self.err_code}")
+        if self.http_status is not None:
+            parts.append(f"HTTP {self.http_status}")
+        return " | ".join(parts)
+
+
+class TransientError(ApiError):
+    """Worth retrying after a backoff; the job is left resumable if retries run out."""
+
+
+class TransportError(TransientError):
+    """No usable reply: connection failure, timeout, a body that is not a JSON envelope."""
+
+
+class ServerBusyError(TransientError):
+    """A definitive "try again later" envelope (500069, 500100, 99999, HTTP 429)."""
+
+
+class SlotLimitError(ApiError):
+    """500044: the account's concurrent-generation limit is reached."""
+
+
+class JobError(ApiError):
+    """This job cannot succeed as submitted; it fails with this reason, the run goes on."""
+
+
+class StaleMediaError(JobError):
+    """The server does not know a media_id we cached; re-upload once, then retry."""
+
+
+class FatalError(ApiError):
+    """The account cannot go on: the run stops (exit 4)."""
+
+
+class AuthError(FatalError):
+    """Bad or disabled key (HTTP 401, 400012) or no permission (500020)."""
+
+
+class CreditsError(FatalError):
+    """500090: not enough credits. Stop submitting; in-flight generations still finish."""

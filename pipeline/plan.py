@@ -1,0 +1,54 @@
+"""What each job asks of the API: its fingerprint, its generate body, its expected price."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.manifest import Job
+from pipeline.preflight import MediaFile
+
+# PixVerse's price snapshot (shared/pixverse-api.md): used only when a reply reports no credits.
+CREDITS_PER_AUDIO_SECOND = 4
+CREDITS_PER_TTS_CHUNK = 4
+TTS_CHUNK_BYTES = 15
+
+
+def fingerprint(job: Job, media: Mapping[Path, MediaFile]) -> str:
+    """A hash of everything that decides the job's result: content, not file names."""
+    parts: dict[str, Any] = {
+        "video": media[job.video].sha256 if job.video is not None else None,
+        "video_id": job.video_id,
+        "audio": media[job.audio].sha256 if job.audio is not None else None,
+        "tts": [job.tts.text, job.tts.speaker] if job.tts is not None else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def generate_body(job: Job, media_ids: Mapping[Path, int]) -> dict[str, Any]:
+    """The JSON body of `POST /video/lip_sync/generate`; ids go out as JSON numbers."""
+    body: dict[str, Any] = {}
+    if job.video_id is not None:
+        body["source_video_id"] = job.video_id
+    else:
+        assert job.video is not None
+        body["video_media_id"] = media_ids[job.video]
+    if job.audio is not None:
+        body["audio_media_id"] = media_ids[job.audio]
+    else:
+        assert job.tts is not None
+        body["lip_sync_tts_speaker_id"] = job.tts.speaker
+        body["lip_sync_tts_content"] = job.tts.text
+    return body
+
+
+def estimate_credits(job: Job, media: Mapping[Path, MediaFile]) -> int:
+    if job.audio is not None:
+        seconds: float = media[job.audio].info.duration
+        return CREDITS_PER_AUDIO_SECOND * math.ceil(seconds)
+    assert job.tts is not None
+    return CREDITS_PER_TTS_CHUNK * math.ceil(len(job.tts.text.encode()) / TTS_CHUNK_BYTES)

@@ -1,0 +1,494 @@
+"""The runner: upload -> submit -> poll -> download for every job, resumably.
+
+Concurrency model (all tasks live in one anyio task group):
+
+* A spawner admits jobs one by one while fewer than `concurrency + upload_ahead` are between
+  admission and the end of their generation: back-pressure, so a 10,000-job manifest never
+  means 10,000 live tasks, and uploads run a bounded distance ahead of submissions.
+* Uploads and downloads run under their own capacity limiters and never hold a generation
+  slot, so a free slot never waits for a file transfer.
+* `SlotLimiter` holds a slot from submission to terminal status; 500044 shrinks it (AIMD).
+
+Every state change goes through `StateStore` and is committed before the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from pipeline.client import PixverseClient, new_trace_id
+from pipeline.download import Link, download_result
+from pipeline.errors import (
+    CreditsError,
+    FatalError,
+    JobError,
+    ManifestError,
+    SlotLimitError,
+    StaleMediaError,
+    StateError,
+    TransientError,
+)
+from pipeline.jobstate import JobState
+from pipeline.limiter import SlotLimiter
+from pipeline.manifest import Job
+from pipeline.plan import estimate_credits, fingerprint, generate_body
+from pipeline.preflight import Checked
+from pipeline.report import ReportRow, build_rows, summary_line, write_report
+from pipeline.retry import Sleep
+from pipeline.state import JobRecord, StateStore
+
+log = logging.getLogger("pipeline.runner")
+
+
+class ExitCode(IntEnum):
+    OK = 0  # every job done
+    JOBS_FAILED = 1  # some jobs failed, the rest done
+    USAGE = 2  # bad manifest or usage; nothing sent
+    STATE = 3  # state file unreadable, or locked by another run
+    ACCOUNT = 4  # bad key, no permission, or out of credits
+    UNFINISHED = 75  # interrupted or unfinished: run the same command again (EX_TEMPFAIL)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    output_dir: Path
+    concurrency: int = 5
+    poll_interval: float = 5.0
+    max_attempts: int = 3
+    upload_concurrency: int = 3
+    download_concurrency: int = 3
+    upload_ahead: int = 5  # jobs that may upload while waiting for a slot
+    # PixVerse FAQ: a generation running past 10 minutes no longer holds a concurrency slot.
+    slot_release_after: float = 600.0
+    handle_signals: bool = False  # SIGINT/SIGTERM stop the run cleanly (CLI only: main thread)
+
+
+@dataclass
+class RunOutcome:
+    rows: list[ReportRow]
+    exit_code: ExitCode
+    problem: str | None  # the account/state problem that stopped the run, if any
+    interrupted: bool
+    peak_slots: int
+    slot_rejections: int
+    report_path: Path
+
+    @property
+    def summary(self) -> str:
+        return summary_line(self.rows)
+
+
+class _StoredTrace:
+    """A submission's trace id, backed by the state file (see client.SubmissionTrace)."""
+
+    def __init__(self, store: StateStore, job_id: str) -> None:
+        self._store, self._job_id = store, job_id
+
+    def current(self) -> str:
+        trace_id = self._store.job(self._job_id).trace_id
+        assert trace_id is not None, "SUBMITTING always has a trace id"
+        return trace_id
+
+    def rotate(self) -> str:
+        trace_id = new_trace_id()
+        self._store.update(self._job_id, "definitive reply: new trace id", trace_id=trace_id)
+        return trace_id
+
+    def ambiguous(self) -> None:
+        record = self._store.job(self._job_id)
+        self._store.update(
+            self._job_id, "no reply: re-sending the same trace id", ambiguous=record.ambiguous + 1
+        )
+
+
+@dataclass
+class _Ticket:
+    """What one job's task holds right now; released in `finally` whatever happens."""
+
+    admitted: bool = True
+    slot: bool = False
+    reuploaded: bool = False
+    rejections: int = 0
+
+
+@dataclass
+class _Run:
+    checked: Checked
+    store: StateStore
+    client: PixverseClient
+    options: RunOptions
+    sleep: Sleep
+    wall: Callable[[], float]
+    limiter: SlotLimiter = field(init=False)
+    admission: anyio.Semaphore = field(init=False)
+    uploads: anyio.CapacityLimiter = field(init=False)
+    downloads: anyio.CapacityLimiter = field(init=False)
+    stop_submitting: anyio.Event = field(default_factory=anyio.Event)
+    problem: FatalError | StateError | None = None
+    media_locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
+    _scope: anyio.CancelScope = field(init=False)
+
+    def __post_init__(self) -> None:
+        o = self.options
+        self.limiter = SlotLimiter(o.concurrency)
+        self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
+        self.uploads = anyio.CapacityLimiter(o.upload_concurrency)
+        self.downloads = anyio.CapacityLimiter(o.download_concurrency)
+
+    @property
+    def base_url(self) -> str:
+        return self.client.config.base_url
+
+    # top level ----------------------------------------------------------------------------
+
+    async def execute(self, jobs: list[Job]) -> None:
+        async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
+            for job in jobs:
+                if (
+                    self.stop_submitting.is_set()
+                    and self.store.job(job.id).state is JobState.PENDING
+                ):
+                    continue
+                await self.admission.acquire()
+                tg.start_soon(self._job_task, job)
+
+    def _stop_run(self, problem: FatalError | StateError) -> None:
+        if self.problem is None:
+            self.problem = problem
+        log.error("stopping the run: %s", problem)
+        self._scope.cancel()
+
+    async def _job_task(self, job: Job) -> None:
+        ticket = _Ticket()
+        try:
+            await self._drive(job, ticket)
+        except JobError as exc:
+            self._fail(job, exc)
+        except CreditsError as exc:
+            if self.problem is None:
+                self.problem = exc
+            self.stop_submitting.set()
+            log.error("%s: out of credits; no new submissions, in-flight jobs finish", job.id)
+        except (FatalError, StateError) as exc:
+            self._stop_run(exc)
+        except TransientError as exc:
+            log.warning("%s: left unfinished (resumable): %s", job.id, exc)
+        finally:
+            self._drop_slot(ticket)
+            self._leave_admission(ticket)
+
+    def _fail(self, job: Job, exc: JobError) -> None:
+        reason = (
+            str(exc.err_msg or exc) if exc.err_code is None else f"{exc.err_code}: {exc.err_msg}"
+        )
+        self.store.transition(job.id, JobState.FAILED, reason, error=reason)
+        log.warning("%s: failed: %s", job.id, reason)
+
+    def _drop_slot(self, ticket: _Ticket) -> None:
+        if ticket.slot:
+            ticket.slot = False
+            self.limiter.release()
+
+    def _leave_admission(self, ticket: _Ticket) -> None:
+        if ticket.admitted:
+            ticket.admitted = False
+            self.admission.release()
+
+    # the state machine --------------------------------------------------------------------
+
+    async def _drive(self, job: Job, ticket: _Ticket) -> None:
+        record = self.store.job(job.id)
+        resumed = record.state is JobState.GENERATING
+        while True:
+            state = record.state
+            if state is JobState.PENDING:
+                if self.stop_submitting.is_set():
+                    return
+                await self._ensure_media(job)
+                if not ticket.slot:
+                    await self.limiter.acquire()
+                    ticket.slot = True
+                if self.stop_submitting.is_set():
+                    return
+                record = self.store.transition(
+                    job.id, JobState.SUBMITTING, "submitting", trace_id=new_trace_id()
+                )
+            elif state is JobState.SUBMITTING:
+                record = await self._submit(job, ticket)
+            elif state is JobState.GENERATING:
+                record = await self._await_generation(job, record, ticket, poll_first=resumed)
+                resumed = False
+            elif state is JobState.DOWNLOADING:
+                self._leave_admission(ticket)
+                record = await self._download(job, record)
+            else:
+                return
+
+    async def _ensure_media(self, job: Job) -> dict[Path, int]:
+        ids: dict[Path, int] = {}
+        for path in job.media_paths():
+            facts = self.checked.media[path]
+            kind = facts.info.kind
+            lock = self.media_locks.setdefault(facts.sha256, anyio.Lock())
+            async with lock:  # one upload per distinct content, however many jobs share it
+                media_id = self.store.media_id(facts.sha256, self.base_url)
+                if media_id is None:
+                    async with self.uploads:
+                        media_id, media_type = await self.client.upload(path)
+                    if media_type and media_type != facts.info.kind:
+                        raise JobError(f"{path.name}: uploaded as {media_type}, not {kind}")
+                    self.store.save_media(facts.sha256, self.base_url, facts.info.kind, media_id)
+                    log.info("%s: uploaded %s as media %s", job.id, path.name, media_id)
+            ids[path] = media_id
+        return ids
+
+    async def _submit(self, job: Job, ticket: _Ticket) -> JobRecord:
+        if not ticket.slot:  # resuming an ambiguous submission: it may already hold a slot
+            await self.limiter.acquire()
+            ticket.slot = True
+        media_ids = await self._ensure_media(job)
+        body = generate_body(job, media_ids)
+        try:
+            sub = await self.client.generate(body, _StoredTrace(self.store, job.id))
+        except SlotLimitError:
+            self.limiter.on_rejected()
+            self._drop_slot(ticket)
+            ticket.rejections += 1
+            record = self.store.transition(job.id, JobState.PENDING, "500044: waiting for a slot")
+            cap = min(60.0, self.options.poll_interval * 2 ** min(ticket.rejections, 6))
+            await self.limiter.wait_for_change(random.uniform(0.1 * cap, cap))
+            return record
+        except StaleMediaError:
+            self._drop_slot(ticket)
+            for path in job.media_paths():
+                self.store.forget_media(self.checked.media[path].sha256, self.base_url)
+            if ticket.reuploaded:
+                raise
+            ticket.reuploaded = True
+            return self.store.transition(job.id, JobState.PENDING, "stale media id: re-upload")
+        except CreditsError:
+            self._drop_slot(ticket)
+            self.store.transition(job.id, JobState.PENDING, "500090: out of credits")
+            raise
+        credits = (
+            sub.credits if sub.credits is not None else estimate_credits(job, self.checked.media)
+        )
+        record = self.store.job(job.id)
+        record = self.store.transition(
+            job.id,
+            JobState.GENERATING,
+            f"video {sub.video_id}",
+            video_id=sub.video_id,
+            attempts=record.attempts + 1,
+            credits=record.credits + credits,
+            last_credits=credits,
+            submitted_at=self.wall(),
+        )
+        log.info("%s: submitted as video %s (attempt %d)", job.id, sub.video_id, record.attempts)
+        return record
+
+    async def _await_generation(
+        self, job: Job, record: JobRecord, ticket: _Ticket, *, poll_first: bool
+    ) -> JobRecord:
+        assert record.video_id is not None
+        if not ticket.slot:  # resumed: the generation already occupies an account slot
+            await self.limiter.acquire()
+            ticket.slot = True
+        first = poll_first
+        while True:
+            if not first:
+                await self.sleep(self.options.poll_interval * random.uniform(0.8, 1.2))
+            first = False
+            if (
+                ticket.slot
+                and self.wall() - (record.submitted_at or 0) > self.options.slot_release_after
+            ):
+                self._drop_slot(ticket)  # the account no longer counts it either
+            status = await self.client.status(record.video_id)
+            if status.status == 5 or status.status not in (1, 6, 7, 8):
+                continue
+            self._drop_slot(ticket)
+            self.limiter.on_finished()
+            return self._terminal(job, record, status.status, Link(status.url, status.size))
+
+    def _terminal(self, job: Job, record: JobRecord, status: int, link: Link) -> JobRecord:
+        if status == 1:
+            self._links[job.id] = link
+            return self.store.transition(job.id, JobState.DOWNLOADING, "status 1: succeeded")
+        refund = {"credits": record.credits - record.last_credits, "last_credits": 0}
+        if status == 8 and record.attempts < self.options.max_attempts:
+            log.info("%s: generation failed (status 8), resubmitting", job.id)
+            return self.store.transition(job.id, JobState.PENDING, "status 8: resubmit", **refund)
+        reason = {
+            6: "status 6: the video was deleted",
+            7: "status 7: content moderation rejected the result (credits refunded)",
+            8: f"status 8: generation failed {record.attempts} times (credits refunded)",
+        }[status]
+        refund = refund if status != 6 else {}
+        log.warning("%s: %s", job.id, reason)
+        return self.store.transition(job.id, JobState.FAILED, reason, error=reason, **refund)
+
+    async def _download(self, job: Job, record: JobRecord) -> JobRecord:
+        assert record.video_id is not None
+        dest = self.options.output_dir / f"{job.id}.mp4"
+        link = self._links.pop(job.id, Link(None, None))
+        async with self.downloads:
+            size = await download_result(self.client, record.video_id, dest, link, sleep=self.sleep)
+        log.info("%s: downloaded %s (%d bytes)", job.id, dest, size)
+        return self.store.transition(
+            job.id, JobState.DONE, "downloaded", output=str(dest), bytes=size, error=None
+        )
+
+
+def reconcile(checked: Checked, store: StateStore, output_dir: Path) -> list[Job]:
+    """Bring the state file in line with the manifest; return the jobs with work left, in the
+    order that keeps slots busy: running generations first, then ambiguous submissions, then
+    downloads, then new work."""
+    order = {
+        JobState.GENERATING: 0,
+        JobState.SUBMITTING: 1,
+        JobState.DOWNLOADING: 2,
+        JobState.PENDING: 3,
+    }
+    todo: list[tuple[int, int, Job]] = []
+    for index, job in enumerate(checked.manifest.jobs):
+        fp = fingerprint(job, checked.media)
+        record = store.find(job.id)
+        if record is None:
+            record = store.add_job(job.id, fp)
+        elif record.fingerprint != fp:
+            record = _restart(store, record, fp, "inputs changed: redo")
+        elif record.state is JobState.DONE:
+            if _output_intact(record, output_dir / f"{job.id}.mp4"):
+                continue
+            record = store.transition(
+                job.id, JobState.DOWNLOADING, "output missing: download again"
+            )
+        elif record.state is JobState.FAILED:
+            record = _restart(store, record, fp, "failed before: retry")
+        todo.append((order[record.state], index, job))
+    return [job for _, _, job in sorted(todo, key=lambda t: (t[0], t[1]))]
+
+
+def _restart(store: StateStore, record: JobRecord, fp: str, detail: str) -> JobRecord:
+    fields = {
+        "fingerprint": fp,
+        "attempts": 0,
+        "trace_id": None,
+        "video_id": None,
+        "last_credits": 0,
+        "error": None,
+        "output": None,
+        "bytes": None,
+    }
+    if record.state is JobState.PENDING:
+        return store.update(record.id, detail, **fields)
+    return store.transition(record.id, JobState.PENDING, detail, **fields)
+
+
+def _output_intact(record: JobRecord, path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == record.bytes
+    except OSError:
+        return False
+
+
+async def check_speakers(checked: Checked, client: PixverseClient) -> None:
+    """TTS jobs must name a speaker the account offers (case-insensitively); exit 2 if not."""
+    tts_jobs = [j for j in checked.manifest.jobs if j.tts is not None]
+    if not tts_jobs:
+        return
+    known = {s.speaker_id.lower() for s in await client.speakers()}
+    problems = [
+        f"job '{j.id}' field 'tts.speaker': unknown speaker {j.tts.speaker!r}"
+        " (see `pixverse-batch speakers`)"
+        for j in tts_jobs
+        if j.tts is not None and j.tts.speaker.lower() not in known
+    ]
+    if problems:
+        raise ManifestError(problems)
+
+
+async def run_batch(
+    checked: Checked,
+    store: StateStore,
+    client: PixverseClient,
+    options: RunOptions,
+    *,
+    sleep: Sleep = anyio.sleep,
+    wall: Callable[[], float] = time.time,
+) -> RunOutcome:
+    """Run every job of `checked` to a terminal state (or as far as the account allows), then
+    write the report. Raises ManifestError (unknown speaker) before anything is submitted."""
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(checked, store, client, options, sleep, wall)
+    try:
+        await check_speakers(checked, client)
+    except FatalError as exc:
+        run.problem = exc
+    with anyio.CancelScope() as scope:
+        if run.problem is None:
+            jobs = reconcile(checked, store, options.output_dir)
+            async with anyio.create_task_group() as tg:
+                if options.handle_signals:
+                    tg.start_soon(_cancel_on_signal, scope)
+                await run.execute(jobs)
+                tg.cancel_scope.cancel()
+    interrupted = scope.cancel_called
+    rows = build_rows([store.job(j.id) for j in checked.manifest.jobs])
+    exit_code = _exit_code(rows, run.problem, interrupted)
+    report_path = write_report(
+        options.output_dir,
+        rows,
+        {
+            "manifest": str(checked.manifest.path),
+            "exit_code": int(exit_code),
+            "problem": str(run.problem) if run.problem else None,
+            "interrupted": interrupted,
+            "peak_slots": run.limiter.peak,
+            "slot_rejections": run.limiter.rejections,
+        },
+    )
+    return RunOutcome(
+        rows=rows,
+        exit_code=exit_code,
+        problem=str(run.problem) if run.problem else None,
+        interrupted=interrupted,
+        peak_slots=run.limiter.peak,
+        slot_rejections=run.limiter.rejections,
+        report_path=report_path,
+    )
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning(
+                "%s: stopping; run the same command again to resume", signal.Signals(signum).name
+            )
+            scope.cancel()
+            return
+
+
+def _exit_code(rows: list[ReportRow], problem: Exception | None, interrupted: bool) -> ExitCode:
+    if isinstance(problem, StateError):
+        return ExitCode.STATE
+    if isinstance(problem, FatalError):
+        return ExitCode.ACCOUNT
+    if interrupted or any(r.state.startswith("unfinished") for r in rows):
+        return ExitCode.UNFINISHED
+    if any(r.state == "failed" for r in rows):
+        return ExitCode.JOBS_FAILED
+    return ExitCode.OK
