@@ -134,7 +134,7 @@ class _Run:
     uploads: anyio.CapacityLimiter = field(init=False)
     downloads: anyio.CapacityLimiter = field(init=False)
     stop_submitting: anyio.Event = field(default_factory=anyio.Event)
-    problem: FatalError | StateError | None = None
+    problem: FatalError | StateError | TransientError | None = None
     media_locks: dict[str, anyio.Lock] = field(default_factory=dict)
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
     _scope: anyio.CancelScope = field(init=False)
@@ -405,9 +405,10 @@ def _output_intact(record: JobRecord, path: Path) -> bool:
         return False
 
 
-async def check_speakers(checked: Checked, client: PixverseClient) -> None:
-    """TTS jobs must name a speaker the account offers (case-insensitively); exit 2 if not."""
-    tts_jobs = [j for j in checked.manifest.jobs if j.tts is not None]
+async def check_speakers(jobs: list[Job], client: PixverseClient) -> None:
+    """TTS jobs about to be submitted must name a speaker the account offers (ignoring case);
+    one list request, before any generation. Raises ManifestError (exit 2) if not."""
+    tts_jobs = [j for j in jobs if j.tts is not None]
     if not tts_jobs:
         return
     known = {s.speaker_id.lower() for s in await client.speakers()}
@@ -434,13 +435,13 @@ async def run_batch(
     write the report. Raises ManifestError (unknown speaker) before anything is submitted."""
     options.output_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(checked, store, client, options, sleep, wall)
+    jobs = reconcile(checked, store, options.output_dir)
     try:
-        await check_speakers(checked, client)
-    except FatalError as exc:
+        await check_speakers([j for j in jobs if store.job(j.id).state is JobState.PENDING], client)
+    except (FatalError, TransientError) as exc:
         run.problem = exc
     with anyio.CancelScope() as scope:
         if run.problem is None:
-            jobs = reconcile(checked, store, options.output_dir)
             async with anyio.create_task_group() as tg:
                 if options.handle_signals:
                     tg.start_soon(_cancel_on_signal, scope)

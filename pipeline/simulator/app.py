@@ -1,0 +1,227 @@
+"""The simulator's aiohttp application: one handler per PixVerse endpoint, and create_app.
+
+Routes (pixverse-api.md, "Endpoints"):
+
+- POST /openapi/v2/media/upload
+- POST /openapi/v2/video/lip_sync/generate
+- GET  /openapi/v2/video/lip_sync/tts_list?page_num=1&page_size=30
+- GET  /openapi/v2/video/result/{video_id}
+- GET  /openapi/v2/account/balance
+- GET  /media/result/{video_id}.mp4?exp=...&sig=...  the signed download link; no API key
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from aiohttp import BodyPartReader, web
+
+from pipeline.simulator.catalog import SPEAKERS
+from pipeline.simulator.config import SimConfig
+from pipeline.simulator.envelope import (
+    NOT_FOUND,
+    PARAM_EMPTY,
+    PARAM_INVALID,
+    PARAM_TYPE,
+    ApiError,
+    Reply,
+    success,
+)
+from pipeline.simulator.faults import take_truncation
+from pipeline.simulator.gateway import Call, api, recorded
+from pipeline.simulator.ledger import Ledger, RequestRecord
+from pipeline.simulator.links import DOWNLOAD_PREFIX, download_path
+from pipeline.simulator.lipsync import parse_body, read_request
+from pipeline.simulator.media import InvalidMediaError, media_type_for, probe
+from pipeline.simulator.state import STATE, SimState
+
+API_PREFIX = "/openapi/v2"
+_CHUNK = 256 * 1024
+
+
+async def upload(request: web.Request, call: Call) -> Reply:
+    """Multipart with exactly one of `file` (the bytes) or `file_url`."""
+    state = request.app[STATE]
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(PARAM_TYPE, "expected multipart/form-data")
+    file: tuple[str, str | None, bytes] | None = None
+    file_url: str | None = None
+    async for part in await request.multipart():
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "file":
+            data = await _read_limited(part, state.config.max_upload_bytes)
+            file = (part.filename or "", part.headers.get("Content-Type"), data)
+        elif part.name == "file_url":
+            file_url = (await part.text()).strip() or None
+    if file is not None and file_url is not None:
+        raise ApiError(PARAM_INVALID, "give exactly one of file or file_url")
+    if file_url is not None:
+        # The simulator has no internet access, so it cannot fetch anything.
+        raise ApiError(PARAM_INVALID, "file_url is not reachable from the simulator")
+    if file is None:
+        raise ApiError(PARAM_EMPTY, "file or file_url is required")
+    filename, content_type, data = file
+    media_type = media_type_for(filename, content_type)
+    if media_type is None:
+        raise ApiError(PARAM_INVALID, f"unsupported media format: {filename!r}")
+    try:
+        probed = await anyio.to_thread.run_sync(probe, data, media_type)
+    except InvalidMediaError as exc:
+        raise ApiError(PARAM_INVALID, f"invalid media: {exc}") from exc
+    config = state.config
+    if probed.duration > config.max_media_seconds:
+        raise ApiError(PARAM_INVALID, f"media is longer than {config.max_media_seconds:g} s")
+    if max(probed.width, probed.height) > config.max_video_side:
+        raise ApiError(PARAM_INVALID, f"video is larger than {config.max_video_side} px")
+    media = state.backend.add_media(
+        media_type,
+        filename,
+        hashlib.sha256(data).hexdigest(),
+        probed.duration,
+        probed.width,
+        probed.height,
+    )
+    # The simulator does not serve uploads back; the url is informational, as PixVerse's is.
+    url = f"{request.url.origin()}/media/upload/{media.media_id}{Path(filename).suffix.lower()}"
+    return success({"media_id": media.media_id, "media_type": media_type, "url": url})
+
+
+async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await part.read_chunk(_CHUNK):
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(PARAM_INVALID, f"file is larger than {limit} bytes")
+    return bytes(data)
+
+
+async def generate(request: web.Request, call: Call) -> Reply:
+    state = request.app[STATE]
+    body = parse_body(await request.read())
+    lipsync = read_request(body)
+    generation = state.backend.generate(call.api_key, body, lipsync, call.trace_id)
+    return success({"video_id": generation.video_id, "credits": generation.record.credits})
+
+
+async def tts_list(request: web.Request, call: Call) -> Reply:
+    page_num = _positive_int(request.query.get("page_num", "1"), "page_num")
+    page_size = _positive_int(request.query.get("page_size", "30"), "page_size")
+    start = (page_num - 1) * page_size
+    page = [
+        {"speaker_id": s.speaker_id, "name": s.name} for s in SPEAKERS[start : start + page_size]
+    ]
+    return success({"total": len(SPEAKERS), "data": page})
+
+
+def _positive_int(text: str, name: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ApiError(PARAM_TYPE, f"{name} must be a positive integer")
+    return int(text)
+
+
+async def result(request: web.Request, call: Call) -> Reply:
+    state = request.app[STATE]
+    text = request.match_info["video_id"]
+    if not (text.isascii() and text.isdigit()):
+        raise ApiError(PARAM_TYPE, "video_id must be an integer")
+    video_id = int(text)
+    generation = state.backend.generation(video_id)
+    if generation is not None:
+        status, seed = generation.status, generation.seed
+        created, modified = generation.record.created_at, generation.modified_at
+    elif video_id in state.config.known_video_ids:
+        status, seed = 1, 0  # finished before this process started
+        created = modified = state.backend.started_at
+    else:
+        raise ApiError(NOT_FOUND, "requested data not found")
+    url, size = "", 0
+    if status == 1:
+        data = await anyio.to_thread.run_sync(state.videos.get, video_id)
+        size = len(data)
+        url = _signed_url(request, state, video_id)
+    resp: dict[str, Any] = {
+        "id": video_id,
+        "status": status,
+        "url": url,
+        "size": size,
+        "outputWidth": state.videos.width,
+        "outputHeight": state.videos.height,
+        "create_time": state.backend.iso_time(created),
+        "modify_time": state.backend.iso_time(modified),
+        "seed": seed,
+        "prompt": "",
+        "negative_prompt": "",
+        "resolution_ratio": state.videos.height,
+        "style": "",
+    }
+    return success(resp)
+
+
+def _signed_url(request: web.Request, state: SimState, video_id: int) -> str:
+    ttl = state.config.real_seconds(state.config.link_ttl_seconds)
+    url = request.url.origin().with_path(download_path(video_id))
+    return str(url.with_query(state.links.sign(video_id, ttl)))
+
+
+async def balance(request: web.Request, call: Call) -> Reply:
+    state = request.app[STATE]
+    account = state.backend.account(call.api_key)
+    monthly, package = account.balance(state.config)
+    return success(
+        {"account_id": account.account_id, "credit_monthly": monthly, "credit_package": package}
+    )
+
+
+async def download(request: web.Request, record: RequestRecord) -> web.StreamResponse:
+    """The signed link: 403 when the signature is wrong or expired, else the MP4 bytes."""
+    state = request.app[STATE]
+    video_id = int(request.match_info["video_id"])
+    if not state.links.verify(video_id, request.query.get("exp"), request.query.get("sig")):
+        return web.Response(status=403, text="403 Forbidden: link expired or signature invalid")
+    if not state.backend.is_finished_video(video_id):
+        return web.Response(status=404, text="404 Not Found")
+    data = await anyio.to_thread.run_sync(state.videos.get, video_id)
+    response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+    response.content_length = len(data)
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    if take_truncation(state.config):
+        record.fault = "truncate"
+        await response.write(data[: len(data) // 2])
+        if request.transport is not None:
+            request.transport.close()  # flushes what was written, then closes
+        return response
+    await response.write(data)
+    await response.write_eof()
+    state.ledger.served_downloads[video_id] = hashlib.sha256(data).hexdigest()
+    return response
+
+
+async def not_found(request: web.Request, record: RequestRecord) -> web.StreamResponse:
+    return web.Response(status=404, text="404 Not Found")
+
+
+def create_app(
+    config: SimConfig,
+    ledger: Ledger | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """The simulator as an aiohttp application; its state is `app[STATE]`."""
+    app = web.Application()
+    app[STATE] = SimState.build(config, Ledger() if ledger is None else ledger, clock)
+    app.router.add_post(f"{API_PREFIX}/media/upload", api(upload))
+    app.router.add_post(f"{API_PREFIX}/video/lip_sync/generate", api(generate, droppable=True))
+    app.router.add_get(f"{API_PREFIX}/video/lip_sync/tts_list", api(tts_list))
+    app.router.add_get(f"{API_PREFIX}/video/result/{{video_id}}", api(result))
+    app.router.add_get(f"{API_PREFIX}/account/balance", api(balance))
+    app.router.add_get(DOWNLOAD_PREFIX + r"{video_id:\d+}.mp4", recorded(download))
+    # Last, so every other request is recorded in the ledger too.
+    app.router.add_route("*", "/{tail:.*}", recorded(not_found))
+    return app

@@ -1,0 +1,65 @@
+"""The TTS speaker list and the price model, as PixVerse documents them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Speaker:
+    speaker_id: str
+    name: str
+
+
+# The documented list (docs: "How to use Speech (Lip sync)"), in the documented order.
+SPEAKERS: tuple[Speaker, ...] = (
+    *(
+        Speaker(str(number), name)
+        for number, name in enumerate(
+            (
+                "Harper",
+                "Ava",
+                "Isabella",
+                "Sophia",
+                "Emily",
+                "Chloe",
+                "Julia",
+                "Mason",
+                "Jack",
+                "Liam",
+                "James",
+                "Oliver",
+                "Adrian",
+                "Ethan",
+            ),
+            start=1,
+        )
+    ),
+    Speaker("Auto", "Auto"),
+)
+
+# Examples in the docs send "auto" while the list says "Auto": match case-insensitively.
+_BY_FOLDED_ID = {speaker.speaker_id.casefold(): speaker for speaker in SPEAKERS}
+
+CREDITS_PER_AUDIO_SECOND = 4
+CREDITS_PER_TTS_CHUNK = 4
+TTS_CHUNK_BYTES = 15
+
+
+def find_speaker(speaker_id: str) -> Speaker | None:
+    return _BY_FOLDED_ID.get(speaker_id.casefold())
+
+
+def audio_price(seconds: float) -> int:
+    """4 credits per second of audio, rounded up (older PixVerse pricing page).
+
+    The duration is first rounded to the millisecond, so container rounding noise such as
+    1.0000001 s does not cost a whole extra second.
+    """
+    return CREDITS_PER_AUDIO_SECOND * math.ceil(round(seconds, 3))
+
+
+def tts_price(script: str) -> int:
+    """4 credits per 15 bytes of UTF-8 script, rounded up."""
+    return CREDITS_PER_TTS_CHUNK * math.ceil(len(script.encode("utf-8")) / TTS_CHUNK_BYTES)

@@ -1,0 +1,58 @@
+"""SimConfig: every knob of the simulator, including the fault knobs tests flip at run time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_API_KEY = "sim-key"
+
+# A finished video "generated earlier through the PixVerse API", valid as `source_video_id`.
+DEFAULT_KNOWN_VIDEO_ID = 391504857968062
+
+
+@dataclass
+class SimConfig:
+    """Knobs of one simulator instance.
+
+    Mutable on purpose: tests flip knobs while the server runs, and the server reads them on
+    every request. Exceptions: `seed` is read once, when the app is created; a generation's
+    duration and slot time are fixed when it starts; a link's expiry when it is signed.
+
+    Durations are in *simulated* seconds; `time_scale` converts them to real seconds (0.01
+    makes a 20 s generation take 0.2 s).
+    """
+
+    api_keys: frozenset[str] = frozenset({DEFAULT_API_KEY})  # anything else: HTTP 401, 400012
+    no_permission_keys: frozenset[str] = frozenset()  # valid, but generate answers 500020
+    concurrency_limit: int = 5  # per-key generations at status 5; over it generate says 500044
+    credit_monthly: int = 10_000  # each key is its own account starting with these credits
+    credit_package: int = 0
+    generation_seconds: float = 20.0  # simulated time at status 5 before the terminal status
+    time_scale: float = 1.0  # real seconds per simulated second
+    fail_probability: float = 0.0  # terminal status 8, credits refunded
+    moderation_probability: float = 0.0  # terminal status 7, credits refunded
+    seed: int = 0  # seeds ids and outcomes, so runs are reproducible
+    link_ttl_seconds: float = 600.0  # signed download links answer 403 after this
+    reply_cache: bool = True  # the per-(API key, trace id) reply cache of the contract
+    reply_cache_seconds: float = 24 * 3600.0  # how long a cached reply is replayed
+    slot_seconds: float = 600.0  # a generation running longer no longer holds a slot (FAQ)
+    known_video_ids: frozenset[int] = frozenset({DEFAULT_KNOWN_VIDEO_ID})
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_media_seconds: float = 30.0  # documented input limit for audio and video
+    max_video_side: int = 1920  # documented input limit, longer side in pixels
+    tts_max_chars: int = 200
+    # The content rule the simulator enforces on TTS scripts (case-insensitive substrings).
+    tts_banned_words: frozenset[str] = frozenset({"forbidden"})
+
+    # Fault knobs. Counters decrement as they fire.
+    drop_generate_replies: int = 0  # generate is processed and cached, then the socket closes
+    transient_errors: int = 0  # next N API requests: HTTP 500, ErrCode 500069
+    html_errors: int = 0  # next N API requests: HTTP 502 with an HTML gateway page
+    rate_limit_errors: int = 0  # next N API requests: HTTP 429 with Retry-After: 1
+    truncate_downloads: int = 0  # next N downloads: full Content-Length, half the bytes
+    forget_media: bool = False  # every media_id is unknown (expired media ids)
+    lowercase_envelope_on_500: bool = True  # HTTP 500 replies use err_code/err_msg/resp
+
+    def real_seconds(self, simulated: float) -> float:
+        """Real (clock) seconds that `simulated` seconds take under the current time scale."""
+        return simulated * self.time_scale

@@ -1,0 +1,168 @@
+"""Real media for the simulator: probing uploads, and producing result videos.
+
+Result videos are real, playable MP4s: the bundled `assets/base.mp4` (64x64 H.264, 12 frames,
+1 s) remuxed in memory with the video id written into the container metadata, so every video
+id has distinct bytes. PyAV calls block, so callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import av
+import av.error
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".webm"})
+AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".m4a", ".aac"})
+# Used only when the filename has no known extension.
+CONTENT_TYPES: dict[str, str] = {
+    "video/mp4": "video",
+    "video/quicktime": "video",
+    "video/webm": "video",
+    "audio/mpeg": "audio",
+    "audio/mp3": "audio",
+    "audio/wav": "audio",
+    "audio/x-wav": "audio",
+    "audio/wave": "audio",
+    "audio/mp4": "audio",
+    "audio/x-m4a": "audio",
+    "audio/aac": "audio",
+}
+
+BASE_CLIP = "base.mp4"
+BASE_CLIP_SIZE = 64
+BASE_CLIP_FRAMES = 12
+
+
+class InvalidMediaError(Exception):
+    """The bytes are not media PyAV can read, or lack the expected kind of stream."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    duration: float  # seconds
+    width: int = 0  # video only
+    height: int = 0
+
+
+def media_type_for(filename: str, content_type: str | None) -> str | None:
+    """`"video"`, `"audio"` or None (unsupported), by extension, else by content type."""
+    suffix = Path(filename).suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    if suffix in AUDIO_EXTENSIONS:
+        return "audio"
+    if suffix:
+        return None
+    return CONTENT_TYPES.get((content_type or "").split(";")[0].strip().lower())
+
+
+def probe(data: bytes, media_type: str) -> Probe:
+    """Open `data` with PyAV and measure it; raises InvalidMediaError."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            streams = container.streams.video if media_type == "video" else container.streams.audio
+            if not streams:
+                raise InvalidMediaError(f"no {media_type} stream")
+            stream = streams[0]
+            width = height = 0
+            if isinstance(stream, av.VideoStream):
+                width, height = stream.codec_context.width, stream.codec_context.height
+            duration = _duration(container, stream)
+    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        raise InvalidMediaError(str(exc)) from exc
+    if duration is None:
+        raise InvalidMediaError("duration unknown")
+    return Probe(duration=duration, width=width, height=height)
+
+
+def _duration(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
+    if container.duration is not None:
+        return float(container.duration) / av.time_base
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    # Raw streams (e.g. headerless AAC) have no header duration: add up the packets.
+    total = 0.0
+    for packet in container.demux(stream):
+        if packet.duration is not None and packet.time_base is not None:
+            total += float(packet.duration * packet.time_base)
+    return total or None
+
+
+def base_clip_bytes() -> bytes:
+    return resources.files("pipeline.simulator").joinpath("assets", BASE_CLIP).read_bytes()
+
+
+def remux_with_id(base: bytes, video_id: int) -> bytes:
+    """`base` remuxed (no re-encode) with `video_id` in the container metadata."""
+    output = io.BytesIO()
+    with (
+        av.open(io.BytesIO(base), mode="r") as source,
+        av.open(output, mode="w", format="mp4") as target,
+    ):
+        target.metadata["title"] = f"PixVerse simulator result {video_id}"
+        target.metadata["comment"] = f"pixverse-sim video_id={video_id}"
+        source_stream = source.streams.video[0]
+        target_stream = target.add_stream_from_template(source_stream)
+        for packet in source.demux(source_stream):
+            if packet.dts is None:  # the demuxer's end-of-stream flush packet
+                continue
+            packet.stream = target_stream
+            target.mux(packet)
+    return output.getvalue()
+
+
+class ResultVideos:
+    """Result MP4 bytes per video id, made on first use and then cached."""
+
+    def __init__(self, base: bytes | None = None) -> None:
+        self._base = base_clip_bytes() if base is None else base
+        self._cache: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+        self.width = BASE_CLIP_SIZE
+        self.height = BASE_CLIP_SIZE
+
+    def get(self, video_id: int) -> bytes:
+        """Blocking: call from a worker thread."""
+        with self._lock:
+            cached = self._cache.get(video_id)
+        if cached is not None:
+            return cached
+        data = remux_with_id(self._base, video_id)
+        with self._lock:
+            return self._cache.setdefault(video_id, data)
+
+
+def make_base_clip(path: Path) -> None:
+    """Write the bundled base clip: how `assets/base.mp4` was made (kept for regeneration).
+
+    A moving green square on a colour ramp, encoded with the libx264 that PyAV's wheels ship.
+    """
+    size = BASE_CLIP_SIZE
+    with av.open(str(path), "w", format="mp4") as target:
+        stream = target.add_stream("libx264", rate=BASE_CLIP_FRAMES)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "35"}
+        for index in range(BASE_CLIP_FRAMES):
+            frame = av.VideoFrame(size, size, "rgb24")
+            line = frame.planes[0].line_size
+            pixels = bytearray(line * size)
+            for y in range(size):
+                for x in range(size):
+                    offset = y * line + 3 * x
+                    inside = 16 <= y < 48 and index * 4 <= x < index * 4 + 16
+                    pixels[offset : offset + 3] = bytes(
+                        ((index * 20) % 256, 255 if inside else 0, 128)
+                    )
+            frame.planes[0].update(bytes(pixels))
+            target.mux(stream.encode(frame))
+        target.mux(stream.encode(None))
+
+
+if __name__ == "__main__":
+    make_base_clip(Path(__file__).with_name("assets") / BASE_CLIP)

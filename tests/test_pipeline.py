@@ -1,0 +1,363 @@
+"""End to end: the real runner and client against the real simulator over loopback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+
+import anyio
+import av
+import pytest
+
+from pipeline.client import ClientConfig, PixverseClient
+from pipeline.download import Link, download_result
+from pipeline.jobstate import JobState
+from pipeline.runner import ExitCode
+from pipeline.simulator import serve
+from pipeline.state import StateStore
+from tests.harness import FAST_RETRY, STATE_NAME, fast_sim, project, run_once, sha256, tts_manifest
+
+pytestmark = pytest.mark.anyio
+
+
+def states(out: Path) -> dict[str, JobState]:
+    store = StateStore.read_only(out / STATE_NAME)
+    try:
+        return {r.id: r.state for r in store.jobs()}
+    finally:
+        store.close()
+
+
+async def test_mixed_manifest_downloads_every_result_byte_identical(tmp_path: Path) -> None:
+    manifest = project(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        outcome = await run_once(sim, manifest, out)
+    assert outcome.exit_code is ExitCode.OK
+    ids = ["intro-es", "intro-de", "intro-fr", "remix-de", "promo-es", "promo-ja"]
+    assert [r.id for r in outcome.rows] == ids
+    assert all(r.state == "done" for r in outcome.rows)
+    ledger = sim.ledger
+    assert len(ledger.generations) == len(ids)
+    assert ledger.duplicate_bodies() == []
+    for row in outcome.rows:
+        path = out / f"{row.id}.mp4"
+        assert row.video_id is not None
+        assert sha256(path) == ledger.served_downloads[row.video_id]
+        assert row.bytes == path.stat().st_size
+        with av.open(str(path)) as container:  # a real, playable mp4
+            assert container.streams.video
+    # each body kind reached the API as the contract wants
+    bodies = [g.body for g in ledger.generations.values()]
+    assert sum("source_video_id" in b for b in bodies) == 1
+    assert sum("lip_sync_tts_content" in b for b in bodies) == 2
+    assert sum("audio_media_id" in b for b in bodies) == 4
+    # the shared intro.mp4 went up once, as did every other distinct file
+    names = sorted(u.filename for u in ledger.uploads)
+    assert names == sorted(
+        ["intro.mp4", "intro_es.mp3", "intro_de.wav", "remix_de.wav", "promo.mov", "promo_es.wav"]
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["done"] == 6
+    assert report["summary"]["credits"] == ledger.credits_net
+    with (out / "report.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == ids
+    assert {r["state"] for r in rows} == {"done"}
+
+
+@pytest.mark.parametrize("concurrency", [2, 5])
+async def test_peak_concurrency_stays_within_the_limit_and_fills_it(
+    tmp_path: Path, concurrency: int
+) -> None:
+    manifest = project(tmp_path, tts_manifest(12))
+    async with serve(fast_sim(concurrency_limit=10)) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out", concurrency=concurrency)
+    assert outcome.exit_code is ExitCode.OK
+    assert sim.ledger.peak_concurrent <= concurrency
+    assert sim.ledger.peak_concurrent == concurrency  # slots were kept busy
+    assert not sim.ledger.requests_to("/openapi/v2/video/lip_sync/generate") or all(
+        r.err_code != 500044 for r in sim.ledger.requests
+    )
+
+
+async def test_simulator_limit_below_concurrency_still_completes(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(10))
+    async with serve(fast_sim(concurrency_limit=2)) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out", concurrency=5)
+    assert outcome.exit_code is ExitCode.OK
+    assert all(r.state == "done" for r in outcome.rows)
+    assert sim.ledger.peak_concurrent <= 2
+    assert outcome.slot_rejections >= 1  # it did hit 500044 ...
+    rejected = [r for r in sim.ledger.requests if r.err_code == 500044]
+    assert rejected
+    # ... and learned: far fewer 500044 than submissions would cause without AIMD
+    assert len(rejected) < 10
+    assert sim.ledger.duplicate_bodies() == []
+    assert len(sim.ledger.generations) == 10
+
+
+async def test_interrupted_run_resumes_without_a_second_generation(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(8))
+    out = tmp_path / "out"
+    async with serve(fast_sim(generation_seconds=60.0)) as sim:
+        with anyio.move_on_after(10) as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def interrupt_after_three() -> None:
+                    while len(sim.ledger.generations) < 3:  # noqa: ASYNC110 - polls the ledger
+                        await anyio.sleep(0.005)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(interrupt_after_three)
+                await run_once(sim, manifest, out, concurrency=3)
+        assert not scope.cancelled_caught
+        mid = states(out)
+        assert JobState.GENERATING in mid.values() or JobState.SUBMITTING in mid.values()
+        assert JobState.DONE not in mid.values()
+        outcome = await run_once(sim, manifest, out, concurrency=3)
+    assert outcome.exit_code is ExitCode.OK
+    assert len(sim.ledger.generations) == 8
+    assert sim.ledger.duplicate_bodies() == []
+
+
+async def test_no_poll_reuses_a_trace_id(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(4))
+    async with serve(fast_sim(reply_cache=True)) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out")
+    assert outcome.exit_code is ExitCode.OK
+    polls = sim.ledger.requests_to("/openapi/v2/video/result")
+    assert len(polls) >= 4
+    assert sim.ledger.reused_trace_ids("/openapi/v2") == []
+    assert not any(r.replayed for r in sim.ledger.requests)
+
+
+async def test_changed_input_redoes_only_that_job(tmp_path: Path) -> None:
+    manifest = project(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        await run_once(sim, manifest, out)
+        before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+        assert len(sim.ledger.generations) == 6
+        # new content for intro_de.wav (same name): only intro-de must be redone
+        (tmp_path / "media" / "intro_de.wav").write_bytes(
+            (tmp_path / "media" / "promo_es.wav").read_bytes()
+        )
+        outcome = await run_once(sim, manifest, out)
+    assert outcome.exit_code is ExitCode.OK
+    assert len(sim.ledger.generations) == 7
+    newest = max(sim.ledger.generations.values(), key=lambda g: g.created_at)
+    assert outcome.rows[1].id == "intro-de"
+    assert outcome.rows[1].video_id == newest.video_id
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    changed = sorted(name for name in after if after[name] != before[name])
+    assert changed == ["intro-de.mp4"]
+
+
+async def test_finished_jobs_are_skipped_and_a_missing_file_is_downloaded_again(
+    tmp_path: Path,
+) -> None:
+    manifest = project(tmp_path, tts_manifest(3))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        await run_once(sim, manifest, out)
+        requests_before = len(sim.ledger.requests)
+        again = await run_once(sim, manifest, out)
+        assert again.exit_code is ExitCode.OK
+        assert len(sim.ledger.requests) == requests_before  # nothing left to do: nothing sent
+        (out / "job-1.mp4").unlink()
+        third = await run_once(sim, manifest, out)
+    assert third.exit_code is ExitCode.OK
+    assert (out / "job-1.mp4").exists()
+    assert len(sim.ledger.generations) == 3  # fetched again, never regenerated
+
+
+async def test_ambiguous_submission_is_resent_with_the_same_trace_id(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    async with serve(fast_sim(drop_generate_replies=1)) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out")
+    assert outcome.exit_code is ExitCode.OK
+    sends = sim.ledger.requests_to("/openapi/v2/video/lip_sync/generate")
+    assert len(sends) == 2
+    assert sends[0].trace_id == sends[1].trace_id
+    assert len(sim.ledger.generations) == 1  # the replayed reply, not a second charge
+    assert outcome.rows[0].ambiguous_submissions == 1
+
+
+async def test_trace_id_is_durable_before_the_request_leaves(tmp_path: Path) -> None:
+    """Crash between send and reply: the saved trace id is what the server saw."""
+    manifest = project(tmp_path, tts_manifest(1))
+    out = tmp_path / "out"
+    async with serve(fast_sim(drop_generate_replies=100)) as sim:
+        outcome = await run_once(sim, manifest, out)
+        assert outcome.exit_code is ExitCode.UNFINISHED  # every reply lost: resumable
+        store = StateStore.read_only(out / STATE_NAME)
+        record = store.job("job-0")
+        store.close()
+        assert record.state is JobState.SUBMITTING
+        sent = {r.trace_id for r in sim.ledger.requests_to("/openapi/v2/video/lip_sync/generate")}
+        assert sent == {record.trace_id}
+        sim.config.drop_generate_replies = 0
+        resumed = await run_once(sim, manifest, out)
+    assert resumed.exit_code is ExitCode.OK
+    assert len(sim.ledger.generations) == 1
+
+
+async def test_out_of_credits_stops_submitting_then_resumes(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(6))
+    out = tmp_path / "out"
+    async with serve(fast_sim(credit_monthly=12, concurrency_limit=10)) as sim:
+        outcome = await run_once(sim, manifest, out, concurrency=2)
+        assert outcome.exit_code is ExitCode.ACCOUNT
+        assert outcome.problem is not None
+        assert "insufficient credits" in outcome.problem
+        done = [r for r in outcome.rows if r.state == "done"]
+        assert 1 <= len(done) < 6  # in-flight jobs finished; their results are kept
+        assert all((out / f"{r.id}.mp4").exists() for r in done)
+        sim.config.credit_monthly += 1000  # more credits, same account
+        resumed = await run_once(sim, manifest, out, concurrency=2)
+    assert resumed.exit_code is ExitCode.OK
+    assert len(sim.ledger.generations) == 6
+    assert sim.ledger.duplicate_bodies() == []
+
+
+async def test_bad_key_stops_at_once_with_exit_4(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(3))
+    async with serve(fast_sim()) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out", api_key="wrong-key")
+    assert outcome.exit_code is ExitCode.ACCOUNT
+    assert sim.ledger.generations == {}
+    assert len(sim.ledger.requests) == 1  # the speaker check was refused; nothing followed
+
+
+async def test_no_permission_stops_the_run(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(3))
+    config = fast_sim(
+        api_keys=frozenset({"sim-key", "viewer"}), no_permission_keys=frozenset({"viewer"})
+    )
+    async with serve(config) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out", api_key="viewer")
+    assert outcome.exit_code is ExitCode.ACCOUNT
+    assert sim.ledger.generations == {}
+    assert outcome.problem is not None
+
+
+async def test_status_8_is_resubmitted_up_to_max_attempts(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(2))
+    async with serve(fast_sim(fail_probability=1.0)) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out", max_attempts=3)
+    assert outcome.exit_code is ExitCode.JOBS_FAILED
+    assert len(sim.ledger.generations) == 6  # 2 jobs x 3 attempts
+    for row in outcome.rows:
+        assert row.state == "failed"
+        assert row.attempts == 3
+        assert row.error is not None
+        assert "status 8" in row.error
+        assert row.credits == 0  # every failed attempt was refunded
+
+
+async def test_status_7_and_rejections_fail_only_their_job(tmp_path: Path) -> None:
+    manifest = project(
+        tmp_path,
+        """
+version: 1
+jobs:
+  - {id: ok, video: media/intro.mp4, audio: media/intro_es.mp3}
+  - {id: banned, video: media/intro.mp4, tts: {text: "a forbidden script", speaker: "1"}}
+""",
+    )
+    async with serve(fast_sim()) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out")
+    assert outcome.exit_code is ExitCode.JOBS_FAILED
+    by_id = {r.id: r for r in outcome.rows}
+    assert by_id["ok"].state == "done"
+    assert by_id["banned"].state == "failed"
+    assert by_id["banned"].error is not None
+    assert by_id["banned"].error.startswith("400017")
+    async with serve(fast_sim(moderation_probability=1.0)) as sim:
+        moderated = await run_once(sim, manifest, tmp_path / "out2")
+    ok = {r.id: r for r in moderated.rows}["ok"]
+    assert ok.state == "failed"
+    assert ok.error is not None
+    assert "status 7" in ok.error
+    assert len([g for g in sim.ledger.generations.values() if g.body.get("audio_media_id")]) == 1
+
+
+async def test_unknown_speaker_is_refused_before_any_generation(tmp_path: Path) -> None:
+    from pipeline.errors import ManifestError
+
+    manifest = project(
+        tmp_path,
+        "version: 1\njobs:\n  - {id: a, video: media/intro.mp4, tts: {text: hi, speaker: '99'}}\n",
+    )
+    async with serve(fast_sim()) as sim:
+        with pytest.raises(ManifestError, match="unknown speaker '99'"):
+            await run_once(sim, manifest, tmp_path / "out")
+    assert sim.ledger.generations == {}
+    assert sim.ledger.uploads == []
+
+
+async def test_transient_faults_are_retried_and_downloads_recovered(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(3))
+    # one of each fault in a row: the first call needs four tries (FAST_RETRY allows four)
+    config = fast_sim(transient_errors=1, html_errors=1, rate_limit_errors=1, truncate_downloads=2)
+    async with serve(config) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out")
+    assert outcome.exit_code is ExitCode.OK
+    faults = {r.fault for r in sim.ledger.requests if r.fault}
+    assert {"transient", "html", "rate_limit", "truncate"} <= faults
+    assert len(sim.ledger.generations) == 3
+    for row in outcome.rows:
+        assert row.video_id is not None
+        assert (
+            sha256(tmp_path / "out" / f"{row.id}.mp4") == sim.ledger.served_downloads[row.video_id]
+        )
+
+
+async def test_expired_link_gets_a_fresh_one_without_regenerating(tmp_path: Path) -> None:
+    # links live 10 simulated seconds = 50 ms real
+    async with serve(fast_sim(link_ttl_seconds=10.0)) as sim:
+        manifest = project(tmp_path, tts_manifest(1))
+        await run_once(sim, manifest, tmp_path / "out")
+        video_id = next(iter(sim.ledger.generations))
+        config = ClientConfig(base_url=sim.url, api_key="sim-key", retry=FAST_RETRY)
+        async with PixverseClient(config) as client:
+            status = await client.status(video_id)
+            await anyio.sleep(0.2)  # the link from that poll has expired
+            dest = tmp_path / "again.mp4"
+            size = await download_result(client, video_id, dest, Link(status.url, status.size))
+    downloads = [r for r in sim.ledger.requests if not r.path.startswith("/openapi")]
+    assert downloads[-2].http_status == 403
+    assert downloads[-1].http_status == 200
+    assert size == dest.stat().st_size
+    assert sha256(dest) == sim.ledger.served_downloads[video_id]
+    assert len(sim.ledger.generations) == 1
+
+
+async def test_stale_media_id_is_uploaded_again_once(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as first:
+        await run_once(first, manifest, out)
+        port = first.url.rsplit(":", 1)[1]
+    # a new server process on the same address knows none of the old media ids
+    manifest.write_text(tts_manifest(1).replace("line 0", "changed line"), encoding="utf-8")
+    async with serve(fast_sim(), port=int(port)) as second:
+        outcome = await run_once(second, manifest, out)
+    assert outcome.exit_code is ExitCode.OK
+    stale = [r for r in second.ledger.requests if r.err_code == 400017]
+    assert len(stale) == 1
+    assert [u.filename for u in second.ledger.uploads] == ["intro.mp4"]
+
+
+async def test_state_records_every_transition(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        await run_once(sim, manifest, out)
+    conn = sqlite3.connect(out / STATE_NAME)
+    rows = conn.execute("SELECT to_state FROM events WHERE job_id='job-0' ORDER BY seq").fetchall()
+    conn.close()
+    assert [r[0] for r in rows] == ["pending", "submitting", "generating", "downloading", "done"]
