@@ -97,15 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run manifests/example.yaml against an in-process simulator")
     demo.add_argument("--manifest", type=Path, default=EXAMPLE_MANIFEST)
-    _add_run_options(demo)
+    _add_run_options(demo, poll_interval=0.2)  # the demo's generations take 0.4 s
     return parser
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, poll_interval: float = 5.0) -> None:
     parser.add_argument("--out", type=Path, help="output folder (overrides output_dir)")
     parser.add_argument("--state", type=Path, help="state file (default: OUT/" + STATE_NAME + ")")
     parser.add_argument("--concurrency", type=_positive_int, default=5, help="generation slots")
-    parser.add_argument("--poll-interval", type=_positive_float, default=5.0, help="seconds")
+    parser.add_argument(
+        "--poll-interval", type=_positive_float, default=poll_interval, help="seconds"
+    )
     parser.add_argument("--max-attempts", type=_positive_int, default=3, help="tries per job (8)")
 
 
