@@ -370,3 +370,13 @@ def test_sigint_leaves_a_resumable_run_with_exit_75(tmp_path: Path) -> None:
         assert again.returncode == 0
         assert len(sim.ledger.generations) == 4
         assert sim.ledger.duplicate_bodies() == []
+
+
+def test_demo_runs_the_example_against_the_bundled_simulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--out", str(out)]) == 0
+    assert "6 jobs: 6 done" in capsys.readouterr().out
+    assert len(list(out.glob("*.mp4"))) == 6
+    assert (out / "report.json").exists()

@@ -361,3 +361,57 @@ async def test_state_records_every_transition(tmp_path: Path) -> None:
     rows = conn.execute("SELECT to_state FROM events WHERE job_id='job-0' ORDER BY seq").fetchall()
     conn.close()
     assert [r[0] for r in rows] == ["pending", "submitting", "generating", "downloading", "done"]
+
+
+async def test_a_free_slot_never_waits_for_a_download(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(3))
+    # every transfer takes 0.5 s, a generation 0.1 s; one slot
+    config = fast_sim(transfer_seconds=100.0, generation_seconds=20.0)
+    async with serve(config) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out", concurrency=1)
+    assert outcome.exit_code is ExitCode.OK
+    video = {r.id: r.video_id for r in outcome.rows}
+    first_download = next(
+        t for t in sim.ledger.transfers if t.kind == "download" and t.name == str(video["job-0"])
+    )
+    second = sim.ledger.generations[video["job-1"]]  # type: ignore[index]
+    # job-1 was submitted while job-0's result was still downloading
+    assert second.created_at < first_download.finished
+
+
+async def test_uploads_run_a_bounded_distance_ahead_of_submissions(tmp_path: Path) -> None:
+    manifest = project(
+        tmp_path,
+        """
+version: 1
+jobs:
+  - {id: a, video_id: 391504857968062, audio: media/intro_es.mp3}
+  - {id: b, video_id: 391504857968062, audio: media/intro_de.wav}
+  - {id: c, video_id: 391504857968062, audio: media/promo_es.wav}
+""",
+    )
+    config = fast_sim(transfer_seconds=20.0, generation_seconds=100.0)  # 0.1 s vs 0.5 s
+    async with serve(config) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out", concurrency=1, upload_ahead=1)
+    assert outcome.exit_code is ExitCode.OK
+    video = {r.id: r.video_id for r in outcome.rows}
+    gen_a = sim.ledger.generations[video["a"]]  # type: ignore[index]
+    a_ends = gen_a.created_at + config.real_seconds(config.generation_seconds)
+    uploads = {t.name: t for t in sim.ledger.transfers if t.kind == "upload"}
+    # b's audio went up while a was generating: the slot did not wait for b's upload ...
+    assert uploads["intro_de.wav"].finished < a_ends
+    # ... but c, two jobs ahead of the only slot, waited its turn (upload_ahead=1)
+    assert uploads["promo_es.wav"].started >= a_ends
+
+
+async def test_media_ids_are_reused_on_later_runs(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(2))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        await run_once(sim, manifest, out)
+        assert len(sim.ledger.uploads) == 1
+        manifest.write_text(tts_manifest(2).replace("line 1", "a new line"), encoding="utf-8")
+        outcome = await run_once(sim, manifest, out)
+    assert outcome.exit_code is ExitCode.OK
+    assert len(sim.ledger.uploads) == 1  # the redo used the saved media_id
+    assert len(sim.ledger.generations) == 3

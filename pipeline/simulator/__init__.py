@@ -13,6 +13,7 @@ from pipeline.simulator.ledger import (
     GenerationRecord,
     Ledger,
     RequestRecord,
+    TransferRecord,
     UploadRecord,
     canonical_body,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "RequestRecord",
     "SimConfig",
     "Simulator",
+    "TransferRecord",
     "UploadRecord",
     "canonical_body",
     "create_app",

@@ -34,7 +34,7 @@ from pipeline.simulator.envelope import (
 )
 from pipeline.simulator.faults import take_truncation
 from pipeline.simulator.gateway import Call, api, recorded
-from pipeline.simulator.ledger import Ledger, RequestRecord
+from pipeline.simulator.ledger import Ledger, RequestRecord, TransferRecord
 from pipeline.simulator.links import DOWNLOAD_PREFIX, download_path
 from pipeline.simulator.lipsync import parse_body, read_request
 from pipeline.simulator.media import InvalidMediaError, media_type_for, probe
@@ -47,6 +47,7 @@ _CHUNK = 256 * 1024
 async def upload(request: web.Request, call: Call) -> Reply:
     """Multipart with exactly one of `file` (the bytes) or `file_url`."""
     state = request.app[STATE]
+    started = state.clock()
     if not request.content_type.startswith("multipart/"):
         raise ApiError(PARAM_TYPE, "expected multipart/form-data")
     file: tuple[str, str | None, bytes] | None = None
@@ -67,6 +68,7 @@ async def upload(request: web.Request, call: Call) -> Reply:
     if file is None:
         raise ApiError(PARAM_EMPTY, "file or file_url is required")
     filename, content_type, data = file
+    await _slow_link(state, "upload", filename, started)
     media_type = media_type_for(filename, content_type)
     if media_type is None:
         raise ApiError(PARAM_INVALID, f"unsupported media format: {filename!r}")
@@ -90,6 +92,15 @@ async def upload(request: web.Request, call: Call) -> Reply:
     # The simulator does not serve uploads back; the url is informational, as PixVerse's is.
     url = f"{request.url.origin()}/media/upload/{media.media_id}{Path(filename).suffix.lower()}"
     return success({"media_id": media.media_id, "media_type": media_type, "url": url})
+
+
+async def _slow_link(state: SimState, kind: str, name: str, started: float) -> None:
+    """Spend `transfer_seconds` (scaled) on a transfer and log it, so tests can tell whether
+    generations kept running while files moved."""
+    delay = state.config.real_seconds(state.config.transfer_seconds)
+    if delay > 0:
+        await anyio.sleep(delay)
+    state.ledger.transfers.append(TransferRecord(kind, name, started, state.clock()))
 
 
 async def _read_limited(part: BodyPartReader, limit: int) -> bytes:
@@ -186,7 +197,9 @@ async def download(request: web.Request, record: RequestRecord) -> web.StreamRes
         return web.Response(status=403, text="403 Forbidden: link expired or signature invalid")
     if not state.backend.is_finished_video(video_id):
         return web.Response(status=404, text="404 Not Found")
+    started = state.clock()
     data = await anyio.to_thread.run_sync(state.videos.get, video_id)
+    await _slow_link(state, "download", str(video_id), started)
     response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
     response.content_length = len(data)
     await response.prepare(request)

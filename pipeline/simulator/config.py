@@ -50,6 +50,7 @@ class SimConfig:
     html_errors: int = 0  # next N API requests: HTTP 502 with an HTML gateway page
     rate_limit_errors: int = 0  # next N API requests: HTTP 429 with Retry-After: 1
     truncate_downloads: int = 0  # next N downloads: full Content-Length, half the bytes
+    transfer_seconds: float = 0.0  # simulated time every upload and download takes (slow links)
     forget_media: bool = False  # every media_id is unknown (expired media ids)
     lowercase_envelope_on_500: bool = True  # HTTP 500 replies use err_code/err_msg/resp
 

@@ -43,6 +43,16 @@ class GenerationRecord:
 
 
 @dataclass
+class TransferRecord:
+    """One upload or download, with when it started and finished on the simulator's clock."""
+
+    kind: str  # "upload" or "download"
+    name: str  # the uploaded file name, or the video id downloaded
+    started: float
+    finished: float
+
+
+@dataclass
 class UploadRecord:
     media_id: int
     media_type: str  # "video" or "audio"
@@ -62,6 +72,7 @@ class Ledger:
     generations: dict[int, GenerationRecord] = field(default_factory=dict)
     uploads: list[UploadRecord] = field(default_factory=list)
     served_downloads: dict[int, str] = field(default_factory=dict)  # video_id -> sha256 hex
+    transfers: list[TransferRecord] = field(default_factory=list)
     peak_concurrent: int = 0  # most generations at status 5 at once for one key
     credits_charged: int = 0
     credits_refunded: int = 0
