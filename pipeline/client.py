@@ -243,6 +243,8 @@ class PixverseClient:
         try:
             payload = json.loads(body)
         except ValueError as exc:
+            if status == 401:  # a gateway's own refusal page: still a bad key
+                raise AuthError("API key rejected", http_status=401) from exc
             raise TransportError(f"{what}: reply is not JSON", http_status=status) from exc
         return classify_envelope(status, payload, headers)
 

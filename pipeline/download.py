@@ -66,8 +66,11 @@ async def download_result(
 
 async def _fresh_link(client: PixverseClient, video_id: int) -> Link:
     status = await client.status(video_id)
+    if status.status == 6:
+        raise JobError(f"video {video_id} was deleted before it could be downloaded")
     if status.status != 1 or status.url is None:
-        raise JobError(f"video {video_id} can no longer be downloaded (status {status.status})")
+        # a paid result is never given up on a puzzling reply: the job stays resumable
+        raise TransientError(f"video {video_id}: status {status.status} and no link yet")
     return Link(status.url, status.size)
 
 

@@ -157,6 +157,19 @@ async def test_transport_faults_map_to_transport_error_and_are_retried(route: st
     assert isinstance(caught.value, ApiError)
 
 
+async def test_a_401_html_page_is_still_an_auth_error() -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="<html>Unauthorized</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/openapi/v2/account/balance", refuse)
+    async with serve_app(app) as url:
+        config = ClientConfig(base_url=url, api_key="k", retry=FAST)
+        async with PixverseClient(config) as client:
+            with pytest.raises(AuthError):
+                await client.balance()
+
+
 async def test_connection_refused_is_a_transport_error() -> None:
     async with serve_app(web.Application()) as url:
         pass  # the port is closed again
