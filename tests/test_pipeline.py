@@ -415,3 +415,20 @@ async def test_media_ids_are_reused_on_later_runs(tmp_path: Path) -> None:
     assert outcome.exit_code is ExitCode.OK
     assert len(sim.ledger.uploads) == 1  # the redo used the saved media_id
     assert len(sim.ledger.generations) == 3
+
+
+async def test_a_gateway_without_dedup_is_survived_and_reported(tmp_path: Path) -> None:
+    """The contract's named alternative: no reply cache. A lost reply then costs a second
+    generation that no client can prevent; the run still finishes and the report says so."""
+    manifest = project(
+        tmp_path,
+        "version: 1\njobs:\n  - {id: a, video: media/intro.mp4, tts: {text: hi, speaker: auto}}\n",
+    )
+    async with serve(fast_sim(reply_cache=False, drop_generate_replies=1)) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out")
+    assert outcome.exit_code is ExitCode.OK
+    assert outcome.rows[0].state == "done"
+    assert outcome.rows[0].ambiguous_submissions == 1
+    assert len(sim.ledger.generations) == 2
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["summary"]["ambiguous_submissions"] == 1
