@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 
@@ -435,6 +436,7 @@ async def run_batch(
     write the report. Raises ManifestError (unknown speaker) before anything is submitted."""
     options.output_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(checked, store, client, options, sleep, wall)
+    started = wall()
     jobs = reconcile(checked, store, options.output_dir)
     try:
         await check_speakers([j for j in jobs if store.job(j.id).state is JobState.PENDING], client)
@@ -455,6 +457,8 @@ async def run_batch(
         rows,
         {
             "manifest": str(checked.manifest.path),
+            "started_at": _iso(started),
+            "finished_at": _iso(wall()),
             "exit_code": int(exit_code),
             "problem": str(run.problem) if run.problem else None,
             "interrupted": interrupted,
@@ -471,6 +475,10 @@ async def run_batch(
         slot_rejections=run.limiter.rejections,
         report_path=report_path,
     )
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
