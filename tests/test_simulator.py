@@ -395,6 +395,23 @@ async def test_outcomes_are_reproducible_from_the_seed() -> None:
     assert set(first) == {1, 8}
 
 
+async def test_generation_jitter_spreads_durations_reproducibly() -> None:
+    async def durations(jitter: float) -> list[float]:
+        config = SimConfig(time_scale=FAST, seed=3, generation_jitter=jitter, concurrency_limit=20)
+        async with serve(config) as sim, aiohttp.ClientSession() as session:
+            api = Api(session, sim)
+            for n in range(10):
+                await api.generate(tts(f"line {n}"))
+            return [g.seconds for g in sim.ledger.generations.values()]
+
+    nominal = 20.0 * FAST
+    assert set(await durations(0.0)) == {nominal}
+    spread = await durations(0.5)
+    assert spread == await durations(0.5)
+    assert all(0.5 * nominal <= d <= 1.5 * nominal for d in spread)
+    assert max(spread) - min(spread) > 0.2 * nominal
+
+
 # -- status and downloads
 
 

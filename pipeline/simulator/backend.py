@@ -89,6 +89,7 @@ class Backend:
         # Separate streams, so how many ids were drawn never changes which outcome comes next.
         self._id_rng = random.Random(f"{config.seed}:ids")
         self._outcome_rng = random.Random(f"{config.seed}:outcomes")
+        self._duration_rng = random.Random(f"{config.seed}:durations")
         self._accounts: dict[str, Account] = {}
         self._media: dict[int, Media] = {}
         self._generations: dict[int, Generation] = {}
@@ -220,11 +221,19 @@ class Backend:
             raise ApiError(INSUFFICIENT_BALANCE, "insufficient balance")
         return self._start(account, body, trace_id, credits, min(monthly, credits))
 
+    def _duration(self) -> float:
+        """Simulated seconds a new generation takes: `generation_seconds`, spread uniformly by
+        `generation_jitter` (0.5: anywhere from half to one and a half times as long)."""
+        jitter = min(max(self.config.generation_jitter, 0.0), 1.0)
+        spread = self._duration_rng.uniform(1.0 - jitter, 1.0 + jitter) if jitter else 1.0
+        return self.config.generation_seconds * spread
+
     def _start(
         self, account: Account, body: dict[str, Any], trace_id: str, credits: int, monthly: int
     ) -> Generation:
         config = self.config
         now = self.clock()
+        seconds = config.real_seconds(self._duration())
         draw = self._outcome_rng.random()
         if draw < config.moderation_probability:
             outcome = MODERATED
@@ -241,11 +250,12 @@ class Backend:
             credits=credits,
             outcome=outcome,
             status=GENERATING,
+            seconds=seconds,
         )
         generation = Generation(
             record=record,
             account=account,
-            ends_at=now + config.real_seconds(config.generation_seconds),
+            ends_at=now + seconds,
             slot_until=now + config.real_seconds(config.slot_seconds),
             from_monthly=monthly,
             from_package=credits - monthly,

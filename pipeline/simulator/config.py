@@ -28,6 +28,7 @@ class SimConfig:
     credit_monthly: int = 10_000  # each key is its own account starting with these credits
     credit_package: int = 0
     generation_seconds: float = 20.0  # simulated time at status 5 before the terminal status
+    generation_jitter: float = 0.0  # spread of generation times: 0.5 -> 0.5x to 1.5x, seeded
     time_scale: float = 1.0  # real seconds per simulated second
     fail_probability: float = 0.0  # terminal status 8, credits refunded
     moderation_probability: float = 0.0  # terminal status 7, credits refunded

@@ -40,6 +40,7 @@ class GenerationRecord:
     outcome: int  # the terminal status decided at creation: 1, 7 or 8
     status: int = GENERATING  # 5 until settled, then `outcome`
     refunded: bool = False
+    seconds: float = 0.0  # real seconds it spends at status 5 (holding a slot)
 
 
 @dataclass
