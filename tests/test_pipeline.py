@@ -17,7 +17,16 @@ from pipeline.jobstate import JobState
 from pipeline.runner import ExitCode
 from pipeline.simulator import serve
 from pipeline.state import StateStore
-from tests.harness import FAST_RETRY, STATE_NAME, fast_sim, project, run_once, sha256, tts_manifest
+from tests.harness import (
+    EXAMPLE,
+    FAST_RETRY,
+    STATE_NAME,
+    fast_sim,
+    project,
+    run_once,
+    sha256,
+    tts_manifest,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -215,6 +224,8 @@ async def test_out_of_credits_stops_submitting_then_resumes(tmp_path: Path) -> N
         assert "insufficient credits" in outcome.problem
         done = [r for r in outcome.rows if r.state == "done"]
         assert 1 <= len(done) < 6  # in-flight jobs finished; their results are kept
+        refused = [r for r in sim.ledger.requests if r.err_code == 500090]
+        assert len(refused) <= 2  # submitting stopped at the first refusals (2 slots)
         assert all((out / f"{r.id}.mp4").exists() for r in done)
         sim.config.credit_monthly += 1000  # more credits, same account
         resumed = await run_once(sim, manifest, out, concurrency=2)
@@ -432,3 +443,72 @@ async def test_a_gateway_without_dedup_is_survived_and_reported(tmp_path: Path) 
     assert len(sim.ledger.generations) == 2
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["summary"]["ambiguous_submissions"] == 1
+
+
+async def test_polls_are_jittered_around_the_interval(tmp_path: Path) -> None:
+    from pipeline.client import ClientConfig, PixverseClient
+    from pipeline.manifest import load_manifest
+    from pipeline.preflight import preflight
+    from pipeline.runner import RunOptions, run_batch
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await anyio.sleep(seconds)
+
+    manifest = project(tmp_path, tts_manifest(3))
+    async with serve(fast_sim(generation_seconds=60.0)) as sim:
+        store = StateStore.open(tmp_path / "out" / STATE_NAME)
+        config = ClientConfig(base_url=sim.url, api_key="sim-key", retry=FAST_RETRY)
+        async with PixverseClient(config) as client:
+            options = RunOptions(output_dir=tmp_path / "out", poll_interval=0.05)
+            outcome = await run_batch(
+                preflight(load_manifest(manifest)), store, client, options, sleep=sleep
+            )
+        store.close()
+    assert outcome.exit_code is ExitCode.OK
+    assert len(slept) >= 6
+    assert all(0.04 <= s <= 0.06 for s in slept)
+    assert len(set(slept)) == len(slept)  # jittered, so polls of many jobs spread out
+
+
+async def test_a_generation_past_the_slot_time_frees_its_slot(tmp_path: Path) -> None:
+    """PixVerse FAQ: a generation running past 10 minutes no longer holds a slot. Scaled down:
+    slots are freed after 20 simulated seconds, generations take 100."""
+    manifest = project(tmp_path, tts_manifest(2))
+    config = fast_sim(generation_seconds=100.0, slot_seconds=20.0, concurrency_limit=1)
+    async with serve(config) as sim:
+        outcome = await run_once(
+            sim, manifest, tmp_path / "out", concurrency=1, slot_release_after=0.15
+        )
+    assert outcome.exit_code is ExitCode.OK
+    video = {r.id: r.video_id for r in outcome.rows}
+    first = sim.ledger.generations[video["job-0"]]  # type: ignore[index]
+    second = sim.ledger.generations[video["job-1"]]  # type: ignore[index]
+    assert second.created_at < first.created_at + first.seconds  # they overlapped
+    assert not [r for r in sim.ledger.requests if r.err_code == 500044]
+
+
+async def test_downloads_and_uploads_keep_to_their_own_limits(tmp_path: Path) -> None:
+    manifest = project(tmp_path, EXAMPLE)
+    config = fast_sim(transfer_seconds=10.0)  # 50 ms per transfer
+    async with serve(config) as sim:
+        outcome = await run_once(
+            sim, manifest, tmp_path / "out", upload_concurrency=2, download_concurrency=1
+        )
+    assert outcome.exit_code is ExitCode.OK
+
+    def most_at_once(kind: str) -> int:
+        events = sorted(
+            [(t.started, 1) for t in sim.ledger.transfers if t.kind == kind]
+            + [(t.finished, -1) for t in sim.ledger.transfers if t.kind == kind]
+        )
+        running = peak = 0
+        for _, step in events:
+            running += step
+            peak = max(peak, running)
+        return peak
+
+    assert most_at_once("download") == 1
+    assert most_at_once("upload") == 2
