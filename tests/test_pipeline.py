@@ -56,8 +56,13 @@ async def test_mixed_manifest_downloads_every_result_byte_identical(tmp_path: Pa
         assert row.video_id is not None
         assert sha256(path) == ledger.served_downloads[row.video_id]
         assert row.bytes == path.stat().st_size
-        with av.open(str(path)) as container:  # a real, playable mp4
+        with av.open(str(path)) as container:  # a real, playable mp4 with the dub's sound
             assert container.streams.video
+            assert container.streams.audio
+            width = container.streams.video[0].codec_context.width
+        # the simulator keeps the uploaded clip's picture (160x90 samples; 64 px stand-in for
+        # a source_video_id)
+        assert width == (64 if row.id == "remix-de" else 160)
     # each body kind reached the API as the contract wants
     bodies = [g.body for g in ledger.generations.values()]
     assert sum("source_video_id" in b for b in bodies) == 1

@@ -37,7 +37,7 @@ from pipeline.simulator.gateway import Call, api, recorded
 from pipeline.simulator.ledger import Ledger, RequestRecord, TransferRecord
 from pipeline.simulator.links import DOWNLOAD_PREFIX, download_path
 from pipeline.simulator.lipsync import parse_body, read_request
-from pipeline.simulator.media import InvalidMediaError, media_type_for, probe
+from pipeline.simulator.media import InvalidMediaError, media_type_for, probe, speech_for
 from pipeline.simulator.state import STATE, SimState
 
 API_PREFIX = "/openapi/v2"
@@ -88,6 +88,7 @@ async def upload(request: web.Request, call: Call) -> Reply:
         probed.duration,
         probed.width,
         probed.height,
+        data,
     )
     # The simulator does not serve uploads back; the url is informational, as PixVerse's is.
     url = f"{request.url.origin()}/media/upload/{media.media_id}{Path(filename).suffix.lower()}"
@@ -153,7 +154,7 @@ async def result(request: web.Request, call: Call) -> Reply:
         raise ApiError(NOT_FOUND, "requested data not found")
     url, size = "", 0
     if status == 1:
-        data = await anyio.to_thread.run_sync(state.videos.get, video_id)
+        data = await _result_video(state, video_id)
         size = len(data)
         url = _signed_url(request, state, video_id)
     resp: dict[str, Any] = {
@@ -161,17 +162,26 @@ async def result(request: web.Request, call: Call) -> Reply:
         "status": status,
         "url": url,
         "size": size,
-        "outputWidth": state.videos.width,
-        "outputHeight": state.videos.height,
+        "outputWidth": state.videos.size_of(video_id)[0],
+        "outputHeight": state.videos.size_of(video_id)[1],
         "create_time": state.backend.iso_time(created),
         "modify_time": state.backend.iso_time(modified),
         "seed": seed,
         "prompt": "",
         "negative_prompt": "",
-        "resolution_ratio": state.videos.height,
+        "resolution_ratio": state.videos.size_of(video_id)[1],
         "style": "",
     }
     return success(resp)
+
+
+async def _result_video(state: SimState, video_id: int) -> bytes:
+    video, audio = state.backend.sources(video_id)
+    generation = state.backend.generation(video_id)
+    script = generation.record.body.get("lip_sync_tts_content") if generation else None
+    if audio is None and isinstance(script, str):
+        audio = await anyio.to_thread.run_sync(speech_for, script)
+    return await anyio.to_thread.run_sync(state.videos.get, video_id, video, audio)
 
 
 def _signed_url(request: web.Request, state: SimState, video_id: int) -> str:
@@ -198,7 +208,7 @@ async def download(request: web.Request, record: RequestRecord) -> web.StreamRes
     if not state.backend.is_finished_video(video_id):
         return web.Response(status=404, text="404 Not Found")
     started = state.clock()
-    data = await anyio.to_thread.run_sync(state.videos.get, video_id)
+    data = await _result_video(state, video_id)
     await _slow_link(state, "download", str(video_id), started)
     response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
     response.content_length = len(data)

@@ -59,6 +59,7 @@ class Media:
     duration: float
     width: int
     height: int
+    data: bytes = field(default=b"", repr=False)  # kept to build the result video from
 
 
 @dataclass
@@ -137,8 +138,9 @@ class Backend:
         duration: float,
         width: int = 0,
         height: int = 0,
+        data: bytes = b"",
     ) -> Media:
-        media = Media(self._new_id(), media_type, filename, duration, width, height)
+        media = Media(self._new_id(), media_type, filename, duration, width, height, data)
         self._media[media.media_id] = media
         self.ledger.uploads.append(
             UploadRecord(media.media_id, media_type, filename, sha256, duration)
@@ -160,6 +162,20 @@ class Backend:
 
     def generation(self, video_id: int) -> Generation | None:
         return self._generations.get(video_id)
+
+    def sources(self, video_id: int) -> tuple[bytes | None, bytes | None]:
+        """The uploaded video and audio bytes a generation was made from (None: not uploaded,
+        e.g. a source_video_id or a TTS script)."""
+        generation = self._generations.get(video_id)
+        if generation is None:
+            return None, None
+        body = generation.record.body
+
+        def data(field_name: str) -> bytes | None:
+            media = self._media.get(body.get(field_name, 0))
+            return media.data if media is not None and media.data else None
+
+        return data("video_media_id"), data("audio_media_id")
 
     def is_finished_video(self, video_id: int) -> bool:
         """A video PixVerse made earlier: a known id, or a generation that succeeded."""

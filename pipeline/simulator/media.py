@@ -1,20 +1,28 @@
 """Real media for the simulator: probing uploads, and producing result videos.
 
-Result videos are real, playable MP4s: the bundled `assets/base.mp4` (64x64 H.264, 12 frames,
-1 s) remuxed in memory with the video id written into the container metadata, so every video
-id has distinct bytes. PyAV calls block, so callers run them in a worker thread.
+Result videos are real, playable MP4s, made in memory with the video id written into the
+container metadata (so every video id has distinct bytes): the uploaded source video's picture
+(or, for a `source_video_id`, the bundled `assets/base.mp4`, 64x64 H.264, 1 s) with the uploaded
+audio (or, for TTS, a speech-like tone as long as the script) re-encoded to AAC as its sound
+track. No lips move, but a person playing the demo's output sees their clip carrying the dub.
+PyAV calls block, so callers run them in a worker thread.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
 import threading
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import av
 import av.error
+
+from pipeline._samples import make_audio
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".webm"})
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".m4a", ".aac"})
@@ -97,23 +105,65 @@ def base_clip_bytes() -> bytes:
     return resources.files("pipeline.simulator").joinpath("assets", BASE_CLIP).read_bytes()
 
 
-def remux_with_id(base: bytes, video_id: int) -> bytes:
-    """`base` remuxed (no re-encode) with `video_id` in the container metadata."""
+def compose(video: bytes, audio: bytes | None, video_id: int) -> bytes:
+    """`video`'s picture stream remuxed (no re-encode) into an MP4, with `audio`'s first audio
+    stream re-encoded to AAC beside it, and `video_id` in the container metadata."""
     output = io.BytesIO()
     with (
-        av.open(io.BytesIO(base), mode="r") as source,
+        av.open(io.BytesIO(video), mode="r") as source,
+        av.open(io.BytesIO(audio or b""), mode="r") if audio else nullcontext() as sound,
         av.open(output, mode="w", format="mp4") as target,
     ):
         target.metadata["title"] = f"PixVerse simulator result {video_id}"
         target.metadata["comment"] = f"pixverse-sim video_id={video_id}"
         source_stream = source.streams.video[0]
+        # every stream is declared before the first packet: MP4 writes its header then
         target_stream = target.add_stream_from_template(source_stream)
+        encode_audio = _aac_track(target, sound) if sound is not None else None
         for packet in source.demux(source_stream):
             if packet.dts is None:  # the demuxer's end-of-stream flush packet
                 continue
             packet.stream = target_stream
             target.mux(packet)
+        if encode_audio is not None:
+            encode_audio()
     return output.getvalue()
+
+
+def _aac_track(
+    target: av.container.OutputContainer, sound: av.container.InputContainer
+) -> Callable[[], None]:
+    """Add a mono AAC stream to `target` now; the returned function encodes `sound` into it."""
+    source_stream = sound.streams.audio[0]
+    rate = source_stream.codec_context.sample_rate or 44100
+    stream = target.add_stream("aac", rate=rate, layout="mono")
+    assert isinstance(stream, av.AudioStream)
+
+    def encode() -> None:
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=rate)
+        for frame in sound.decode(source_stream):
+            for chunk in resampler.resample(frame):
+                target.mux(stream.encode(chunk))
+        for chunk in resampler.resample(None):
+            target.mux(stream.encode(chunk))
+        target.mux(stream.encode(None))
+
+    return encode
+
+
+def speech_for(script: str) -> bytes:
+    """A speech-like WAV as long as reading `script` aloud takes (about 12 characters a
+    second, 1 to 30 s): what the simulator "speaks" for a TTS job."""
+    seconds = min(30.0, max(1.0, len(script) / 12))
+    with tempfile.TemporaryDirectory() as folder:
+        path = make_audio(Path(folder) / "tts.wav", seconds=seconds, sample_rate=16_000)
+        return path.read_bytes()
+
+
+def _frame_size(data: bytes) -> tuple[int, int]:
+    with av.open(io.BytesIO(data), mode="r") as container:
+        context = container.streams.video[0].codec_context
+        return context.width, context.height
 
 
 class ResultVideos:
@@ -121,20 +171,29 @@ class ResultVideos:
 
     def __init__(self, base: bytes | None = None) -> None:
         self._base = base_clip_bytes() if base is None else base
-        self._cache: dict[int, bytes] = {}
+        self._cache: dict[int, tuple[bytes, tuple[int, int]]] = {}
         self._lock = threading.Lock()
-        self.width = BASE_CLIP_SIZE
-        self.height = BASE_CLIP_SIZE
 
-    def get(self, video_id: int) -> bytes:
-        """Blocking: call from a worker thread."""
+    def get(self, video_id: int, video: bytes | None = None, audio: bytes | None = None) -> bytes:
+        """Blocking: call from a worker thread. `video`/`audio` are the uploaded sources."""
         with self._lock:
             cached = self._cache.get(video_id)
         if cached is not None:
-            return cached
-        data = remux_with_id(self._base, video_id)
+            return cached[0]
+        try:
+            data = compose(video or self._base, audio, video_id)
+        except (av.error.FFmpegError, ValueError, IndexError):
+            # a source PyAV cannot put into an MP4 as it is: the bundled clip stands in
+            data = compose(self._base, None, video_id)
+        entry = (data, _frame_size(data))
         with self._lock:
-            return self._cache.setdefault(video_id, data)
+            return self._cache.setdefault(video_id, entry)[0]
+
+    def size_of(self, video_id: int) -> tuple[int, int]:
+        """(width, height) of a result made by `get`; the base clip's size before that."""
+        with self._lock:
+            cached = self._cache.get(video_id)
+        return cached[1] if cached is not None else (BASE_CLIP_SIZE, BASE_CLIP_SIZE)
 
 
 def make_base_clip(path: Path) -> None:
