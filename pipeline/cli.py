@@ -23,6 +23,7 @@ import anyio
 from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
 from pipeline.errors import ApiError, FatalError, ManifestError, StateError
 from pipeline.manifest import load_manifest
+from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked, preflight
 from pipeline.report import build_rows, summary_line
 from pipeline.runner import ExitCode, RunOptions, run_batch
@@ -197,7 +198,12 @@ def _output_dir(checked: Checked, out: Path | None) -> Path:
 def _cmd_validate(args: argparse.Namespace) -> int:
     checked = _load(args.manifest)
     files = len(checked.media)
-    print(f"{args.manifest}: {len(checked.manifest.jobs)} jobs, {files} media files: OK")
+    jobs = checked.manifest.jobs
+    credits = sum(estimate_credits(job, checked.media) for job in jobs)
+    print(
+        f"{args.manifest}: {len(jobs)} jobs, {files} media files: OK;"
+        f" about {credits} credits at PixVerse's published prices"
+    )
     return ExitCode.OK
 
 

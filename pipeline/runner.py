@@ -18,6 +18,7 @@ import logging
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +73,7 @@ class RunOptions:
     # PixVerse FAQ: a generation running past 10 minutes no longer holds a concurrency slot.
     slot_release_after: float = 600.0
     handle_signals: bool = False  # SIGINT/SIGTERM stop the run cleanly (CLI only: main thread)
+    progress_every: float = 30.0  # seconds between progress log lines
 
 
 @dataclass
@@ -438,8 +440,10 @@ async def run_batch(
     run = _Run(checked, store, client, options, sleep, wall)
     started = wall()
     jobs = reconcile(checked, store, options.output_dir)
+    to_submit = [j for j in jobs if store.job(j.id).state is JobState.PENDING]
     try:
-        await check_speakers([j for j in jobs if store.job(j.id).state is JobState.PENDING], client)
+        await check_speakers(to_submit, client)
+        await _check_balance(checked, to_submit, client)
     except (FatalError, TransientError) as exc:
         run.problem = exc
     with anyio.CancelScope() as scope:
@@ -447,6 +451,7 @@ async def run_batch(
             async with anyio.create_task_group() as tg:
                 if options.handle_signals:
                     tg.start_soon(_cancel_on_signal, scope)
+                tg.start_soon(_log_progress, store, checked, options.progress_every, sleep)
                 await run.execute(jobs)
                 tg.cancel_scope.cancel()
     interrupted = scope.cancel_called
@@ -475,6 +480,48 @@ async def run_batch(
         slot_rejections=run.limiter.rejections,
         report_path=report_path,
     )
+
+
+async def _check_balance(checked: Checked, to_submit: list[Job], client: PixverseClient) -> None:
+    """Say up front whether the credits look enough (an estimate: the price model's snapshot).
+    It only warns: the run spends what there is and stops cleanly at 500090."""
+    if not to_submit:
+        return
+    need = sum(estimate_credits(j, checked.media) for j in to_submit)
+    try:
+        balance = await client.balance()
+    except TransientError as exc:
+        log.warning("could not read the balance (%s); going on", exc)
+        return
+    if balance.spendable < need:
+        log.warning(
+            "%d jobs to submit need about %d credits; the account has %d: the run will stop"
+            " submitting when they run out (exit 4) and can be resumed after a top-up",
+            len(to_submit),
+            need,
+            balance.spendable,
+        )
+    else:
+        log.info(
+            "%d jobs to submit, about %d credits of %d", len(to_submit), need, balance.spendable
+        )
+
+
+async def _log_progress(store: StateStore, checked: Checked, every: float, sleep: Sleep) -> None:
+    """A line every `every` seconds, for logs nobody watches live (cron, systemd timers)."""
+    ids = {j.id for j in checked.manifest.jobs}
+    while True:
+        await sleep(every)
+        counts = Counter(r.state.value for r in store.jobs() if r.id in ids)
+        log.info(
+            "progress: %d/%d done, %d failed, %d generating, %d downloading, %d pending",
+            counts["done"],
+            len(ids),
+            counts["failed"],
+            counts["generating"] + counts["submitting"],
+            counts["downloading"],
+            counts["pending"],
+        )
 
 
 def _iso(timestamp: float) -> str:

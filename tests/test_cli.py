@@ -122,7 +122,9 @@ def test_validate_accepts_the_example_and_sends_nothing(
     sim_env: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["validate", str(REPO / "manifests" / "example.yaml")]) == 0
-    assert "6 jobs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "6 jobs" in out
+    assert "about 52 credits" in out  # what the simulator's price model charges the demo
     assert sim_env.ledger.requests == []  # type: ignore[attr-defined]
 
 

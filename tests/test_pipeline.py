@@ -219,7 +219,9 @@ async def test_trace_id_is_durable_before_the_request_leaves(tmp_path: Path) -> 
     assert len(sim.ledger.generations) == 1
 
 
-async def test_out_of_credits_stops_submitting_then_resumes(tmp_path: Path) -> None:
+async def test_out_of_credits_stops_submitting_then_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     manifest = project(tmp_path, tts_manifest(6))
     out = tmp_path / "out"
     async with serve(fast_sim(credit_monthly=12, concurrency_limit=10)) as sim:
@@ -229,6 +231,7 @@ async def test_out_of_credits_stops_submitting_then_resumes(tmp_path: Path) -> N
         assert "insufficient credits" in outcome.problem
         done = [r for r in outcome.rows if r.state == "done"]
         assert 1 <= len(done) < 6  # in-flight jobs finished; their results are kept
+        assert "need about 24 credits; the account has 12" in caplog.text  # warned up front
         refused = [r for r in sim.ledger.requests if r.err_code == 500090]
         assert len(refused) <= 2  # submitting stopped at the first refusals (2 slots)
         assert all((out / f"{r.id}.mp4").exists() for r in done)
@@ -517,3 +520,15 @@ async def test_downloads_and_uploads_keep_to_their_own_limits(tmp_path: Path) ->
 
     assert most_at_once("download") == 1
     assert most_at_once("upload") == 2
+
+
+async def test_progress_lines_are_logged_for_unattended_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="pipeline")
+    manifest = project(tmp_path, tts_manifest(3))
+    async with serve(fast_sim(generation_seconds=60.0)) as sim:
+        await run_once(sim, manifest, tmp_path / "out", progress_every=0.05)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert lines
+    assert lines[0].startswith("progress: 0/3 done")
