@@ -59,6 +59,10 @@ PREFLIGHT_CASES: dict[str, tuple[str, str]] = {
     "video too wide": (job_yaml(video="media/wide.mp4"), "over the limit of 1920 px"),
     "audio too long": (job_yaml(voice="audio: media/long.wav"), "over the limit of 30 s"),
     "video too large": (_oversized(Path()), "over the limit of 0.001 MB"),
+    "audio too large": (
+        "version: 1\nlimits: {audio_max_mb: 0.001}\n" + job_yaml().split("\n", 1)[1],
+        "field 'audio': intro_es.mp3: 0.0 MB is over the limit of 0.001 MB",
+    ),
     "tts too long": (
         job_yaml(voice=f"tts: {{text: '{'x' * 201}', speaker: '1'}}"),
         "201 characters",
@@ -382,3 +386,31 @@ def test_demo_runs_the_example_against_the_bundled_simulator(
     assert "6 jobs: 6 done" in capsys.readouterr().out
     assert len(list(out.glob("*.mp4"))) == 6
     assert (out / "report.json").exists()
+
+
+def test_run_options_state_base_url_key_attempts_and_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PIXVERSE_API_KEY", raising=False)
+    monkeypatch.setenv("PIXVERSE_BASE_URL", "http://127.0.0.1:9")  # overridden by --base-url
+    config = fast_sim(fail_probability=1.0)
+    with sim_in_thread(config) as sim:
+        manifest = project(tmp_path, tts_manifest(2))
+        state = tmp_path / "elsewhere" / "state.sqlite"
+        code = main(
+            [
+                "run", str(manifest), "--out", str(tmp_path / "out"), "--state", str(state),
+                "--base-url", sim.url, "--api-key", "sim-key", "--max-attempts", "2",
+                "--concurrency", "1", "--poll-interval", "0.02",
+            ]
+        )  # fmt: skip
+        assert code == 1  # every generation fails (status 8): both jobs failed after 2 tries
+        assert len(sim.ledger.generations) == 4
+        assert sim.ledger.peak_concurrent == 1
+    assert state.exists()
+    assert not (tmp_path / "out" / STATE_NAME).exists()
+    capsys.readouterr()
+    assert main(["status", "--state", str(state)]) == 0
+    status = capsys.readouterr().out
+    assert status.count("failed") >= 2
+    assert "attempts=2" in status
