@@ -14,7 +14,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,11 @@ def _positive_float(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args)
+    with _logging_to_stderr(args):
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _cmd_run,
         "validate": _cmd_validate,
@@ -162,17 +167,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.UNFINISHED
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
+@contextmanager
+def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
+    """The package's log lines go to stderr for the length of one command, then the logger is
+    left as it was found (the CLI is also called in-process, by tests and embedders)."""
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_RedactKey(os.environ.get("PIXVERSE_API_KEY", "")))
     if getattr(args, "api_key", None):
         handler.addFilter(_RedactKey(args.api_key))
-    root = logging.getLogger("pipeline")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    logger = logging.getLogger("pipeline")
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _client_config(args: argparse.Namespace) -> ClientConfig:
