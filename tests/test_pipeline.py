@@ -93,9 +93,7 @@ async def test_peak_concurrency_stays_within_the_limit_and_fills_it(
     assert outcome.exit_code is ExitCode.OK
     assert sim.ledger.peak_concurrent <= concurrency
     assert sim.ledger.peak_concurrent == concurrency  # slots were kept busy
-    assert not sim.ledger.requests_to("/openapi/v2/video/lip_sync/generate") or all(
-        r.err_code != 500044 for r in sim.ledger.requests
-    )
+    assert all(r.err_code != 500044 for r in sim.ledger.requests)  # never over the limit
 
 
 async def test_simulator_limit_below_concurrency_still_completes(tmp_path: Path) -> None:
