@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
+from pipeline.simulator import Simulator
 from pipeline.state import StateStore
 from tests.harness import REPO, STATE_NAME, fast_sim, project, sim_in_thread, tts_manifest
 from tests.media_factory import make_audio, make_truncated, make_video
@@ -289,49 +290,41 @@ def _generating(state: Path) -> int:
     return int(row[0])
 
 
+def _run_env(sim: Simulator) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PIXVERSE_API_KEY": "sim-key",
+        "PIXVERSE_BASE_URL": sim.url,
+    }
+
+
+def _run_args(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", str(manifest), "--out", str(out), "--poll-interval", "0.05", *extra]
+
+
+def _wait_generating(state: Path, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while _generating(state) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _generating(state) >= count
+
+
 def test_kill_9_mid_run_then_rerun_pays_for_nothing_twice(tmp_path: Path) -> None:
     config = fast_sim(generation_seconds=200.0)  # 1 s per generation
     with sim_in_thread(config) as sim:
         manifest = project(tmp_path, tts_manifest(8))
         out = tmp_path / "out"
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "PIXVERSE_API_KEY": "sim-key",
-            "PIXVERSE_BASE_URL": sim.url,
-        }
-        args = [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--concurrency",
-            "3",
-            "--poll-interval",
-            "0.05",
-        ]
-        victim = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while _generating(out / STATE_NAME) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        env = _run_env(sim)
+        args = _run_args(manifest, out, "--concurrency", "3")
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *args], env=env, stderr=subprocess.DEVNULL
+        )
+        _wait_generating(out / STATE_NAME, 3)
         victim.kill()  # SIGKILL: no cleanup of any kind
         victim.wait(10)
-        assert len(sim.ledger.generations) >= 3
-        assert len(sim.ledger.generations) < 8
-        again = _cli(
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--concurrency",
-            "3",
-            "--poll-interval",
-            "0.05",
-            env=env,
-        )
+        assert 3 <= len(sim.ledger.generations) < 8
+        again = _cli(*args, env=env)
         assert again.returncode == 0, again.stderr
         assert len(sim.ledger.generations) == 8
         assert sim.ledger.duplicate_bodies() == []
@@ -343,36 +336,19 @@ def test_sigint_leaves_a_resumable_run_with_exit_75(tmp_path: Path) -> None:
     with sim_in_thread(config) as sim:
         manifest = project(tmp_path, tts_manifest(4))
         out = tmp_path / "out"
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "PIXVERSE_API_KEY": "sim-key",
-            "PIXVERSE_BASE_URL": sim.url,
-        }
-        args = [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--poll-interval",
-            "0.05",
-        ]
+        env = _run_env(sim)
+        args = [sys.executable, "-m", "pipeline", *_run_args(manifest, out)]
         proc = subprocess.Popen(
             args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        deadline = time.monotonic() + 30
-        while _generating(out / STATE_NAME) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_generating(out / STATE_NAME, 1)
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=30)
         assert proc.returncode == 75
         assert "unfinished" in stdout
         report = (out / "report.json").read_text()
         assert '"interrupted": true' in report
-        again = _cli("run", str(manifest), "--out", str(out), "--poll-interval", "0.05", env=env)
+        again = _cli(*_run_args(manifest, out), env=env)
         assert again.returncode == 0
         assert len(sim.ledger.generations) == 4
         assert sim.ledger.duplicate_bodies() == []
