@@ -10,6 +10,8 @@ PyAV calls block, so callers run them in a worker thread.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import tempfile
 import threading
@@ -18,6 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import av
 import av.error
@@ -105,29 +108,50 @@ def base_clip_bytes() -> bytes:
     return resources.files("pipeline.simulator").joinpath("assets", BASE_CLIP).read_bytes()
 
 
-def compose(video: bytes, audio: bytes | None, video_id: int) -> bytes:
+def compose(video: bytes, audio: bytes | None) -> bytes:
     """`video`'s picture stream remuxed (no re-encode) into an MP4, with `audio`'s first audio
-    stream re-encoded to AAC beside it, and `video_id` in the container metadata."""
+    stream re-encoded to AAC beside it. The costly part of a result: cached per source pair."""
     output = io.BytesIO()
     with (
         av.open(io.BytesIO(video), mode="r") as source,
         av.open(io.BytesIO(audio or b""), mode="r") if audio else nullcontext() as sound,
         av.open(output, mode="w", format="mp4") as target,
     ):
-        target.metadata["title"] = f"PixVerse simulator result {video_id}"
-        target.metadata["comment"] = f"pixverse-sim video_id={video_id}"
         source_stream = source.streams.video[0]
         # every stream is declared before the first packet: MP4 writes its header then
         target_stream = target.add_stream_from_template(source_stream)
         encode_audio = _aac_track(target, sound) if sound is not None else None
-        for packet in source.demux(source_stream):
-            if packet.dts is None:  # the demuxer's end-of-stream flush packet
-                continue
-            packet.stream = target_stream
-            target.mux(packet)
+        _copy_packets(source, {source_stream.index: target_stream}, target)
         if encode_audio is not None:
             encode_audio()
     return output.getvalue()
+
+
+def stamp(master: bytes, video_id: int) -> bytes:
+    """`master` remuxed stream for stream with `video_id` in its metadata: distinct bytes per
+    video id for the price of a copy."""
+    output = io.BytesIO()
+    with (
+        av.open(io.BytesIO(master), mode="r") as source,
+        av.open(output, mode="w", format="mp4") as target,
+    ):
+        target.metadata["title"] = f"PixVerse simulator result {video_id}"
+        target.metadata["comment"] = f"pixverse-sim video_id={video_id}"
+        streams = {s.index: target.add_stream_from_template(s) for s in source.streams}
+        _copy_packets(source, streams, target)
+    return output.getvalue()
+
+
+def _copy_packets(
+    source: av.container.InputContainer,
+    streams: dict[int, Any],
+    target: av.container.OutputContainer,
+) -> None:
+    for packet in source.demux(*(source.streams[i] for i in streams)):
+        if packet.dts is None:  # the demuxer's end-of-stream flush packet
+            continue
+        packet.stream = streams[packet.stream.index]
+        target.mux(packet)
 
 
 def _aac_track(
@@ -154,7 +178,11 @@ def _aac_track(
 def speech_for(script: str) -> bytes:
     """A speech-like WAV as long as reading `script` aloud takes (about 12 characters a
     second, 1 to 30 s): what the simulator "speaks" for a TTS job."""
-    seconds = min(30.0, max(1.0, len(script) / 12))
+    return _speech(round(min(30.0, max(1.0, len(script) / 12)), 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _speech(seconds: float) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         path = make_audio(Path(folder) / "tts.wav", seconds=seconds, sample_rate=16_000)
         return path.read_bytes()
@@ -171,6 +199,7 @@ class ResultVideos:
 
     def __init__(self, base: bytes | None = None) -> None:
         self._base = base_clip_bytes() if base is None else base
+        self._masters: dict[tuple[bytes, bytes], bytes] = {}  # by the sources' digests
         self._cache: dict[int, tuple[bytes, tuple[int, int]]] = {}
         self._lock = threading.Lock()
 
@@ -180,14 +209,24 @@ class ResultVideos:
             cached = self._cache.get(video_id)
         if cached is not None:
             return cached[0]
-        try:
-            data = compose(video or self._base, audio, video_id)
-        except (av.error.FFmpegError, ValueError, IndexError):
-            # a source PyAV cannot put into an MP4 as it is: the bundled clip stands in
-            data = compose(self._base, None, video_id)
+        data = stamp(self._master(video or self._base, audio), video_id)
         entry = (data, _frame_size(data))
         with self._lock:
             return self._cache.setdefault(video_id, entry)[0]
+
+    def _master(self, video: bytes, audio: bytes | None) -> bytes:
+        key = (hashlib.sha256(video).digest(), hashlib.sha256(audio or b"").digest())
+        with self._lock:
+            master = self._masters.get(key)
+        if master is None:
+            try:
+                master = compose(video, audio)
+            except (av.error.FFmpegError, ValueError, IndexError):
+                # a source PyAV cannot put into an MP4 as it is: the bundled clip stands in
+                master = compose(self._base, None)
+            with self._lock:
+                master = self._masters.setdefault(key, master)
+        return master
 
     def size_of(self, video_id: int) -> tuple[int, int]:
         """(width, height) of a result made by `get`; the base clip's size before that."""
