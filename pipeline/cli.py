@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +25,7 @@ import anyio
 
 from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
 from pipeline.errors import ApiError, FatalError, ManifestError, StateError
-from pipeline.manifest import load_manifest
+from pipeline.manifest import Manifest, load_manifest
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked, preflight
 from pipeline.report import build_rows, summary_line
@@ -111,6 +113,19 @@ def _add_run_options(parser: argparse.ArgumentParser, poll_interval: float = 5.0
         "--poll-interval", type=_positive_float, default=poll_interval, help="seconds"
     )
     parser.add_argument("--max-attempts", type=_positive_int, default=3, help="tries per job (8)")
+    parser.add_argument(
+        "--max-wait",
+        type=_positive_float,
+        default=1800.0,
+        help="seconds a generation may stay at status 5 before it is left for the next run",
+    )
+    parser.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="start this job over even if it was paid for (repeatable)",
+    )
 
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
@@ -136,8 +151,30 @@ def _positive_float(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with _logging_to_stderr(args):
-        return _dispatch(args)
+    with _logging_to_stderr(args), _sigterm_interrupts():
+        try:
+            return _dispatch(args)
+        except KeyboardInterrupt:
+            # outside a run's own signal handling (preflight, account checks): nothing half-done
+            print("interrupted; run the same command again to resume", file=sys.stderr)
+            return ExitCode.UNFINISHED
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (systemd, kill) stops the command like Ctrl-C does, in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -202,12 +239,12 @@ def _load(manifest: Path) -> Checked:
     return preflight(load_manifest(manifest))
 
 
-def _output_dir(checked: Checked, out: Path | None) -> Path:
+def _output_dir(manifest: Manifest, out: Path | None) -> Path:
     if out is not None:
         return out
-    if checked.manifest.output_dir is not None:
-        return checked.manifest.output_dir
-    return checked.manifest.path.resolve().parent / "out"
+    if manifest.output_dir is not None:
+        return manifest.output_dir
+    return manifest.path.resolve().parent / "out"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -223,7 +260,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    checked = _load(args.manifest)
+    manifest = load_manifest(args.manifest)
+    # another run on this output folder: say so at once, before probing a single file
+    StateStore.ensure_unlocked(args.state or _output_dir(manifest, args.out) / STATE_NAME)
+    checked = preflight(manifest)
+    unknown = sorted(set(args.redo) - {job.id for job in manifest.jobs})
+    if unknown:
+        raise ManifestError([f"--redo: no job with id {job_id!r}" for job_id in unknown])
     config = _client_config(args)
     return _run(checked, config, args)
 
@@ -233,14 +276,20 @@ def _run(checked: Checked, config: ClientConfig, args: argparse.Namespace) -> in
 
 
 async def _run_async(checked: Checked, config: ClientConfig, args: argparse.Namespace) -> int:
-    out = _output_dir(checked, args.out)
+    out = _output_dir(checked.manifest, args.out)
     options = RunOptions(
         output_dir=out,
         concurrency=args.concurrency,
         poll_interval=args.poll_interval,
         max_attempts=args.max_attempts,
+        max_wait=args.max_wait,
+        redo=frozenset(args.redo),
         handle_signals=True,
     )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ManifestError([f"output folder {out}: {exc.strerror or exc}"]) from exc
     store = StateStore.open(args.state or out / STATE_NAME)  # exit 3 if locked: nothing sent
     try:
         async with PixverseClient(config) as client:
@@ -259,9 +308,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     elif args.out is not None:
         state_path = args.out / STATE_NAME
     elif args.manifest is not None:
-        manifest = load_manifest(args.manifest)
-        out = manifest.output_dir or manifest.path.resolve().parent / "out"
-        state_path = out / STATE_NAME
+        state_path = _output_dir(load_manifest(args.manifest), None) / STATE_NAME
     else:
         raise ManifestError(["status needs a MANIFEST, --out or --state"])
     store = StateStore.read_only(state_path)

@@ -96,7 +96,8 @@ class SubmissionTrace(Protocol):
     def current(self) -> str: ...
 
     def rotate(self) -> str:
-        """Make, save durably, and return a new trace id (after a definitive reply)."""
+        """After a "busy" reply: save and return a new trace id, or keep the current one when
+        an earlier send of it may have been processed (a busy answer can come from a proxy)."""
         ...
 
     def ambiguous(self) -> None:
@@ -128,14 +129,20 @@ def classify_envelope(
     if http_status == 401:
         raise AuthError("API key rejected", http_status=401, err_code=code, err_msg=message)
     if not isinstance(code, int) or isinstance(code, bool):
-        if http_status == 429 or http_status >= 500:
-            raise ServerBusyError(
-                f"server busy: {message}", http_status=http_status, retry_after=retry_after
-            )
-        raise TransportError("reply has no ErrCode", http_status=http_status)
+        # JSON, but not PixVerse's envelope: a proxy or gateway in front answered (a 504
+        # "Endpoint request timed out", a 429 from a rate limiter). Whether the API saw the
+        # request is unknown, so it is a transport error: a submission keeps its trace id.
+        raise TransportError(
+            f"reply is not a PixVerse envelope: {str(dict(payload))[:120]}",
+            http_status=http_status,
+            retry_after=retry_after,
+        )
     kwargs: dict[str, Any] = {"http_status": http_status, "err_code": code, "err_msg": message}
     if code == 0 and 200 <= http_status < 300:
-        return _field(payload, "Resp", "resp")
+        resp = _field(payload, "Resp", "resp")
+        if not isinstance(resp, Mapping):
+            raise TransportError("successful reply without a Resp object", http_status=http_status)
+        return resp
     if code in _AUTH_CODES:
         raise AuthError(f"account problem: {message}", **kwargs)
     if code == 500090:
@@ -326,6 +333,10 @@ class PixverseClient:
                 "GET", "/video/lip_sync/tts_list", params={"page_num": page, "page_size": 30}
             )
             data = resp.get("data") or []
+            if not isinstance(data, list) or not all(
+                isinstance(s, Mapping) and "speaker_id" in s for s in data
+            ):
+                raise TransportError("malformed speaker list in the tts_list reply")
             speakers.extend(Speaker(str(s["speaker_id"]), str(s.get("name", ""))) for s in data)
             total = resp.get("total")
             if not data or not isinstance(total, int) or len(speakers) >= total:

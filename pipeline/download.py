@@ -18,7 +18,7 @@ import aiofiles
 import anyio
 
 from pipeline.client import PixverseClient
-from pipeline.errors import JobError, TransientError, TransportError
+from pipeline.errors import TransientError, TransportError, VideoGoneError
 from pipeline.retry import Sleep
 
 log = logging.getLogger("pipeline.download")
@@ -67,7 +67,7 @@ async def download_result(
 async def _fresh_link(client: PixverseClient, video_id: int) -> Link:
     status = await client.status(video_id)
     if status.status == 6:
-        raise JobError(f"video {video_id} was deleted before it could be downloaded")
+        raise VideoGoneError(f"video {video_id} was deleted before it could be downloaded")
     if status.status != 1 or status.url is None:
         # a paid result is never given up on a puzzling reply: the job stays resumable
         raise TransientError(f"video {video_id}: status {status.status} and no link yet")

@@ -12,8 +12,11 @@
         │   └── ServerBusyError        an envelope said "try later" (500069, 500100, 99999,
         │                              HTTP 429/5xx): definitive, so a new trace id next time
         ├── SlotLimitError             500044: not a failure; wait for a slot, new trace id
-        ├── JobError                   this job fails, the run goes on (400xxx, content, 7/8)
-        │   └── StaleMediaError        a cached media_id the server no longer knows: re-upload
+        ├── JobError                   this job fails, the run goes on (400xxx, content, 7/8);
+        │   │                          after payment (generating, downloading) it is left
+        │   │                          resumable instead, so a paid result is never dropped
+        │   ├── StaleMediaError        a cached media_id the server no longer knows: re-upload
+        │   └── VideoGoneError         status 6: the result was deleted; the job fails
         └── FatalError                 stop the run (exit 4)
             ├── AuthError              400012 / HTTP 401, 500020: stop at once
             └── CreditsError           500090: stop submitting, let in-flight jobs finish
@@ -96,6 +99,10 @@ class JobError(ApiError):
 
 class StaleMediaError(JobError):
     """The server does not know a media_id we cached; re-upload once, then retry."""
+
+
+class VideoGoneError(JobError):
+    """The API reports the generated video deleted (status 6): nothing left to download."""
 
 
 class FatalError(ApiError):

@@ -80,6 +80,13 @@ def _construct_unique_mapping(
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"keys must be plain words, not {type(key).__name__}",
+                key_node.start_mark,
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -187,7 +194,7 @@ class _Parser:
             return []
         explicit = raw.get("id")
         if explicit is not None:
-            if not isinstance(explicit, str | int) or not ID_PATTERN.match(str(explicit)):
+            if not isinstance(explicit, str | int) or not ID_PATTERN.fullmatch(str(explicit)):
                 self.fail(where, "id", f"{explicit!r} must match {ID_PATTERN.pattern}")
                 explicit = None
             else:
@@ -230,7 +237,7 @@ class _Parser:
                 self.fail(dub_where, str(key), "unknown field (allowed: audio, tts)")
             audio, tts = self._voice(dub_where, dub, speaker)
             job_id = _sanitize(f"{base}-{lang}")
-            if explicit is not None and not ID_PATTERN.match(job_id):
+            if explicit is not None and not ID_PATTERN.fullmatch(job_id):
                 self.fail(dub_where, "dubs", f"job id {job_id!r} must match {ID_PATTERN.pattern}")
                 continue
             if (video is not None or video_id is not None) and (

@@ -31,6 +31,7 @@ import anyio.abc
 from pipeline.client import PixverseClient, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
+    AuthError,
     CreditsError,
     FatalError,
     JobError,
@@ -39,6 +40,7 @@ from pipeline.errors import (
     StaleMediaError,
     StateError,
     TransientError,
+    VideoGoneError,
 )
 from pipeline.jobstate import JobState
 from pipeline.limiter import SlotLimiter
@@ -72,6 +74,10 @@ class RunOptions:
     upload_ahead: int = 5  # jobs that may upload while waiting for a slot
     # PixVerse FAQ: a generation running past 10 minutes no longer holds a concurrency slot.
     slot_release_after: float = 600.0
+    # Typical clients give up after 10 minutes (pixverse-api.md); a generation still at
+    # status 5 after this long is left for the next run instead of hanging a nightly batch.
+    max_wait: float = 1800.0
+    redo: frozenset[str] = frozenset()  # job ids to start over even if paid (`--redo`)
     handle_signals: bool = False  # SIGINT/SIGTERM stop the run cleanly (CLI only: main thread)
     progress_every: float = 30.0  # seconds between progress log lines
 
@@ -91,29 +97,6 @@ class RunOutcome:
         return summary_line(self.rows)
 
 
-class _StoredTrace:
-    """A submission's trace id, backed by the state file (see client.SubmissionTrace)."""
-
-    def __init__(self, store: StateStore, job_id: str) -> None:
-        self._store, self._job_id = store, job_id
-
-    def current(self) -> str:
-        trace_id = self._store.job(self._job_id).trace_id
-        assert trace_id is not None, "SUBMITTING always has a trace id"
-        return trace_id
-
-    def rotate(self) -> str:
-        trace_id = new_trace_id()
-        self._store.update(self._job_id, "definitive reply: new trace id", trace_id=trace_id)
-        return trace_id
-
-    def ambiguous(self) -> None:
-        record = self._store.job(self._job_id)
-        self._store.update(
-            self._job_id, "no reply: re-sending the same trace id", ambiguous=record.ambiguous + 1
-        )
-
-
 @dataclass
 class _Ticket:
     """What one job's task holds right now; released in `finally` whatever happens."""
@@ -122,6 +105,36 @@ class _Ticket:
     slot: bool = False
     reuploaded: bool = False
     rejections: int = 0
+    # The current trace id may already have been processed (a send got no reply, or a run
+    # died after writing SUBMITTING): it must never be dropped for a new one on a mere
+    # "busy", which a proxy in front of the gateway can answer without asking it.
+    trace_maybe_sent: bool = False
+
+
+class _StoredTrace:
+    """A submission's trace id, backed by the state file (see client.SubmissionTrace)."""
+
+    def __init__(self, store: StateStore, job_id: str, ticket: _Ticket) -> None:
+        self._store, self._job_id, self._ticket = store, job_id, ticket
+
+    def current(self) -> str:
+        trace_id = self._store.job(self._job_id).trace_id
+        assert trace_id is not None, "SUBMITTING always has a trace id"
+        return trace_id
+
+    def rotate(self) -> str:
+        if self._ticket.trace_maybe_sent:
+            return self.current()
+        trace_id = new_trace_id()
+        self._store.update(self._job_id, "definitive reply: new trace id", trace_id=trace_id)
+        return trace_id
+
+    def ambiguous(self) -> None:
+        self._ticket.trace_maybe_sent = True
+        record = self._store.job(self._job_id)
+        self._store.update(
+            self._job_id, "no reply: re-sending the same trace id", ambiguous=record.ambiguous + 1
+        )
 
 
 @dataclass
@@ -188,6 +201,10 @@ class _Run:
             self._stop_run(exc)
         except TransientError as exc:
             log.warning("%s: left unfinished (resumable): %s", job.id, exc)
+        except Exception:
+            # A reply no one foresaw, or a bug: this job stops where its state says, the others
+            # go on, and the run ends unfinished (exit 75) with the traceback in the log.
+            log.exception("%s: left unfinished after an unexpected error", job.id)
         finally:
             self._drop_slot(ticket)
             self._leave_admission(ticket)
@@ -196,6 +213,15 @@ class _Run:
         reason = (
             str(exc.err_msg or exc) if exc.err_code is None else f"{exc.err_code}: {exc.err_msg}"
         )
+        state = self.store.job(job.id).state
+        if state in (JobState.GENERATING, JobState.DOWNLOADING) and not isinstance(
+            exc, VideoGoneError
+        ):
+            # A paid generation is never given up on one odd reply: failing it would make
+            # the next run pay again. It stays resumable; `--redo` starts it over on purpose.
+            self.store.update(job.id, f"left {state.value}: {reason}", error=reason)
+            log.warning("%s: left %s (resumable): %s", job.id, state.value, reason)
+            return
         self.store.transition(job.id, JobState.FAILED, reason, error=reason)
         log.warning("%s: failed: %s", job.id, reason)
 
@@ -214,6 +240,12 @@ class _Run:
     async def _drive(self, job: Job, ticket: _Ticket) -> None:
         record = self.store.job(job.id)
         resumed = record.state is JobState.GENERATING
+        if record.state is JobState.SUBMITTING:
+            # an earlier run wrote the trace id and may have sent it: re-send it, and count it
+            ticket.trace_maybe_sent = True
+            record = self.store.update(
+                job.id, "resumed: re-sending the saved trace id", ambiguous=record.ambiguous + 1
+            )
         while True:
             state = record.state
             if state is JobState.PENDING:
@@ -228,6 +260,7 @@ class _Run:
                 record = self.store.transition(
                     job.id, JobState.SUBMITTING, "submitting", trace_id=new_trace_id()
                 )
+                ticket.trace_maybe_sent = False
             elif state is JobState.SUBMITTING:
                 record = await self._submit(job, ticket)
             elif state is JobState.GENERATING:
@@ -264,7 +297,7 @@ class _Run:
         media_ids = await self._ensure_media(job)
         body = generate_body(job, media_ids)
         try:
-            sub = await self.client.generate(body, _StoredTrace(self.store, job.id))
+            sub = await self.client.generate(body, _StoredTrace(self.store, job.id, ticket))
         except SlotLimitError:
             self.limiter.on_rejected()
             self._drop_slot(ticket)
@@ -284,6 +317,14 @@ class _Run:
         except CreditsError:
             self._drop_slot(ticket)
             self.store.transition(job.id, JobState.PENDING, "500090: out of credits")
+            raise
+        except AuthError as exc:
+            self._drop_slot(ticket)
+            # 500020 and the like are the gateway's answer for this trace id, replayed if it
+            # were re-sent: the next run needs a new one. A bare 401 may come from in front of
+            # the gateway, so an id that may have been processed is kept.
+            if exc.http_status != 401 or not ticket.trace_maybe_sent:
+                self.store.transition(job.id, JobState.PENDING, f"account problem: {exc}")
             raise
         credits = (
             sub.credits if sub.credits is not None else estimate_credits(job, self.checked.media)
@@ -314,13 +355,18 @@ class _Run:
             if not first:
                 await self.sleep(self.options.poll_interval * random.uniform(0.8, 1.2))
             first = False
-            if (
-                ticket.slot
-                and self.wall() - (record.submitted_at or 0) > self.options.slot_release_after
-            ):
-                self._drop_slot(ticket)  # the account no longer counts it either
+            running_for = self.wall() - (record.submitted_at or 0)
+            if ticket.slot and running_for > self.options.slot_release_after:
+                # the account no longer counts it either: let the next job in
+                self._drop_slot(ticket)
+                self._leave_admission(ticket)
             status = await self.client.status(record.video_id)
             if status.status == 5 or status.status not in (1, 6, 7, 8):
+                if running_for > self.options.max_wait:
+                    raise TransientError(
+                        f"video {record.video_id} still generating after {running_for:.0f} s;"
+                        " left for the next run"
+                    )
                 continue
             self._drop_slot(ticket)
             self.limiter.on_finished()
@@ -355,7 +401,9 @@ class _Run:
         )
 
 
-def reconcile(checked: Checked, store: StateStore, output_dir: Path) -> list[Job]:
+def reconcile(
+    checked: Checked, store: StateStore, output_dir: Path, redo: frozenset[str] = frozenset()
+) -> list[Job]:
     """Bring the state file in line with the manifest; return the jobs with work left, in the
     order that keeps slots busy: running generations first, then ambiguous submissions, then
     downloads, then new work."""
@@ -371,6 +419,8 @@ def reconcile(checked: Checked, store: StateStore, output_dir: Path) -> list[Job
         record = store.find(job.id)
         if record is None:
             record = store.add_job(job.id, fp)
+        elif job.id in redo:
+            record = _restart(store, record, fp, "--redo: start over")
         elif record.fingerprint != fp:
             record = _restart(store, record, fp, "inputs changed: redo")
         elif record.state is JobState.DONE:
@@ -439,7 +489,7 @@ async def run_batch(
     options.output_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(checked, store, client, options, sleep, wall)
     started = wall()
-    jobs = reconcile(checked, store, options.output_dir)
+    jobs = reconcile(checked, store, options.output_dir, options.redo)
     to_submit = [j for j in jobs if store.job(j.id).state is JobState.PENDING]
     try:
         await check_speakers(to_submit, client)

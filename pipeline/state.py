@@ -112,8 +112,13 @@ class StateStore:
 
     @classmethod
     def open(cls, path: Path, clock: Callable[[], float] = time.time) -> StateStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock(path.with_name(path.name + ".lock"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = _lock(path.with_name(path.name + ".lock"))
+        except LockedError:
+            raise
+        except OSError as exc:
+            raise StateError(f"{path}: cannot create the state file: {exc.strerror}") from exc
         try:
             conn = _connect(path)
             _migrate(conn)
@@ -121,6 +126,22 @@ class StateStore:
             os.close(lock_fd)
             raise StateError(f"{path}: cannot open state file: {exc}") from exc
         return cls(conn, lock_fd, clock)
+
+    @staticmethod
+    def ensure_unlocked(path: Path) -> None:
+        """Raise LockedError if a run holds `path` now; creates nothing. (Advisory: `open`
+        takes the real lock.)"""
+        lock_path = path.with_name(path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except OSError:
+            return  # no lock file yet, or not ours to open: `open` will say
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LockedError(f"{lock_path}: another run is using this state file") from exc
+        finally:
+            os.close(fd)  # closing drops a lock we took
 
     @classmethod
     def read_only(cls, path: Path) -> StateStore:

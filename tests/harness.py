@@ -81,6 +81,7 @@ async def run_once(
     out: Path,
     *,
     api_key: str = "sim-key",
+    base_url: str | None = None,
     **options: object,
 ) -> RunOutcome:
     """One `pixverse-batch run`, in-process: preflight, lock the state, run, report."""
@@ -88,7 +89,7 @@ async def run_once(
     run_options = replace(RunOptions(output_dir=out, poll_interval=0.02), **options)  # type: ignore[arg-type]
     store = StateStore.open(out / STATE_NAME)
     try:
-        config = ClientConfig(base_url=sim.url, api_key=api_key, retry=FAST_RETRY)
+        config = ClientConfig(base_url=base_url or sim.url, api_key=api_key, retry=FAST_RETRY)
         async with PixverseClient(config) as client:
             return await run_batch(checked, store, client, run_options)
     finally:

@@ -68,7 +68,9 @@ class Recorder:
         (200, {"ErrCode": 400013, "ErrMsg": "wrong type"}, JobError),
         (200, {"ErrCode": 500054, "ErrMsg": "moderation"}, JobError),
         (200, {"ErrCode": 500008, "ErrMsg": "not found"}, JobError),
-        (502, {"nothing": "here"}, ServerBusyError),
+        (502, {"nothing": "here"}, TransportError),  # a proxy's JSON: outcome unknown
+        (504, {"message": "Endpoint request timed out"}, TransportError),
+        (200, {"ErrCode": 0, "Resp": None}, TransportError),
         (200, ["not", "an", "object"], TransportError),
         (200, {"Resp": {}}, TransportError),
     ],

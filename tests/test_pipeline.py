@@ -388,12 +388,11 @@ async def test_a_free_slot_never_waits_for_a_download(tmp_path: Path) -> None:
     async with serve(config) as sim:
         outcome = await run_once(sim, manifest, tmp_path / "out", concurrency=1)
     assert outcome.exit_code is ExitCode.OK
-    video = {r.id: r.video_id for r in outcome.rows}
+    first, second, _ = sorted(sim.ledger.generations.values(), key=lambda g: g.created_at)
     first_download = next(
-        t for t in sim.ledger.transfers if t.kind == "download" and t.name == str(video["job-0"])
+        t for t in sim.ledger.transfers if t.kind == "download" and t.name == str(first.video_id)
     )
-    second = sim.ledger.generations[video["job-1"]]  # type: ignore[index]
-    # job-1 was submitted while job-0's result was still downloading
+    # the second job was submitted while the first one's result was still downloading
     assert second.created_at < first_download.finished
 
 
@@ -412,14 +411,16 @@ jobs:
     async with serve(config) as sim:
         outcome = await run_once(sim, manifest, tmp_path / "out", concurrency=1, upload_ahead=1)
     assert outcome.exit_code is ExitCode.OK
-    video = {r.id: r.video_id for r in outcome.rows}
-    gen_a = sim.ledger.generations[video["a"]]  # type: ignore[index]
-    a_ends = gen_a.created_at + config.real_seconds(config.generation_seconds)
+    audio = {"a": "intro_es.mp3", "b": "intro_de.wav", "c": "promo_es.wav"}
+    created = {r.id: sim.ledger.generations[r.video_id].created_at for r in outcome.rows}  # type: ignore[index]
+    order = sorted(created, key=created.__getitem__)  # a and b race for the one slot
+    first_ends = created[order[0]] + config.real_seconds(config.generation_seconds)
     uploads = {t.name: t for t in sim.ledger.transfers if t.kind == "upload"}
-    # b's audio went up while a was generating: the slot did not wait for b's upload ...
-    assert uploads["intro_de.wav"].finished < a_ends
+    # the runner-up's audio went up while the first generated: no slot waited for it ...
+    assert uploads[audio[order[1]]].finished < first_ends
     # ... but c, two jobs ahead of the only slot, waited its turn (upload_ahead=1)
-    assert uploads["promo_es.wav"].started >= a_ends
+    assert order[2] == "c"
+    assert uploads[audio["c"]].started >= first_ends
 
 
 async def test_media_ids_are_reused_on_later_runs(tmp_path: Path) -> None:
@@ -491,9 +492,7 @@ async def test_a_generation_past_the_slot_time_frees_its_slot(tmp_path: Path) ->
             sim, manifest, tmp_path / "out", concurrency=1, slot_release_after=0.15
         )
     assert outcome.exit_code is ExitCode.OK
-    video = {r.id: r.video_id for r in outcome.rows}
-    first = sim.ledger.generations[video["job-0"]]  # type: ignore[index]
-    second = sim.ledger.generations[video["job-1"]]  # type: ignore[index]
+    first, second = sorted(sim.ledger.generations.values(), key=lambda g: g.created_at)
     assert second.created_at < first.created_at + first.seconds  # they overlapped
     assert not [r for r in sim.ledger.requests if r.err_code == 500044]
 
