@@ -390,3 +390,70 @@ def test_run_options_state_base_url_key_attempts_and_concurrency(
     status = capsys.readouterr().out
     assert status.count("failed") >= 2
     assert "attempts=2" in status
+
+
+def test_an_output_folder_that_is_a_file_is_a_usage_error(
+    tmp_path: Path, sim_env: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    (tmp_path / "taken").write_text("a file")
+    assert main(["run", str(manifest), "--out", str(tmp_path / "taken")]) == 2
+    assert "output folder" in capsys.readouterr().err
+    assert sim_env.ledger.requests == []  # type: ignore[attr-defined]
+
+
+def test_redo_of_an_unknown_job_is_a_usage_error(
+    tmp_path: Path, sim_env: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    assert main(["run", str(manifest), "--redo", "nope"]) == 2
+    assert "--redo: no job with id 'nope'" in capsys.readouterr().err
+
+
+def test_the_lock_is_checked_before_any_media_is_probed(
+    tmp_path: Path, sim_env: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = project(tmp_path, job_yaml(video="media/missing.mp4"))
+    out = tmp_path / "out"
+    holder = StateStore.open(out / STATE_NAME)
+    try:
+        assert main(["run", str(manifest), "--out", str(out)]) == 3  # not 2: it never got there
+    finally:
+        holder.close()
+    assert "another run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_run_starts_exits_75_without_a_traceback(
+    tmp_path: Path, signum: int
+) -> None:
+    """Stopped while the account checks wait on a silent server: a clean, resumable exit."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections, never answers
+    try:
+        port = silent.getsockname()[1]
+        manifest = project(tmp_path, tts_manifest(1))
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PIXVERSE_API_KEY": "k",
+            "PIXVERSE_BASE_URL": f"http://127.0.0.1:{port}",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *_run_args(manifest, tmp_path / "out")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # the run is past preflight, inside its first request
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=30)
+        connection.close()
+    finally:
+        silent.close()
+    assert proc.returncode == 75
+    assert "Traceback" not in stderr
+    assert "run the same command again" in stderr

@@ -57,7 +57,7 @@ async def test_short_body_against_reported_size_leaves_nothing(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []  # neither the output nor its .part
 
 
-async def test_wrong_content_length_is_caught(tmp_path: Path) -> None:
+async def test_a_size_other_than_the_status_reply_said_is_caught(tmp_path: Path) -> None:
     async with serve_app(_cdn()) as url:
         config = ClientConfig(base_url=url, api_key="k", retry=FAST_RETRY)
         async with PixverseClient(config) as client:

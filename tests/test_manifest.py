@@ -195,3 +195,12 @@ def test_invalid_yaml_and_empty_jobs(tmp_path: Path) -> None:
     assert problems_of(tmp_path, "version: 1\njobs: []\n") == [
         "manifest field 'jobs': must be a non-empty list of jobs"
     ]
+
+
+def test_complex_keys_and_trailing_newlines_in_ids_are_refused(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, "version: 1\njobs:\n  - ? [a, b]\n    : 1\n")
+    assert "keys must be plain words" in found[0]
+    found = problems_of(
+        tmp_path, 'version: 1\njobs:\n  - {id: "intro\\n", video: a.mp4, audio: a.mp3}\n'
+    )
+    assert any("field 'id'" in p for p in found)

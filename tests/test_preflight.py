@@ -17,18 +17,25 @@ def test_each_distinct_file_is_probed_and_hashed_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     probed: list[Path] = []
-    real_probe = pipeline.preflight.probe
+    hashed: list[Path] = []
+    real_probe, real_hash = pipeline.preflight.probe, pipeline.preflight.sha256_file
 
     def counting_probe(path: Path) -> MediaInfo:
         probed.append(path)
         return real_probe(path)
 
+    def counting_hash(path: Path) -> str:
+        hashed.append(path)
+        return real_hash(path)
+
     monkeypatch.setattr(pipeline.preflight, "probe", counting_probe)
+    monkeypatch.setattr(pipeline.preflight, "sha256_file", counting_hash)
     checked = preflight(load_manifest(project(tmp_path, EXAMPLE)))
     assert len(checked.manifest.jobs) == 6
     assert sorted(p.name for p in probed) == sorted(
         ["intro.mp4", "intro_es.mp3", "intro_de.wav", "remix_de.wav", "promo.mov", "promo_es.wav"]
     )
+    assert sorted(hashed) == sorted(probed)
     assert len(checked.media) == 6
     intro = checked.media[tmp_path.resolve() / "media" / "intro.mp4"]
     assert intro.info.kind == "video"

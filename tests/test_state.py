@@ -41,8 +41,9 @@ def test_illegal_transition_names_both_states(tmp_path: Path) -> None:
 
 def test_every_state_has_a_row_in_the_table() -> None:
     assert set(TRANSITIONS) == set(JobState)
-    # a paid generation is never thrown back to PENDING except by status 8 or changed inputs
-    assert JobState.PENDING not in TRANSITIONS[JobState.PENDING]
+    # a job is done only through a download, and submitted only from PENDING (new trace id)
+    assert [s for s, to in TRANSITIONS.items() if JobState.DONE in to] == [JobState.DOWNLOADING]
+    assert [s for s, to in TRANSITIONS.items() if JobState.SUBMITTING in to] == [JobState.PENDING]
 
 
 def test_second_open_is_refused_while_locked(tmp_path: Path) -> None:
