@@ -457,3 +457,31 @@ def test_a_signal_before_the_run_starts_exits_75_without_a_traceback(
     assert proc.returncode == 75
     assert "Traceback" not in stderr
     assert "run the same command again" in stderr
+
+
+def test_output_dir_from_the_manifest_and_out_overrides_it(
+    tmp_path: Path, sim_env: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = project(
+        tmp_path, tts_manifest(1).replace("version: 1", "version: 1\noutput_dir: dubs")
+    )
+    assert main(["-q", "run", str(manifest), "--poll-interval", "0.02"]) == 0
+    assert (tmp_path / "dubs" / "job-0.mp4").exists()  # relative to the manifest's folder
+    assert (tmp_path / "dubs" / "report.json").exists()
+    assert (
+        main(
+            [
+                "-q",
+                "run",
+                str(manifest),
+                "--out",
+                str(tmp_path / "other"),
+                "--poll-interval",
+                "0.02",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "other" / "job-0.mp4").exists()
+    assert main(["status", str(manifest)]) == 0  # finds dubs/ through the manifest
+    assert "job-0" in capsys.readouterr().out
