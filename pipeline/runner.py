@@ -28,6 +28,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from pipeline.account import check_balance, check_speakers
 from pipeline.client import PixverseClient, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
@@ -35,7 +36,6 @@ from pipeline.errors import (
     CreditsError,
     FatalError,
     JobError,
-    ManifestError,
     SlotLimitError,
     StaleMediaError,
     StateError,
@@ -45,8 +45,9 @@ from pipeline.errors import (
 from pipeline.jobstate import JobState
 from pipeline.limiter import SlotLimiter
 from pipeline.manifest import Job
-from pipeline.plan import estimate_credits, fingerprint, generate_body
+from pipeline.plan import estimate_credits, generate_body
 from pipeline.preflight import Checked
+from pipeline.reconcile import reconcile
 from pipeline.report import ReportRow, build_rows, summary_line, write_report
 from pipeline.retry import Sleep
 from pipeline.state import JobRecord, StateStore
@@ -401,80 +402,6 @@ class _Run:
         )
 
 
-def reconcile(
-    checked: Checked, store: StateStore, output_dir: Path, redo: frozenset[str] = frozenset()
-) -> list[Job]:
-    """Bring the state file in line with the manifest; return the jobs with work left, in the
-    order that keeps slots busy: running generations first, then ambiguous submissions, then
-    downloads, then new work."""
-    order = {
-        JobState.GENERATING: 0,
-        JobState.SUBMITTING: 1,
-        JobState.DOWNLOADING: 2,
-        JobState.PENDING: 3,
-    }
-    todo: list[tuple[int, int, Job]] = []
-    for index, job in enumerate(checked.manifest.jobs):
-        fp = fingerprint(job, checked.media)
-        record = store.find(job.id)
-        if record is None:
-            record = store.add_job(job.id, fp)
-        elif job.id in redo:
-            record = _restart(store, record, fp, "--redo: start over")
-        elif record.fingerprint != fp:
-            record = _restart(store, record, fp, "inputs changed: redo")
-        elif record.state is JobState.DONE:
-            if _output_intact(record, output_dir / f"{job.id}.mp4"):
-                continue
-            record = store.transition(
-                job.id, JobState.DOWNLOADING, "output missing: download again"
-            )
-        elif record.state is JobState.FAILED:
-            record = _restart(store, record, fp, "failed before: retry")
-        todo.append((order[record.state], index, job))
-    return [job for _, _, job in sorted(todo, key=lambda t: (t[0], t[1]))]
-
-
-def _restart(store: StateStore, record: JobRecord, fp: str, detail: str) -> JobRecord:
-    fields = {
-        "fingerprint": fp,
-        "attempts": 0,
-        "trace_id": None,
-        "video_id": None,
-        "last_credits": 0,
-        "error": None,
-        "output": None,
-        "bytes": None,
-    }
-    if record.state is JobState.PENDING:
-        return store.update(record.id, detail, **fields)
-    return store.transition(record.id, JobState.PENDING, detail, **fields)
-
-
-def _output_intact(record: JobRecord, path: Path) -> bool:
-    try:
-        return path.is_file() and path.stat().st_size == record.bytes
-    except OSError:
-        return False
-
-
-async def check_speakers(jobs: list[Job], client: PixverseClient) -> None:
-    """TTS jobs about to be submitted must name a speaker the account offers (ignoring case);
-    one list request, before any generation. Raises ManifestError (exit 2) if not."""
-    tts_jobs = [j for j in jobs if j.tts is not None]
-    if not tts_jobs:
-        return
-    known = {s.speaker_id.lower() for s in await client.speakers()}
-    problems = [
-        f"job '{j.id}' field 'tts.speaker': unknown speaker {j.tts.speaker!r}"
-        " (see `pixverse-batch speakers`)"
-        for j in tts_jobs
-        if j.tts is not None and j.tts.speaker.lower() not in known
-    ]
-    if problems:
-        raise ManifestError(problems)
-
-
 async def run_batch(
     checked: Checked,
     store: StateStore,
@@ -493,7 +420,7 @@ async def run_batch(
     to_submit = [j for j in jobs if store.job(j.id).state is JobState.PENDING]
     try:
         await check_speakers(to_submit, client)
-        await _check_balance(checked, to_submit, client)
+        await check_balance(checked, to_submit, client)
     except (FatalError, TransientError) as exc:
         run.problem = exc
     with anyio.CancelScope() as scope:
@@ -530,31 +457,6 @@ async def run_batch(
         slot_rejections=run.limiter.rejections,
         report_path=report_path,
     )
-
-
-async def _check_balance(checked: Checked, to_submit: list[Job], client: PixverseClient) -> None:
-    """Say up front whether the credits look enough (an estimate: the price model's snapshot).
-    It only warns: the run spends what there is and stops cleanly at 500090."""
-    if not to_submit:
-        return
-    need = sum(estimate_credits(j, checked.media) for j in to_submit)
-    try:
-        balance = await client.balance()
-    except TransientError as exc:
-        log.warning("could not read the balance (%s); going on", exc)
-        return
-    if balance.spendable < need:
-        log.warning(
-            "%d jobs to submit need about %d credits; the account has %d: the run will stop"
-            " submitting when they run out (exit 4) and can be resumed after a top-up",
-            len(to_submit),
-            need,
-            balance.spendable,
-        )
-    else:
-        log.info(
-            "%d jobs to submit, about %d credits of %d", len(to_submit), need, balance.spendable
-        )
 
 
 async def _log_progress(store: StateStore, checked: Checked, every: float, sleep: Sleep) -> None:

@@ -1,0 +1,55 @@
+"""Account checks a run makes once, before submitting anything: speakers and balance."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.client import PixverseClient
+from pipeline.errors import ManifestError, TransientError
+from pipeline.manifest import Job
+from pipeline.plan import estimate_credits
+from pipeline.preflight import Checked
+
+log = logging.getLogger("pipeline.account")
+
+
+async def check_speakers(jobs: list[Job], client: PixverseClient) -> None:
+    """TTS jobs about to be submitted must name a speaker the account offers (ignoring case);
+    one list request, before any generation. Raises ManifestError (exit 2) if not."""
+    tts_jobs = [j for j in jobs if j.tts is not None]
+    if not tts_jobs:
+        return
+    known = {s.speaker_id.lower() for s in await client.speakers()}
+    problems = [
+        f"job '{j.id}' field 'tts.speaker': unknown speaker {j.tts.speaker!r}"
+        " (see `pixverse-batch speakers`)"
+        for j in tts_jobs
+        if j.tts is not None and j.tts.speaker.lower() not in known
+    ]
+    if problems:
+        raise ManifestError(problems)
+
+
+async def check_balance(checked: Checked, to_submit: list[Job], client: PixverseClient) -> None:
+    """Say up front whether the credits look enough (an estimate: the price model's snapshot).
+    It only warns: the run spends what there is and stops cleanly at 500090."""
+    if not to_submit:
+        return
+    need = sum(estimate_credits(j, checked.media) for j in to_submit)
+    try:
+        balance = await client.balance()
+    except TransientError as exc:
+        log.warning("could not read the balance (%s); going on", exc)
+        return
+    if balance.spendable < need:
+        log.warning(
+            "%d jobs to submit need about %d credits; the account has %d: the run will stop"
+            " submitting when they run out (exit 4) and can be resumed after a top-up",
+            len(to_submit),
+            need,
+            balance.spendable,
+        )
+    else:
+        log.info(
+            "%d jobs to submit, about %d credits of %d", len(to_submit), need, balance.spendable
+        )
