@@ -15,8 +15,8 @@ demo: $(BIN)/.installed
 	$(BIN)/pixverse-batch demo --out out/demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check pipeline tests benchmarks
-	$(BIN)/ruff format --check pipeline tests benchmarks
+	$(BIN)/ruff check pipeline tests benchmarks manifests
+	$(BIN)/ruff format --check pipeline tests benchmarks manifests
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
