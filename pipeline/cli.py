@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from rich.console import Console
+from rich.logging import RichHandler
 
 from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
 from pipeline.errors import ApiError, FatalError, ManifestError, StateError
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked, preflight
+from pipeline.progress import LiveProgress
 from pipeline.report import build_rows, summary_line
 from pipeline.runner import ExitCode, RunOptions, run_batch
 from pipeline.state import StateStore
@@ -151,6 +154,9 @@ def _positive_float(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # a person at a terminal gets a live bar, with log lines printed above it; logs stay
+    # plain lines when stderr is a file or a pipe (cron, systemd)
+    args.console = Console(stderr=True) if sys.stderr.isatty() and not args.quiet else None
     with _logging_to_stderr(args), _sigterm_interrupts():
         try:
             return _dispatch(args)
@@ -209,8 +215,12 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
     """The package's log lines go to stderr for the length of one command, then the logger is
     left as it was found (the CLI is also called in-process, by tests and embedders)."""
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler: logging.Handler
+    if args.console is not None:
+        handler = RichHandler(console=args.console, show_path=False, log_time_format="%H:%M:%S")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_RedactKey(os.environ.get("PIXVERSE_API_KEY", "")))
     if getattr(args, "api_key", None):
         handler.addFilter(_RedactKey(args.api_key))
@@ -292,8 +302,9 @@ async def _run_async(checked: Checked, config: ClientConfig, args: argparse.Name
         raise ManifestError([f"output folder {out}: {exc.strerror or exc}"]) from exc
     store = StateStore.open(args.state or out / STATE_NAME)  # exit 3 if locked: nothing sent
     try:
+        progress = LiveProgress(args.console) if args.console is not None else None
         async with PixverseClient(config) as client:
-            outcome = await run_batch(checked, store, client, options)
+            outcome = await run_batch(checked, store, client, options, progress=progress)
     finally:
         store.close()
     if outcome.problem:

@@ -47,6 +47,7 @@ from pipeline.limiter import SlotLimiter
 from pipeline.manifest import Job
 from pipeline.plan import estimate_credits, generate_body
 from pipeline.preflight import Checked
+from pipeline.progress import LogProgress, ProgressSink
 from pipeline.reconcile import reconcile
 from pipeline.report import ReportRow, build_rows, summary_line, write_report
 from pipeline.retry import Sleep
@@ -410,11 +411,13 @@ async def run_batch(
     *,
     sleep: Sleep = anyio.sleep,
     wall: Callable[[], float] = time.time,
+    progress: ProgressSink | None = None,
 ) -> RunOutcome:
     """Run every job of `checked` to a terminal state (or as far as the account allows), then
     write the report. Raises ManifestError (unknown speaker) before anything is submitted."""
     options.output_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(checked, store, client, options, sleep, wall)
+    sink = progress if progress is not None else LogProgress(options.progress_every)
     started = wall()
     jobs = reconcile(checked, store, options.output_dir, options.redo)
     to_submit = [j for j in jobs if store.job(j.id).state is JobState.PENDING]
@@ -428,9 +431,11 @@ async def run_batch(
             async with anyio.create_task_group() as tg:
                 if options.handle_signals:
                     tg.start_soon(_cancel_on_signal, scope)
-                tg.start_soon(_log_progress, store, checked, options.progress_every, sleep)
+                tg.start_soon(_sample_progress, store, checked, sink, sleep)
                 await run.execute(jobs)
                 tg.cancel_scope.cancel()
+    _tell_progress(store, checked, sink)  # the final picture
+    sink.close()
     interrupted = scope.cancel_called
     rows = build_rows([store.job(j.id) for j in checked.manifest.jobs])
     exit_code = _exit_code(rows, run.problem, interrupted)
@@ -459,21 +464,18 @@ async def run_batch(
     )
 
 
-async def _log_progress(store: StateStore, checked: Checked, every: float, sleep: Sleep) -> None:
-    """A line every `every` seconds, for logs nobody watches live (cron, systemd timers)."""
-    ids = {j.id for j in checked.manifest.jobs}
+async def _sample_progress(
+    store: StateStore, checked: Checked, sink: ProgressSink, sleep: Sleep
+) -> None:
     while True:
-        await sleep(every)
-        counts = Counter(r.state.value for r in store.jobs() if r.id in ids)
-        log.info(
-            "progress: %d/%d done, %d failed, %d generating, %d downloading, %d pending",
-            counts["done"],
-            len(ids),
-            counts["failed"],
-            counts["generating"] + counts["submitting"],
-            counts["downloading"],
-            counts["pending"],
-        )
+        await sleep(sink.interval)
+        _tell_progress(store, checked, sink)
+
+
+def _tell_progress(store: StateStore, checked: Checked, sink: ProgressSink) -> None:
+    ids = {j.id for j in checked.manifest.jobs}
+    counts = Counter(r.state.value for r in store.jobs() if r.id in ids)
+    sink.update(counts, len(ids))
 
 
 def _iso(timestamp: float) -> str:

@@ -531,3 +531,35 @@ async def test_progress_lines_are_logged_for_unattended_runs(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
     assert lines
     assert lines[0].startswith("progress: 0/3 done")
+
+
+async def test_a_live_progress_bar_for_a_terminal(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from pipeline.client import ClientConfig, PixverseClient
+    from pipeline.manifest import load_manifest
+    from pipeline.preflight import preflight
+    from pipeline.progress import LiveProgress
+    from pipeline.runner import RunOptions, run_batch
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120, color_system=None)
+    manifest = project(tmp_path, tts_manifest(2))
+    async with serve(fast_sim()) as sim:
+        store = StateStore.open(tmp_path / "out" / STATE_NAME)
+        config = ClientConfig(base_url=sim.url, api_key="sim-key", retry=FAST_RETRY)
+        async with PixverseClient(config) as client:
+            outcome = await run_batch(
+                preflight(load_manifest(manifest)),
+                store,
+                client,
+                RunOptions(output_dir=tmp_path / "out", poll_interval=0.02),
+                progress=LiveProgress(console, interval=0.02),
+            )
+        store.close()
+    assert outcome.exit_code is ExitCode.OK
+    shown = screen.getvalue()
+    assert "lip sync" in shown
+    assert "2/2 0 failed, 0 generating, 0 downloading, 0 pending" in shown
