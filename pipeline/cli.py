@@ -25,6 +25,7 @@ import anyio
 from rich.console import Console
 from rich.logging import RichHandler
 
+from pipeline import __version__
 from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
 from pipeline.errors import ApiError, FatalError, ManifestError, StateError
 from pipeline.manifest import Manifest, load_manifest
@@ -42,6 +43,12 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_MANIFEST = PACKAGE_ROOT / "manifests" / "example.yaml"
 
 EPILOG = """\
+examples:
+  pixverse-batch validate dubs.yaml                  # checks everything, sends nothing
+  PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
+  pixverse-batch status --out out/dubs               # from the state file, offline
+  pixverse-batch demo                                # the example against the simulator
+
 exit codes: 0 all done | 1 some jobs failed, the rest done | 2 bad manifest or usage |
 3 state file locked or unreadable | 4 account problem (key, permission, credits) |
 75 interrupted or unfinished: run the same command again to resume
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
