@@ -563,3 +563,46 @@ async def test_a_live_progress_bar_for_a_terminal(tmp_path: Path) -> None:
     shown = screen.getvalue()
     assert "lip sync" in shown
     assert "2/2 0 failed, 0 generating, 0 downloading, 0 pending" in shown
+
+
+async def test_chaos_keeps_every_invariant(tmp_path: Path) -> None:
+    """Everything at once, seeded: a smaller account than --concurrency, failures, moderation,
+    lost replies, proxy errors, torn downloads, varied generation times. Whatever happens, no
+    job is paid for more often than it was tried, every result is the served bytes, and the
+    report's credits are the account's."""
+    manifest = project(tmp_path, tts_manifest(30))
+    out = tmp_path / "out"
+    config = fast_sim(
+        concurrency_limit=3,
+        fail_probability=0.2,
+        moderation_probability=0.05,
+        generation_jitter=0.5,
+        drop_generate_replies=3,
+        transient_errors=1,  # these hit the first calls; FAST_RETRY gives each call 4 tries
+        html_errors=1,
+        rate_limit_errors=1,
+        truncate_downloads=3,
+        seed=11,
+    )
+    async with serve(config) as sim:
+        outcome = await run_once(sim, manifest, out, concurrency=5, max_attempts=3)
+        sim.settle()
+    assert outcome.exit_code in (ExitCode.OK, ExitCode.JOBS_FAILED)
+    assert {r.state for r in outcome.rows} <= {"done", "failed"}
+    assert sim.ledger.peak_concurrent <= 3
+    per_body = sim.ledger.generations_per_body()
+    for row in outcome.rows:
+        body = next(
+            b for b in per_body if json.loads(b)["lip_sync_tts_content"] == f"line {row.id[4:]}"
+        )
+        assert per_body[body] == row.attempts  # one paid generation per recorded attempt
+        if row.state == "done":
+            assert row.video_id is not None
+            assert sha256(out / f"{row.id}.mp4") == sim.ledger.served_downloads[row.video_id]
+    assert sum(r.credits for r in outcome.rows) == sim.ledger.credits_net
+    # and the chaos did happen
+    faults = {r.fault for r in sim.ledger.requests if r.fault}
+    assert {"drop", "truncate", "transient", "html", "rate_limit"} <= faults
+    assert any(r.err_code == 500044 for r in sim.ledger.requests)
+    assert any(r.attempts > 1 for r in outcome.rows)
+    assert any(r.ambiguous_submissions for r in outcome.rows)
