@@ -322,12 +322,13 @@ async def _run_async(checked: Checked, config: ClientConfig, args: argparse.Name
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest) if args.manifest is not None else None
     if args.state is not None:
         state_path = args.state
     elif args.out is not None:
         state_path = args.out / STATE_NAME
-    elif args.manifest is not None:
-        state_path = _output_dir(load_manifest(args.manifest), None) / STATE_NAME
+    elif manifest is not None:
+        state_path = _output_dir(manifest, None) / STATE_NAME
     else:
         raise ManifestError(["status needs a MANIFEST, --out or --state"])
     store = StateStore.read_only(state_path)
@@ -335,6 +336,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         records = store.jobs()
     finally:
         store.close()
+    if manifest is not None:  # only this manifest's jobs, in its order
+        by_id = {r.id: r for r in records}
+        records = [by_id[job.id] for job in manifest.jobs if job.id in by_id]
     for r in records:
         extra = r.error or (r.output if r.output else "")
         video = r.video_id if r.video_id is not None else "-"

@@ -7,6 +7,7 @@ done jobs with their file are skipped, a missing file is fetched again, changed 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.jobstate import JobState
@@ -14,6 +15,9 @@ from pipeline.manifest import Job
 from pipeline.plan import fingerprint
 from pipeline.preflight import Checked
 from pipeline.state import JobRecord, StateStore
+
+# Jobs whose generation was (or may have been) paid for.
+_PAID = frozenset({JobState.SUBMITTING, JobState.GENERATING, JobState.DOWNLOADING, JobState.DONE})
 
 
 def reconcile(
@@ -29,12 +33,17 @@ def reconcile(
         JobState.PENDING: 3,
     }
     todo: list[tuple[int, int, Job]] = []
+    orphans = _paid_orphans(checked, store)
     for index, job in enumerate(checked.manifest.jobs):
         fp = fingerprint(job, checked.media)
         record = store.find(job.id)
         if record is None:
-            record = store.add_job(job.id, fp)
-        elif job.id in redo:
+            orphan = orphans.pop(fp, None)
+            if orphan is None:
+                record = store.add_job(job.id, fp)
+            else:
+                record = _adopt(store, orphan, job.id, output_dir)
+        if job.id in redo:
             record = _restart(store, record, fp, "--redo: start over")
         elif record.fingerprint != fp:
             record = _restart(store, record, fp, "inputs changed: redo")
@@ -48,6 +57,29 @@ def reconcile(
             record = _restart(store, record, fp, "failed before: retry")
         todo.append((order[record.state], index, job))
     return [job for _, _, job in sorted(todo, key=lambda t: (t[0], t[1]))]
+
+
+def _paid_orphans(checked: Checked, store: StateStore) -> dict[str, JobRecord]:
+    """Paid-for jobs whose id is no longer in the manifest, by fingerprint. A derived id
+    changes when a file is renamed, and an explicit `id:` may be added later: the same inputs
+    under a new id must pick up what was paid for, not pay again."""
+    ids = {job.id for job in checked.manifest.jobs}
+    orphans: dict[str, JobRecord] = {}
+    for record in store.jobs():
+        if record.id not in ids and record.state in _PAID:
+            orphans.setdefault(record.fingerprint, record)
+    return orphans
+
+
+def _adopt(store: StateStore, orphan: JobRecord, job_id: str, output_dir: Path) -> JobRecord:
+    output = None
+    if orphan.state is JobState.DONE and orphan.output and Path(orphan.output).is_file():
+        target = output_dir / f"{job_id}.mp4"
+        os.replace(orphan.output, target)  # same folder: a rename, not a copy
+        output = str(target)
+    return store.rename_job(
+        orphan.id, job_id, f"same inputs as '{orphan.id}', already paid for", output=output
+    )
 
 
 def _restart(store: StateStore, record: JobRecord, fp: str, detail: str) -> JobRecord:

@@ -213,6 +213,20 @@ class StateStore:
             self._event(job_id, current, target, detail)
         return self.job(job_id)
 
+    def rename_job(
+        self, old_id: str, new_id: str, detail: str, output: str | None = None
+    ) -> JobRecord:
+        """Give a job record (and its history) a new id, keeping everything it paid for."""
+        record = self.job(old_id)
+        with self._write():
+            self._conn.execute(
+                "UPDATE jobs SET id = ?, output = coalesce(?, output), updated_at = ? WHERE id = ?",
+                (new_id, output, self._clock(), old_id),
+            )
+            self._conn.execute("UPDATE events SET job_id = ? WHERE job_id = ?", (new_id, old_id))
+            self._event(new_id, record.state, record.state, f"renamed from '{old_id}': {detail}")
+        return self.job(new_id)
+
     def events(self, job_id: str | None = None) -> list[tuple[str, str | None, str, str]]:
         sql = "SELECT job_id, from_state, to_state, detail FROM events"
         rows = (

@@ -606,3 +606,30 @@ async def test_chaos_keeps_every_invariant(tmp_path: Path) -> None:
     assert any(r.err_code == 500044 for r in sim.ledger.requests)
     assert any(r.attempts > 1 for r in outcome.rows)
     assert any(r.ambiguous_submissions for r in outcome.rows)
+
+
+async def test_renaming_a_file_or_adding_an_id_never_pays_again(tmp_path: Path) -> None:
+    """Derived ids come from file names: after a rename the same inputs arrive under a new id
+    and must take over what was paid for under the old one."""
+    manifest = project(
+        tmp_path, "version: 1\njobs:\n  - {video: media/intro.mp4, audio: media/intro_es.mp3}\n"
+    )
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        first = await run_once(sim, manifest, out)
+        assert [r.id for r in first.rows] == ["intro-intro_es"]
+        (tmp_path / "media" / "intro_es.mp3").rename(tmp_path / "media" / "spanish.mp3")
+        manifest.write_text(
+            "version: 1\njobs:\n  - {video: media/intro.mp4, audio: media/spanish.mp3}\n"
+        )
+        renamed = await run_once(sim, manifest, out)
+        manifest.write_text(
+            "version: 1\njobs:\n  - {id: es, video: media/intro.mp4, audio: media/spanish.mp3}\n"
+        )
+        explicit = await run_once(sim, manifest, out)
+    assert len(sim.ledger.generations) == 1  # paid once, across three names
+    assert [r.id for r in renamed.rows] == ["intro-spanish"]
+    assert [r.id for r in explicit.rows] == ["es"]
+    assert explicit.exit_code is ExitCode.OK
+    assert explicit.rows[0].video_id == first.rows[0].video_id
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["es.mp4"]  # the file moved along
