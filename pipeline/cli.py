@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from rich.console import Console
@@ -27,7 +29,7 @@ from rich.logging import RichHandler
 
 from pipeline import __version__
 from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
-from pipeline.errors import ApiError, FatalError, ManifestError, StateError
+from pipeline.errors import ApiError, EndpointError, FatalError, ManifestError, StateError
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked, preflight
@@ -155,8 +157,8 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be above 0")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("must be a number above 0")
     return value
 
 
@@ -210,6 +212,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.STATE
+    except EndpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     except FatalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.ACCOUNT
@@ -250,7 +255,17 @@ def _client_config(args: argparse.Namespace) -> ClientConfig:
     if not key.strip():
         raise ManifestError(["PIXVERSE_API_KEY is not set (or pass --api-key)"])
     base = args.base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL
-    return ClientConfig(base_url=base, api_key=key.strip())
+    return ClientConfig(base_url=_checked_base_url(base), api_key=key.strip())
+
+
+def _checked_base_url(base: str) -> str:
+    """A typo here would make every nightly run look like a network outage (exit 75)."""
+    url = urlsplit(base.strip())
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ManifestError([f"base URL {base!r}: give http(s)://host, e.g. {DEFAULT_BASE_URL}"])
+    if url.path.rstrip("/").endswith("/openapi/v2"):
+        raise ManifestError([f"base URL {base!r}: leave out /openapi/v2, it is added per call"])
+    return base.strip()
 
 
 def _load(manifest: Path) -> Checked:

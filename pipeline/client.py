@@ -26,6 +26,7 @@ from pipeline.errors import (
     ApiError,
     AuthError,
     CreditsError,
+    EndpointError,
     JobError,
     ServerBusyError,
     SlotLimitError,
@@ -252,6 +253,11 @@ class PixverseClient:
         except ValueError as exc:
             if status == 401:  # a gateway's own refusal page: still a bad key
                 raise AuthError("API key rejected", http_status=401) from exc
+            if status == 404:
+                raise EndpointError(
+                    f"{what}: HTTP 404 and no PixVerse reply: is the base URL right?",
+                    http_status=404,
+                ) from exc
             raise TransportError(f"{what}: reply is not JSON", http_status=status) from exc
         return classify_envelope(status, payload, headers)
 

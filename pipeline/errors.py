@@ -19,7 +19,8 @@
         │   └── VideoGoneError         status 6: the result was deleted; the job fails
         └── FatalError                 stop the run (exit 4)
             ├── AuthError              400012 / HTTP 401, 500020: stop at once
-            └── CreditsError           500090: stop submitting, let in-flight jobs finish
+            ├── CreditsError           500090: stop submitting, let in-flight jobs finish
+            └── EndpointError          no PixVerse API at the base URL (HTML 404): exit 2
 
 `pipeline.client` is the single boundary that turns aiohttp/OS exceptions and error envelopes
 into this tree (`classify_envelope`, `map_transport_errors`).
@@ -111,6 +112,11 @@ class FatalError(ApiError):
 
 class AuthError(FatalError):
     """Bad or disabled key (HTTP 401, 400012) or no permission (500020)."""
+
+
+class EndpointError(FatalError):
+    """The base URL answers, but not as the PixVerse API: a configuration mistake, not an
+    outage, so it is not retried and not reported as resumable."""
 
 
 class CreditsError(FatalError):

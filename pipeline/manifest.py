@@ -80,7 +80,11 @@ def _construct_unique_mapping(
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, str | int | float | bool) and key is not None:
+        if isinstance(key, bool):
+            # YAML 1.1: `no`, `on`, `yes`, `off` as keys become booleans (Norway's "no")
+            problem = f"key {key_node.value!r} reads as {key}: write it in quotes"
+            raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+        if not isinstance(key, str | int | float) and key is not None:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
@@ -194,7 +198,11 @@ class _Parser:
             return []
         explicit = raw.get("id")
         if explicit is not None:
-            if not isinstance(explicit, str | int) or not ID_PATTERN.fullmatch(str(explicit)):
+            if not isinstance(explicit, str):
+                # YAML 1.1 reads `010` as 8 and `no` as false: only a string is what was meant
+                self.fail(where, "id", f"{explicit!r} is not text: write it in quotes")
+                explicit = None
+            elif not ID_PATTERN.fullmatch(explicit):
                 self.fail(where, "id", f"{explicit!r} must match {ID_PATTERN.pattern}")
                 explicit = None
             else:
@@ -236,10 +244,14 @@ class _Parser:
             for key in sorted(set(dub) - _DUB_KEYS, key=str):
                 self.fail(dub_where, str(key), "unknown field (allowed: audio, tts)")
             audio, tts = self._voice(dub_where, dub, speaker)
-            job_id = _sanitize(f"{base}-{lang}")
-            if explicit is not None and not ID_PATTERN.fullmatch(job_id):
-                self.fail(dub_where, "dubs", f"job id {job_id!r} must match {ID_PATTERN.pattern}")
+            if not isinstance(lang, str):
+                self.fail(dub_where, "dubs", f"language {lang!r} is not text: write it in quotes")
                 continue
+            wanted = f"{base}-{lang}"
+            if explicit is not None and not ID_PATTERN.fullmatch(wanted):
+                self.fail(dub_where, "dubs", f"job id {wanted!r} must match {ID_PATTERN.pattern}")
+                continue
+            job_id = _sanitize(wanted)
             if (video is not None or video_id is not None) and (
                 audio is not None or tts is not None
             ):

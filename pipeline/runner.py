@@ -34,6 +34,7 @@ from pipeline.download import Link, download_result
 from pipeline.errors import (
     AuthError,
     CreditsError,
+    EndpointError,
     FatalError,
     JobError,
     SlotLimitError,
@@ -156,8 +157,10 @@ class _Run:
     media_locks: dict[str, anyio.Lock] = field(default_factory=dict)
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
     _scope: anyio.CancelScope = field(init=False)
+    started: float = field(init=False)
 
     def __post_init__(self) -> None:
+        self.started = self.wall()
         o = self.options
         self.limiter = SlotLimiter(o.concurrency)
         self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
@@ -357,14 +360,18 @@ class _Run:
             if not first:
                 await self.sleep(self.options.poll_interval * random.uniform(0.8, 1.2))
             first = False
-            running_for = self.wall() - (record.submitted_at or 0)
+            now = self.wall()
+            running_for = now - (record.submitted_at or 0)
+            # the wait is counted per run: a resumed run gives a slow generation its own
+            # --max-wait, not only what is left of the first run's
+            waited = now - max(record.submitted_at or 0, self.started)
             if ticket.slot and running_for > self.options.slot_release_after:
                 # the account no longer counts it either: let the next job in
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
             status = await self.client.status(record.video_id)
             if status.status == 5 or status.status not in (1, 6, 7, 8):
-                if running_for > self.options.max_wait:
+                if waited > self.options.max_wait:
                     raise TransientError(
                         f"video {record.video_id} still generating after {running_for:.0f} s;"
                         " left for the next run"
@@ -495,6 +502,8 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
 def _exit_code(rows: list[ReportRow], problem: Exception | None, interrupted: bool) -> ExitCode:
     if isinstance(problem, StateError):
         return ExitCode.STATE
+    if isinstance(problem, EndpointError):
+        return ExitCode.USAGE
     if isinstance(problem, FatalError):
         return ExitCode.ACCOUNT
     if interrupted or any(r.state.startswith("unfinished") for r in rows):

@@ -485,3 +485,44 @@ def test_output_dir_from_the_manifest_and_out_overrides_it(
     assert (tmp_path / "other" / "job-0.mp4").exists()
     assert main(["status", str(manifest)]) == 0  # finds dubs/ through the manifest
     assert "job-0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_non_finite_or_non_positive_seconds_are_refused(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    for flag in ("--poll-interval", "--max-wait"):
+        with pytest.raises(SystemExit) as caught:
+            main(["run", str(manifest), flag, value])
+        assert caught.value.code == 2
+    assert "must be a number above 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("base_url", "fragment"),
+    [
+        ("127.0.0.1:8787", "give http(s)://host"),
+        ("ftp://example.com", "give http(s)://host"),
+        ("http://127.0.0.1:8787/openapi/v2", "leave out /openapi/v2"),
+    ],
+)
+def test_a_malformed_base_url_is_a_usage_error(
+    base_url: str, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    code = main(["run", str(manifest), "--base-url", base_url, "--api-key", "k"])
+    assert code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_a_base_url_that_is_not_the_api_is_a_usage_error_not_an_outage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    with sim_in_thread(fast_sim()) as sim:
+        # a real server, but the API is not at this path: every call is an HTML 404
+        code = main(["run", str(manifest), "--base-url", sim.url + "/v9", "--api-key", "sim-key"])
+        assert sim.ledger.generations == {}
+    assert code == 2
+    assert "is the base URL right?" in capsys.readouterr().err

@@ -204,3 +204,35 @@ def test_complex_keys_and_trailing_newlines_in_ids_are_refused(tmp_path: Path) -
         tmp_path, 'version: 1\njobs:\n  - {id: "intro\\n", video: a.mp4, audio: a.mp3}\n'
     )
     assert any("field 'id'" in p for p in found)
+
+
+def test_yaml_1_1_surprises_are_refused_with_the_fix(tmp_path: Path) -> None:
+    # Norway's "no" would become the boolean false, and id 010 the number 8
+    found = problems_of(
+        tmp_path, "version: 1\njobs:\n  - video: a.mp4\n    dubs:\n      no: {audio: n.mp3}\n"
+    )
+    assert "key 'no' reads as False: write it in quotes" in found[0]
+    found = problems_of(tmp_path, "version: 1\njobs:\n  - {id: 010, video: a.mp4, audio: a.mp3}\n")
+    assert found == ["jobs[0] field 'id': 8 is not text: write it in quotes"]
+    found = problems_of(
+        tmp_path, "version: 1\njobs:\n  - video: a.mp4\n    dubs:\n      1: {audio: n.mp3}\n"
+    )
+    assert "language 1 is not text" in found[0]
+    ok = load_manifest(
+        write(
+            tmp_path,
+            'version: 1\njobs:\n  - {id: "010", video: a.mp4, dubs: {"no": {audio: n.mp3}}}\n',
+        )
+    )
+    assert [j.id for j in ok.jobs] == ["010-no"]
+
+
+def test_a_fan_out_id_over_64_characters_is_refused_not_cut(tmp_path: Path) -> None:
+    long_id = "a" * 62
+    found = problems_of(
+        tmp_path,
+        f"version: 1\njobs:\n  - id: {long_id}\n    video: a.mp4\n    dubs:\n"
+        "      es: {audio: es.mp3}\n",
+    )
+    assert len(found) == 1
+    assert f"job id '{long_id}-es' must match" in found[0]
