@@ -106,11 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8787)
     sim.add_argument("--api-key", default="sim-key", help="the key the simulator accepts")
-    sim.add_argument("--limit", type=int, default=5, help="concurrent generations per key")
-    sim.add_argument("--generation-seconds", type=float, default=20.0)
-    sim.add_argument("--time-scale", type=float, default=0.05, help="real seconds per sim second")
-    sim.add_argument("--fail-probability", type=float, default=0.0, help="status 8 share")
-    sim.add_argument("--credits", type=int, default=10_000)
+    sim.add_argument(
+        "--limit", type=_positive_int, default=5, help="concurrent generations per key"
+    )
+    sim.add_argument("--generation-seconds", type=_positive_float, default=20.0)
+    sim.add_argument(
+        "--time-scale", type=_positive_float, default=0.05, help="real seconds per sim second"
+    )
+    sim.add_argument(
+        "--fail-probability", type=_probability, default=0.0, help="share ending in status 8"
+    )
+    sim.add_argument("--credits", type=_positive_int, default=10_000)
 
     demo = sub.add_parser("demo", help="run manifests/example.yaml against an in-process simulator")
     demo.add_argument("--manifest", type=Path, default=EXAMPLE_MANIFEST)
@@ -152,6 +158,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
 
 

@@ -12,7 +12,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pipeline.jobstate import JobState
@@ -61,8 +61,18 @@ class ReportRow:
         )
 
 
-def build_rows(records: Sequence[JobRecord]) -> list[ReportRow]:
-    return [ReportRow.from_record(r) for r in records]
+def build_rows(records: Sequence[JobRecord], stopped_by: str | None = None) -> list[ReportRow]:
+    """One row a job. `stopped_by` (why the run ended early) becomes the error of unfinished
+    jobs that have none of their own, so report.csv alone tells the morning why."""
+    rows = [ReportRow.from_record(r) for r in records]
+    if stopped_by:
+        rows = [
+            replace(r, error=f"not finished: {stopped_by}")
+            if r.state.startswith("unfinished") and not r.error
+            else r
+            for r in rows
+        ]
+    return rows
 
 
 def write_report(output_dir: Path, rows: Sequence[ReportRow], extra: dict[str, object]) -> Path:
@@ -96,7 +106,7 @@ def summary_line(rows: Sequence[ReportRow]) -> str:
     c = summary_counts(rows)
     line = (
         f"{c['jobs']} jobs: {c['done']} done, {c['failed']} failed, {c['unfinished']} unfinished;"
-        f" {c['credits']} credits"
+        f" {c['credits']} credits (all runs)"
     )
     if c["ambiguous_submissions"]:
         line += f"; {c['ambiguous_submissions']} ambiguous submissions (see report)"

@@ -444,7 +444,8 @@ async def run_batch(
     _tell_progress(store, checked, sink)  # the final picture
     sink.close()
     interrupted = scope.cancel_called
-    rows = build_rows([store.job(j.id) for j in checked.manifest.jobs])
+    stopped_by = str(run.problem) if run.problem else "interrupted" if interrupted else None
+    rows = build_rows([store.job(j.id) for j in checked.manifest.jobs], stopped_by)
     exit_code = _exit_code(rows, run.problem, interrupted)
     report_path = write_report(
         options.output_dir,

@@ -220,3 +220,19 @@ async def test_slots_freed_by_the_ten_minute_rule_admit_new_jobs(tmp_path: Path)
     first_ends = generations[0].created_at + generations[0].seconds
     started_meanwhile = [g for g in generations if g.created_at < first_ends]
     assert len(started_meanwhile) >= 4  # more than the 2 slots + 0 lookahead of admission
+
+
+async def test_a_deleted_result_fails_its_job_instead_of_waiting_forever(tmp_path: Path) -> None:
+    manifest = project(tmp_path, tts_manifest(1))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        first = await run_once(sim, manifest, out)
+        video_id = first.rows[0].video_id
+        assert video_id is not None
+        (out / "job-0.mp4").unlink()  # lost locally: the next run downloads it again ...
+        sim.config.deleted_video_ids.add(video_id)  # ... but it was deleted on PixVerse too
+        second = await run_once(sim, manifest, out)
+    assert second.exit_code is ExitCode.JOBS_FAILED
+    assert second.rows[0].error is not None
+    assert "deleted" in second.rows[0].error
+    assert len(sim.ledger.generations) == 1  # failed, not silently regenerated

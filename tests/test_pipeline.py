@@ -231,6 +231,9 @@ async def test_out_of_credits_stops_submitting_then_resumes(
         done = [r for r in outcome.rows if r.state == "done"]
         assert 1 <= len(done) < 6  # in-flight jobs finished; their results are kept
         assert "need about 24 credits; the account has 12" in caplog.text  # warned up front
+        waiting = [r for r in outcome.rows if r.state == "unfinished:pending"]
+        assert waiting
+        assert all(r.error is not None and "insufficient credits" in r.error for r in waiting)
         refused = [r for r in sim.ledger.requests if r.err_code == 500090]
         assert len(refused) <= 2  # submitting stopped at the first refusals (2 slots)
         assert all((out / f"{r.id}.mp4").exists() for r in done)

@@ -592,3 +592,41 @@ async def test_tts_list_pages_the_fifteen_speakers(api: Api) -> None:
     assert speakers[0] == {"speaker_id": "1", "name": "Harper"}
     status, bad = await api.call("GET", TTS_LIST, params={"page_num": "zero"})
     assert (status, bad["ErrCode"]) == (400, 400013)
+
+
+async def test_another_accounts_video_is_not_found(config: SimConfig) -> None:
+    config.api_keys = frozenset({KEY, "other"})
+    async with serve(config) as sim, aiohttp.ClientSession() as session:
+        api = Api(session, sim)
+        video_id = (await api.generate(tts()))["Resp"]["video_id"]
+        status, envelope = await api.call(
+            "GET", f"/openapi/v2/video/result/{video_id}", key="other"
+        )
+    assert status == 200
+    assert envelope["ErrCode"] == 500008
+
+
+async def test_absurd_ids_are_400013_not_a_crash(api: Api) -> None:
+    status, envelope = await api.call("GET", "/openapi/v2/video/result/" + "9" * 5000)
+    assert envelope["ErrCode"] == 400013
+    assert status == 400
+
+
+async def test_a_deleted_video_is_status_6_and_its_link_is_gone(api: Api) -> None:
+    video_id = (await api.generate(tts()))["Resp"]["video_id"]
+    done = await api.wait_terminal(video_id)
+    assert done["status"] == 1
+    api.sim.config.deleted_video_ids.add(video_id)
+    assert (await api.status(video_id))["status"] == 6
+    async with api.session.get(done["url"]) as reply:
+        assert reply.status == 404
+
+
+async def test_ids_never_repeat_across_simulator_processes() -> None:
+    async def first_media_and_video() -> tuple[int, int]:
+        async with serve(SimConfig(time_scale=FAST)) as sim, aiohttp.ClientSession() as session:
+            api = Api(session, sim)
+            return (await api.generate(tts()))["Resp"]["video_id"], len(sim.ledger.uploads)
+
+    first, second = await first_media_and_video(), await first_media_and_video()
+    assert first[0] != second[0]

@@ -41,6 +41,7 @@ from pipeline.simulator.media import InvalidMediaError, media_type_for, probe, s
 from pipeline.simulator.state import STATE, SimState
 
 API_PREFIX = "/openapi/v2"
+_MAX_ID_DIGITS = 20  # ids are 15-18 digits; Python refuses int() of very long digit strings
 _CHUNK = 256 * 1024
 
 
@@ -140,11 +141,18 @@ def _positive_int(text: str, name: str) -> int:
 async def result(request: web.Request, call: Call) -> Reply:
     state = request.app[STATE]
     text = request.match_info["video_id"]
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_ID_DIGITS:
         raise ApiError(PARAM_TYPE, "video_id must be an integer")
     video_id = int(text)
     generation = state.backend.generation(video_id)
-    if generation is not None:
+    if generation is not None and generation.account is not state.backend.account(call.api_key):
+        generation = None  # another account's video: as unknown as any other id
+        if video_id not in state.config.known_video_ids:
+            raise ApiError(NOT_FOUND, "requested data not found")
+    if video_id in state.config.deleted_video_ids:
+        status, seed = 6, 0
+        created = modified = state.backend.started_at
+    elif generation is not None:
         status, seed = generation.status, generation.seed
         created, modified = generation.record.created_at, generation.modified_at
     elif video_id in state.config.known_video_ids:
@@ -202,10 +210,12 @@ async def balance(request: web.Request, call: Call) -> Reply:
 async def download(request: web.Request, record: RequestRecord) -> web.StreamResponse:
     """The signed link: 403 when the signature is wrong or expired, else the MP4 bytes."""
     state = request.app[STATE]
+    if len(request.match_info["video_id"]) > _MAX_ID_DIGITS:
+        return web.Response(status=404, text="404 Not Found")
     video_id = int(request.match_info["video_id"])
     if not state.links.verify(video_id, request.query.get("exp"), request.query.get("sig")):
         return web.Response(status=403, text="403 Forbidden: link expired or signature invalid")
-    if not state.backend.is_finished_video(video_id):
+    if not state.backend.is_finished_video(video_id) or video_id in state.config.deleted_video_ids:
         return web.Response(status=404, text="404 Not Found")
     started = state.clock()
     data = await _result_video(state, video_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ class Backend:
         self.ledger = ledger
         self.clock = clock
         # Separate streams, so how many ids were drawn never changes which outcome comes next.
-        self._id_rng = random.Random(f"{config.seed}:ids")
+        # Ids differ in every process (as PixVerse's never repeat): a restarted simulator must
+        # not hand a cached media_id or video_id of the last one to someone else's upload.
+        self._id_rng = random.Random(f"{config.seed}:ids:{secrets.token_hex(8)}")
         self._outcome_rng = random.Random(f"{config.seed}:outcomes")
         self._duration_rng = random.Random(f"{config.seed}:durations")
         self._accounts: dict[str, Account] = {}

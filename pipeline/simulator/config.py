@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_API_KEY = "sim-key"
 
@@ -52,6 +52,8 @@ class SimConfig:
     rate_limit_errors: int = 0  # next N API requests: HTTP 429 with Retry-After: 1
     truncate_downloads: int = 0  # next N downloads: full Content-Length, half the bytes
     transfer_seconds: float = 0.0  # simulated time every upload and download takes (slow links)
+    # videos the account's owner deleted: status 6, and their links answer 404
+    deleted_video_ids: set[int] = field(default_factory=set)
     forget_media: bool = False  # every media_id is unknown (expired media ids)
     lowercase_envelope_on_500: bool = True  # HTTP 500 replies use err_code/err_msg/resp
 
