@@ -636,3 +636,15 @@ async def test_renaming_a_file_or_adding_an_id_never_pays_again(tmp_path: Path) 
     assert explicit.exit_code is ExitCode.OK
     assert explicit.rows[0].video_id == first.rows[0].video_id
     assert sorted(p.name for p in out.glob("*.mp4")) == ["es.mp4"]  # the file moved along
+
+
+async def test_an_input_refused_by_moderation_fails_only_its_job(tmp_path: Path) -> None:
+    manifest = project(tmp_path)
+    async with serve(fast_sim(moderated_filenames=frozenset({"promo.mov"}))) as sim:
+        outcome = await run_once(sim, manifest, tmp_path / "out")
+    assert outcome.exit_code is ExitCode.JOBS_FAILED
+    failed = {r.id: r.error for r in outcome.rows if r.state == "failed"}
+    assert set(failed) == {"promo-es", "promo-ja"}
+    assert all(e is not None and e.startswith("500054") for e in failed.values())
+    assert sum(r.state == "done" for r in outcome.rows) == 4
+    assert sim.ledger.credits_net == sum(r.credits for r in outcome.rows)

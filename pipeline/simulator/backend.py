@@ -21,6 +21,7 @@ from pipeline.simulator.catalog import audio_price, tts_price
 from pipeline.simulator.config import SimConfig
 from pipeline.simulator.envelope import (
     CONCURRENCY_LIMIT,
+    INPUT_MODERATED,
     INSUFFICIENT_BALANCE,
     NO_PERMISSION,
     PARAM_INVALID,
@@ -159,6 +160,8 @@ class Backend:
                 PARAM_INVALID,
                 f"{field_name} {media_id} has media_type {media.media_type!r}, not {media_type!r}",
             )
+        if media.filename in self.config.moderated_filenames:
+            raise ApiError(INPUT_MODERATED, "content moderation rejected the input")
         return media
 
     # -- generations

@@ -52,6 +52,8 @@ class SimConfig:
     rate_limit_errors: int = 0  # next N API requests: HTTP 429 with Retry-After: 1
     truncate_downloads: int = 0  # next N downloads: full Content-Length, half the bytes
     transfer_seconds: float = 0.0  # simulated time every upload and download takes (slow links)
+    # uploads (by file name) whose content moderation refuses: generate answers 500054
+    moderated_filenames: frozenset[str] = frozenset()
     # videos the account's owner deleted: status 6, and their links answer 404
     deleted_video_ids: set[int] = field(default_factory=set)
     forget_media: bool = False  # every media_id is unknown (expired media ids)
