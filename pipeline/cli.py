@@ -29,13 +29,13 @@ from rich.logging import RichHandler
 
 from pipeline import __version__
 from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
-from pipeline.errors import ApiError, EndpointError, FatalError, ManifestError, StateError
+from pipeline.errors import ApiError, ManifestError, StateError
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked, preflight
 from pipeline.progress import LiveProgress
 from pipeline.report import build_rows, summary_line
-from pipeline.runner import ExitCode, RunOptions, run_batch
+from pipeline.runner import ExitCode, RunOptions, exit_code_for, run_batch
 from pipeline.state import StateStore
 
 log = logging.getLogger("pipeline.cli")
@@ -222,18 +222,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return ExitCode.USAGE
-    except StateError as exc:
+    except (StateError, ApiError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.STATE
-    except EndpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except FatalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.ACCOUNT
-    except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.UNFINISHED
+        return exit_code_for(exc)
 
 
 @contextmanager

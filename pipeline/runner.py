@@ -37,6 +37,8 @@ from pipeline.errors import (
     EndpointError,
     FatalError,
     JobError,
+    ManifestError,
+    PipelineError,
     SlotLimitError,
     StaleMediaError,
     StateError,
@@ -500,13 +502,20 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def _exit_code(rows: list[ReportRow], problem: Exception | None, interrupted: bool) -> ExitCode:
-    if isinstance(problem, StateError):
-        return ExitCode.STATE
-    if isinstance(problem, EndpointError):
+def exit_code_for(error: PipelineError) -> ExitCode:
+    """The documented exit code of an error that ends a command (the CLI uses it too)."""
+    if isinstance(error, ManifestError | EndpointError):
         return ExitCode.USAGE
-    if isinstance(problem, FatalError):
+    if isinstance(error, StateError):
+        return ExitCode.STATE
+    if isinstance(error, FatalError):
         return ExitCode.ACCOUNT
+    return ExitCode.UNFINISHED  # transient: the same command again finishes the work
+
+
+def _exit_code(rows: list[ReportRow], problem: PipelineError | None, interrupted: bool) -> ExitCode:
+    if problem is not None and not isinstance(problem, TransientError):
+        return exit_code_for(problem)
     if interrupted or any(r.state.startswith("unfinished") for r in rows):
         return ExitCode.UNFINISHED
     if any(r.state == "failed" for r in rows):
