@@ -526,3 +526,13 @@ def test_a_base_url_that_is_not_the_api_is_a_usage_error_not_an_outage(
         assert sim.ledger.generations == {}
     assert code == 2
     assert "is the base URL right?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--limit", "0"], ["--time-scale", "-1"], ["--fail-probability", "2"], ["--credits", "0"]],
+)
+def test_the_simulator_refuses_meaningless_knobs(flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["sim", *flags])
+    assert caught.value.code == 2
