@@ -37,7 +37,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 # States in which the account has (or may have) charged for a generation we must not lose.
-PAID_STATES = frozenset({JobState.SUBMITTING, JobState.GENERATING, JobState.DOWNLOADING})
+PAID_STATES = frozenset(
+    {JobState.SUBMITTING, JobState.GENERATING, JobState.DOWNLOADING, JobState.DONE}
+)
 
 
 class IllegalTransitionError(RuntimeError):

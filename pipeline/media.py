@@ -108,7 +108,7 @@ def _describe(container: InputContainer, path: Path, size: int) -> MediaInfo:
     if not videos and not audios:
         raise MediaProbeError("no video or audio stream")
     streams: list[VideoStream | AudioStream] = [*videos, *audios]
-    duration = _duration(container, streams)
+    duration = duration_of(container, streams)
     if duration is None:
         raise MediaProbeError("cannot tell how long the media is")
     return MediaInfo(
@@ -122,7 +122,7 @@ def _describe(container: InputContainer, path: Path, size: int) -> MediaInfo:
     )
 
 
-def _duration(
+def duration_of(
     container: InputContainer, streams: Sequence[VideoStream | AudioStream]
 ) -> float | None:
     """Seconds: the container's header, else the streams' headers, else the packets' clocks."""

@@ -10,14 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.jobstate import JobState
+from pipeline.jobstate import PAID_STATES, JobState
 from pipeline.manifest import Job
 from pipeline.plan import fingerprint
 from pipeline.preflight import Checked
 from pipeline.state import JobRecord, StateStore
-
-# Jobs whose generation was (or may have been) paid for.
-_PAID = frozenset({JobState.SUBMITTING, JobState.GENERATING, JobState.DOWNLOADING, JobState.DONE})
 
 
 def reconcile(
@@ -66,7 +63,7 @@ def _paid_orphans(checked: Checked, store: StateStore) -> dict[str, JobRecord]:
     ids = {job.id for job in checked.manifest.jobs}
     orphans: dict[str, JobRecord] = {}
     for record in store.jobs():
-        if record.id not in ids and record.state in _PAID:
+        if record.id not in ids and record.state in PAID_STATES:
             orphans.setdefault(record.fingerprint, record)
     return orphans
 

@@ -21,6 +21,7 @@ import av
 import pytest
 
 from pipeline.simulator import SimConfig, Simulator, canonical_body, serve
+from tests.media_factory import make_audio, make_video
 
 pytestmark = pytest.mark.anyio
 
@@ -31,37 +32,6 @@ UPLOAD = "/openapi/v2/media/upload"
 BALANCE = "/openapi/v2/account/balance"
 TTS_LIST = "/openapi/v2/video/lip_sync/tts_list"
 FAST = 0.002  # real seconds per simulated second: a 20 s generation takes 40 ms
-
-
-# -- real media, made with PyAV
-
-
-def make_audio(path: Path, seconds: float) -> Path:
-    """Silent mono audio; the container and codec follow the suffix (.wav or .mp3)."""
-    codec = {".wav": "pcm_s16le", ".mp3": "libmp3lame"}[path.suffix]
-    rate = 8000
-    with av.open(str(path), mode="w") as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        assert isinstance(stream, av.AudioStream)
-        frame = av.AudioFrame(format="s16", layout="mono", samples=int(seconds * rate))
-        frame.planes[0].update(bytes(frame.planes[0].buffer_size))
-        frame.sample_rate = rate
-        frame.pts = 0
-        out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
-def make_video(path: Path, frames: int = 5) -> Path:
-    """A 32x32 H.264 mp4 of `frames` black frames at 5 fps."""
-    with av.open(str(path), mode="w") as out:
-        stream = out.add_stream("libx264", rate=5)
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            out.mux(stream.encode(av.VideoFrame(32, 32, "yuv420p")))
-        out.mux(stream.encode(None))
-    return path
 
 
 # -- a thin client
@@ -176,8 +146,8 @@ async def test_ledger_records_every_request_without_the_key(api: Api) -> None:
 
 async def test_upload_real_media_returns_media_ids(api: Api, tmp_path: Path) -> None:
     files = [
-        make_audio(tmp_path / "voice.wav", 1.5),
-        make_audio(tmp_path / "voice.mp3", 1.0),
+        make_audio(tmp_path / "voice.wav", seconds=1.5),
+        make_audio(tmp_path / "voice.mp3", seconds=1.0),
         make_video(tmp_path / "face.mp4"),
     ]
     replies = [await api.upload(path) for path in files]
@@ -199,13 +169,13 @@ async def test_upload_real_media_returns_media_ids(api: Api, tmp_path: Path) -> 
 
 
 async def test_upload_refusals(api: Api, config: SimConfig, tmp_path: Path) -> None:
-    wav = make_audio(tmp_path / "voice.wav", 1.0)
+    wav = make_audio(tmp_path / "voice.wav", seconds=1.0)
     garbage = tmp_path / "broken.mp4"
     garbage.write_bytes(b"not a video at all" * 10)
 
     unsupported = await api.upload(wav, name="voice.ogg")
     invalid = await api.upload(garbage)
-    too_long = await api.upload(make_audio(tmp_path / "long.wav", 31))
+    too_long = await api.upload(make_audio(tmp_path / "long.wav", seconds=31))
     url_form = aiohttp.FormData(
         {"file_url": "https://example.com/a.mp4"}, default_to_multipart=True
     )
@@ -226,7 +196,9 @@ async def test_upload_refusals(api: Api, config: SimConfig, tmp_path: Path) -> N
 async def _media_ids(api: Api, tmp_path: Path) -> tuple[int, int]:
     """(video media id, audio media id) of two fresh uploads."""
     video = (await api.upload(make_video(tmp_path / "face.mp4")))[1]["Resp"]["media_id"]
-    audio = (await api.upload(make_audio(tmp_path / "voice.wav", 1.0)))[1]["Resp"]["media_id"]
+    audio = (await api.upload(make_audio(tmp_path / "voice.wav", seconds=1.0)))[1]["Resp"][
+        "media_id"
+    ]
     return video, audio
 
 
@@ -347,7 +319,7 @@ async def test_price_model_charges_and_500090_when_short(
 ) -> None:
     config.credit_monthly = 10
     config.credit_package = 10
-    _, audio = await api.upload(make_audio(tmp_path / "voice.wav", 1.5))
+    _, audio = await api.upload(make_audio(tmp_path / "voice.wav", seconds=1.5))
     audio_id = audio["Resp"]["media_id"]
 
     # 16 UTF-8 bytes of script: two 15-byte chunks, 8 credits, all from the monthly credits.

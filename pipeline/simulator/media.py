@@ -26,6 +26,7 @@ import av
 import av.error
 
 from pipeline._samples import make_audio
+from pipeline.media import duration_of
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".webm"})
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".m4a", ".aac"})
@@ -83,25 +84,12 @@ def probe(data: bytes, media_type: str) -> Probe:
             width = height = 0
             if isinstance(stream, av.VideoStream):
                 width, height = stream.codec_context.width, stream.codec_context.height
-            duration = _duration(container, stream)
+            duration = duration_of(container, [stream])
     except (av.error.FFmpegError, ValueError, IndexError) as exc:
         raise InvalidMediaError(str(exc)) from exc
     if duration is None:
         raise InvalidMediaError("duration unknown")
     return Probe(duration=duration, width=width, height=height)
-
-
-def _duration(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
-    if container.duration is not None:
-        return float(container.duration) / av.time_base
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    # Raw streams (e.g. headerless AAC) have no header duration: add up the packets.
-    total = 0.0
-    for packet in container.demux(stream):
-        if packet.duration is not None and packet.time_base is not None:
-            total += float(packet.duration * packet.time_base)
-    return total or None
 
 
 def base_clip_bytes() -> bytes:
