@@ -1,11 +1,15 @@
-"""Account checks a run makes once, before submitting anything: speakers and balance."""
+"""Account checks a run makes once, before submitting anything: speakers and balance.
+
+Neither stops paid work: a job with an unknown speaker is held back alone, and the balance
+only warns (the run stops submitting cleanly at 500090).
+"""
 
 from __future__ import annotations
 
 import logging
 
 from pipeline.client import PixverseClient
-from pipeline.errors import ManifestError, TransientError
+from pipeline.errors import TransientError
 from pipeline.manifest import Job
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked
@@ -13,21 +17,20 @@ from pipeline.preflight import Checked
 log = logging.getLogger("pipeline.account")
 
 
-async def check_speakers(jobs: list[Job], client: PixverseClient) -> None:
-    """TTS jobs about to be submitted must name a speaker the account offers (ignoring case);
-    one list request, before any generation. Raises ManifestError (exit 2) if not."""
+async def unknown_speakers(jobs: list[Job], client: PixverseClient) -> dict[str, str]:
+    """The TTS jobs among `jobs` whose speaker the account does not offer (ignoring case),
+    each with its one-line problem; one list request. Raises TransientError when the list
+    cannot be read: the caller holds those jobs back, and only those."""
     tts_jobs = [j for j in jobs if j.tts is not None]
     if not tts_jobs:
-        return
+        return {}
     known = {s.speaker_id.lower() for s in await client.speakers()}
-    problems = [
-        f"job '{j.id}' field 'tts.speaker': unknown speaker {j.tts.speaker!r}"
+    return {
+        j.id: f"job '{j.id}' field 'tts.speaker': unknown speaker {j.tts.speaker!r}"
         " (see `pixverse-batch speakers`)"
         for j in tts_jobs
         if j.tts is not None and j.tts.speaker.lower() not in known
-    ]
-    if problems:
-        raise ManifestError(problems)
+    }
 
 
 async def check_balance(checked: Checked, to_submit: list[Job], client: PixverseClient) -> None:

@@ -150,6 +150,13 @@ def _add_run_options(parser: argparse.ArgumentParser, poll_interval: float = 5.0
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", default=None, help="API base URL ($PIXVERSE_BASE_URL)")
     parser.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=30.0,
+        help="seconds a small API call may take; a submission whose reply did not come is"
+        " re-sent only after this (plus 10 %%), when it can no longer race the first send",
+    )
+    parser.add_argument(
         "--api-key", default=None, help="API key ($PIXVERSE_API_KEY; prefer the variable)"
     )
 
@@ -259,7 +266,11 @@ def _client_config(args: argparse.Namespace) -> ClientConfig:
     if not key.strip():
         raise ManifestError(["PIXVERSE_API_KEY is not set (or pass --api-key)"])
     base = args.base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL
-    return ClientConfig(base_url=_checked_base_url(base), api_key=key.strip())
+    return ClientConfig(
+        base_url=_checked_base_url(base),
+        api_key=key.strip(),
+        request_timeout=args.request_timeout,
+    )
 
 
 def _checked_base_url(base: str) -> str:

@@ -2,13 +2,14 @@
 
 This module is the single place where foreign exceptions (aiohttp, OS, JSON) and error
 envelopes become `pipeline.errors`. Trace ids follow `shared/pixverse-api.md`: a fresh uuid4 for
-every upload, poll, list and balance call; for a submission, the caller's `SubmissionTrace`
-decides, so the id is on disk before the request leaves and is re-sent after an ambiguous
-failure, rotated after a definitive one.
+every upload, poll, list and balance call. A submission is one attempt with the caller's trace
+id (`generate`): when to re-send it, and with which id, is the exactly-once protocol of
+`pipeline.submit`, which writes the id to disk before the request leaves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import aiohttp
 import anyio
@@ -59,6 +60,17 @@ class ClientConfig:
     connect_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
+    @property
+    def key_fingerprint(self) -> str:
+        """Names the key in the state file and reports without revealing it (a salted,
+        truncated sha256: enough to tell keys apart, useless to recover one)."""
+        return key_fingerprint(self.api_key)
+
+
+def key_fingerprint(api_key: str) -> str:
+    digest = hashlib.sha256(b"pixverse-batch key fingerprint\0" + api_key.encode())
+    return digest.hexdigest()[:12]
+
 
 @dataclass(frozen=True)
 class Submission:
@@ -89,21 +101,6 @@ class Balance:
     @property
     def spendable(self) -> int:
         return self.credit_monthly + self.credit_package
-
-
-class SubmissionTrace(Protocol):
-    """Where a submission's trace id lives; the runner backs it with the state file."""
-
-    def current(self) -> str: ...
-
-    def rotate(self) -> str:
-        """After a "busy" reply: save and return a new trace id, or keep the current one when
-        an earlier send of it may have been processed (a busy answer can come from a proxy)."""
-        ...
-
-    def ambiguous(self) -> None:
-        """Record that an attempt's outcome is unknown (no reply): the id will be re-sent."""
-        ...
 
 
 def new_trace_id() -> str:
@@ -286,38 +283,43 @@ class PixverseClient:
                 return _int(resp, "media_id"), str(resp.get("media_type", ""))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def generate(self, body: Mapping[str, Any], trace: SubmissionTrace) -> Submission:
-        """Submit one lip-sync generation. Raises SlotLimitError, JobError, FatalError, ..."""
-        async for attempt in self._retrier():
-            with attempt:
-                try:
-                    resp = await self._request(
-                        "POST",
-                        "/video/lip_sync/generate",
-                        trace_id=trace.current(),
-                        json=dict(body),
-                    )
-                except TransportError:
-                    trace.ambiguous()  # it may have been processed: re-send the same trace id
-                    raise
-                except ServerBusyError:
-                    trace.rotate()  # a definitive answer is replayed for its trace id
-                    raise
-                except JobError as exc:
-                    if _is_stale_media(exc):
-                        raise StaleMediaError(
-                            str(exc.err_msg),
-                            http_status=exc.http_status,
-                            err_code=exc.err_code,
-                            err_msg=exc.err_msg,
-                        ) from exc
-                    raise
-                credits = resp.get("credits")
-                return Submission(
-                    video_id=_int(resp, "video_id"),
-                    credits=credits if isinstance(credits, int) else None,
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def upload_bytes(
+        self, data: bytes, filename: str, content_type: str, *, trace_id: str
+    ) -> int:
+        """One upload of `data` with the caller's trace id (the replay probe); no retries."""
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename=filename, content_type=content_type)
+        resp = await self._request(
+            "POST",
+            "/media/upload",
+            trace_id=trace_id,
+            data=form,
+            timeout=self.config.transfer_timeout,
+        )
+        return _int(resp, "media_id")
+
+    async def generate(self, body: Mapping[str, Any], trace_id: str) -> Submission:
+        """One send of a lip-sync generation with `trace_id`; no retries here (a re-send of a
+        paid request is `pipeline.submit`'s decision). Raises TransportError when the outcome
+        is unknown, SlotLimitError, ServerBusyError, StaleMediaError, JobError, FatalError."""
+        try:
+            resp = await self._request(
+                "POST", "/video/lip_sync/generate", trace_id=trace_id, json=dict(body)
+            )
+        except JobError as exc:
+            if _is_stale_media(exc):
+                raise StaleMediaError(
+                    str(exc.err_msg),
+                    http_status=exc.http_status,
+                    err_code=exc.err_code,
+                    err_msg=exc.err_msg,
+                ) from exc
+            raise
+        credits = resp.get("credits")
+        return Submission(
+            video_id=_int(resp, "video_id"),
+            credits=credits if isinstance(credits, int) and not isinstance(credits, bool) else None,
+        )
 
     async def status(self, video_id: int) -> VideoStatus:
         resp = await self._call("GET", f"/video/result/{video_id}")

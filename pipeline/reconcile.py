@@ -52,6 +52,8 @@ def reconcile(
             )
         elif record.state is JobState.FAILED:
             record = _restart(store, record, fp, "failed before: retry")
+        elif record.state is JobState.UNCONFIRMED:
+            continue  # parked: re-sending could pay twice; only --redo submits it again
         todo.append((order[record.state], index, job))
     return [job for _, _, job in sorted(todo, key=lambda t: (t[0], t[1]))]
 
@@ -89,6 +91,10 @@ def _restart(store: StateStore, record: JobRecord, fp: str, detail: str) -> JobR
         "error": None,
         "output": None,
         "bytes": None,
+        "sent_at": None,
+        "resend_after": None,
+        "trace_ambiguous": 0,
+        "key_fp": None,
     }
     if record.state is JobState.PENDING:
         return store.update(record.id, detail, **fields)

@@ -8,6 +8,7 @@ when it sends one. Sleeping is injectable so tests run retries in milliseconds.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,15 @@ class RetryPolicy:
     initial_wait: float = 0.5  # full jitter draws from [0, initial * 2**n], capped below
     max_wait: float = 20.0
     max_retry_after: float = 120.0  # a larger Retry-After is clamped to this
+
+
+def backoff(policy: RetryPolicy, failures: int, retry_after: float | None = None) -> float:
+    """The wait before try `failures + 1` when the caller paces retries itself (a paid
+    submission): full jitter, raised to a clamped `Retry-After`, as the retrier does."""
+    delay = random.uniform(0, min(policy.max_wait, policy.initial_wait * 2 ** min(failures, 30)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.max_retry_after))
+    return delay
 
 
 def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:

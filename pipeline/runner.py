@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 
-from pipeline.account import check_balance, check_speakers
+from pipeline.account import check_balance, unknown_speakers
 from pipeline.client import PixverseClient, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
@@ -52,11 +53,16 @@ from pipeline.plan import estimate_credits, generate_body
 from pipeline.preflight import Checked
 from pipeline.progress import LogProgress, ProgressSink
 from pipeline.reconcile import reconcile
+from pipeline.replay import probe_replay
 from pipeline.report import ReportRow, build_rows, summary_line, write_report
 from pipeline.retry import Sleep
 from pipeline.state import JobRecord, StateStore
+from pipeline.submit import Submitter, SubmitTries
 
 log = logging.getLogger("pipeline.runner")
+
+# The gateway's replay is re-probed after this long (the contract's replay window is 24 h).
+REPLAY_CHECK_MAX_AGE = 24 * 3600.0
 
 
 class ExitCode(IntEnum):
@@ -110,36 +116,25 @@ class _Ticket:
     slot: bool = False
     reuploaded: bool = False
     rejections: int = 0
-    # The current trace id may already have been processed (a send got no reply, or a run
-    # died after writing SUBMITTING): it must never be dropped for a new one on a mere
-    # "busy", which a proxy in front of the gateway can answer without asking it.
-    trace_maybe_sent: bool = False
+    tries: SubmitTries = field(default_factory=SubmitTries)
 
 
-class _StoredTrace:
-    """A submission's trace id, backed by the state file (see client.SubmissionTrace)."""
+class _SlotHandle:
+    """A job's generation slot as `pipeline.submit` sees it."""
 
-    def __init__(self, store: StateStore, job_id: str, ticket: _Ticket) -> None:
-        self._store, self._job_id, self._ticket = store, job_id, ticket
+    def __init__(self, run: _Run, ticket: _Ticket) -> None:
+        self._run, self._ticket = run, ticket
 
-    def current(self) -> str:
-        trace_id = self._store.job(self._job_id).trace_id
-        assert trace_id is not None, "SUBMITTING always has a trace id"
-        return trace_id
+    @property
+    def held(self) -> bool:
+        return self._ticket.slot
 
-    def rotate(self) -> str:
-        if self._ticket.trace_maybe_sent:
-            return self.current()
-        trace_id = new_trace_id()
-        self._store.update(self._job_id, "definitive reply: new trace id", trace_id=trace_id)
-        return trace_id
+    async def acquire(self) -> None:
+        await self._run.limiter.acquire()
+        self._ticket.slot = True
 
-    def ambiguous(self) -> None:
-        self._ticket.trace_maybe_sent = True
-        record = self._store.job(self._job_id)
-        self._store.update(
-            self._job_id, "no reply: re-sending the same trace id", ambiguous=record.ambiguous + 1
-        )
+    def release(self) -> None:
+        self._run._drop_slot(self._ticket)
 
 
 @dataclass
@@ -154,7 +149,10 @@ class _Run:
     admission: anyio.Semaphore = field(init=False)
     uploads: anyio.CapacityLimiter = field(init=False)
     downloads: anyio.CapacityLimiter = field(init=False)
+    submitter: Submitter = field(init=False)
     stop_submitting: anyio.Event = field(default_factory=anyio.Event)
+    # False when the gateway's trace-id replay could not be checked: nothing may be sent
+    can_send: bool = True
     problem: FatalError | StateError | TransientError | None = None
     media_locks: dict[str, anyio.Lock] = field(default_factory=dict)
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
@@ -163,6 +161,8 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.started = self.wall()
+        # nothing is re-sent until the probe says the gateway replays (see `prepare`)
+        self.submitter = Submitter(self.store, self.client, self.sleep, self.wall, replays=False)
         o = self.options
         self.limiter = SlotLimiter(o.concurrency)
         self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
@@ -173,7 +173,84 @@ class _Run:
     def base_url(self) -> str:
         return self.client.config.base_url
 
+    @property
+    def media_scope(self) -> str:
+        """Media ids belong to one account: cached per base URL and key fingerprint."""
+        return f"{self.base_url} key:{self.submitter.key_fp}"
+
     # top level ----------------------------------------------------------------------------
+
+    async def prepare(self, jobs: list[Job]) -> list[Job]:
+        """Once, before the task group: the gateway's replay (probed), the TTS speakers and the
+        balance. Returns the jobs to run. Nothing here holds back paid work: a job with an
+        unknown speaker fails alone, and an unreadable list only holds the TTS jobs back."""
+        pending = [j for j in jobs if self.store.job(j.id).state is JobState.PENDING]
+        to_send = [
+            j
+            for j in jobs
+            if self.store.job(j.id).state in (JobState.PENDING, JobState.SUBMITTING)
+            and not self.submitter.foreign_key(self.store.job(j.id))
+        ]
+        if to_send:
+            await self._check_gateway()
+        if not self.can_send or not pending:
+            return jobs
+        held: set[str] = set()
+        try:
+            unknown = await unknown_speakers(pending, self.client)
+        except TransientError as exc:
+            held = {j.id for j in pending if j.tts is not None}
+            if held:
+                self._note_problem(exc)
+                log.warning(
+                    "cannot list the TTS speakers (%s): %d TTS jobs wait for the next run,"
+                    " the rest go on",
+                    exc,
+                    len(held),
+                )
+        else:
+            for job_id, problem in unknown.items():
+                self.store.transition(job_id, JobState.FAILED, problem, error=problem)
+                log.error("%s: held back: %s", job_id, problem)
+            held = set(unknown)
+        await check_balance(self.checked, [j for j in pending if j.id not in held], self.client)
+        return [j for j in jobs if j.id not in held]
+
+    async def _check_gateway(self) -> None:
+        """Whether this base URL and key replay a re-used trace id: probed for free (two
+        uploads) when not checked in the last REPLAY_CHECK_MAX_AGE, and recorded. Never
+        assumed: if the probe cannot run, nothing is sent this run."""
+        key_fp = self.submitter.key_fp
+        known = self.store.gateway_check(self.base_url, key_fp)
+        if known is not None and self.wall() - known[2] < REPLAY_CHECK_MAX_AGE:
+            replays, detail = known[0], known[1]
+        else:
+            try:
+                verdict = await probe_replay(self.client)
+            except TransientError as exc:
+                self.can_send = False
+                self._note_problem(
+                    TransientError(
+                        f"cannot tell whether the gateway replays trace ids ({exc}): nothing"
+                        " was submitted; paid work went on"
+                    )
+                )
+                log.error("replay probe failed: %s; nothing is submitted this run", exc)
+                return
+            replays, detail = verdict.replays, verdict.detail
+            self.store.save_gateway_check(self.base_url, key_fp, replays, detail)
+            log.info("trace-id replay probe (key %s): %s", key_fp, detail)
+        self.submitter.replays = replays
+        if not replays:
+            log.warning(
+                "this gateway does not replay trace ids (%s): a submission whose reply is lost"
+                " is parked as unconfirmed, never re-sent",
+                detail,
+            )
+
+    def _note_problem(self, problem: TransientError) -> None:
+        if self.problem is None:
+            self.problem = problem
 
     async def execute(self, jobs: list[Job]) -> None:
         async with anyio.create_task_group() as tg:
@@ -246,17 +323,21 @@ class _Run:
 
     async def _drive(self, job: Job, ticket: _Ticket) -> None:
         record = self.store.job(job.id)
+        if record.state is not JobState.PENDING and self.submitter.foreign_key(record):
+            # the gateway's replay and the video belong to the key that submitted it: another
+            # key would pay again on a re-send and see 500008 on a poll
+            note = f"submitted with key {record.key_fp}: run with that key to finish it"
+            if record.error != note:
+                self.store.update(job.id, note, error=note)
+            log.warning("%s: left %s: %s", job.id, record.state.value, note)
+            return
         resumed = record.state is JobState.GENERATING
         if record.state is JobState.SUBMITTING:
-            # an earlier run wrote the trace id and may have sent it: re-send it, and count it
-            ticket.trace_maybe_sent = True
-            record = self.store.update(
-                job.id, "resumed: re-sending the saved trace id", ambiguous=record.ambiguous + 1
-            )
+            record = self.submitter.resumed(record)
         while True:
             state = record.state
             if state is JobState.PENDING:
-                if self.stop_submitting.is_set():
+                if self.stop_submitting.is_set() or not self.can_send:
                     return
                 await self._ensure_media(job)
                 if not ticket.slot:
@@ -265,11 +346,19 @@ class _Run:
                 if self.stop_submitting.is_set():
                     return
                 record = self.store.transition(
-                    job.id, JobState.SUBMITTING, "submitting", trace_id=new_trace_id()
+                    job.id,
+                    JobState.SUBMITTING,
+                    "submitting",
+                    trace_id=new_trace_id(),
+                    sent_at=None,
+                    resend_after=None,
+                    trace_ambiguous=0,
+                    key_fp=self.submitter.key_fp,
                 )
-                ticket.trace_maybe_sent = False
             elif state is JobState.SUBMITTING:
-                record = await self._submit(job, ticket)
+                if not self.can_send:
+                    return
+                record = await self._submit(job, record, ticket)
             elif state is JobState.GENERATING:
                 record = await self._await_generation(job, record, ticket, poll_first=resumed)
                 resumed = False
@@ -286,25 +375,23 @@ class _Run:
             kind = facts.info.kind
             lock = self.media_locks.setdefault(facts.sha256, anyio.Lock())
             async with lock:  # one upload per distinct content, however many jobs share it
-                media_id = self.store.media_id(facts.sha256, self.base_url)
+                media_id = self.store.media_id(facts.sha256, self.media_scope)
                 if media_id is None:
                     async with self.uploads:
                         media_id, media_type = await self.client.upload(path)
                     if media_type and media_type != facts.info.kind:
                         raise JobError(f"{path.name}: uploaded as {media_type}, not {kind}")
-                    self.store.save_media(facts.sha256, self.base_url, facts.info.kind, media_id)
+                    self.store.save_media(facts.sha256, self.media_scope, facts.info.kind, media_id)
                     log.info("%s: uploaded %s as media %s", job.id, path.name, media_id)
             ids[path] = media_id
         return ids
 
-    async def _submit(self, job: Job, ticket: _Ticket) -> JobRecord:
-        if not ticket.slot:  # resuming an ambiguous submission: it may already hold a slot
-            await self.limiter.acquire()
-            ticket.slot = True
-        media_ids = await self._ensure_media(job)
-        body = generate_body(job, media_ids)
+    async def _submit(self, job: Job, record: JobRecord, ticket: _Ticket) -> JobRecord:
+        async def body() -> dict[str, Any]:
+            return generate_body(job, await self._ensure_media(job))
+
         try:
-            sub = await self.client.generate(body, _StoredTrace(self.store, job.id, ticket))
+            sent = await self.submitter.step(record, body, _SlotHandle(self, ticket), ticket.tries)
         except SlotLimitError:
             self.limiter.on_rejected()
             self._drop_slot(ticket)
@@ -316,7 +403,7 @@ class _Run:
         except StaleMediaError:
             self._drop_slot(ticket)
             for path in job.media_paths():
-                self.store.forget_media(self.checked.media[path].sha256, self.base_url)
+                self.store.forget_media(self.checked.media[path].sha256, self.media_scope)
             if ticket.reuploaded:
                 raise
             ticket.reuploaded = True
@@ -330,24 +417,27 @@ class _Run:
             # 500020 and the like are the gateway's answer for this trace id, replayed if it
             # were re-sent: the next run needs a new one. A bare 401 may come from in front of
             # the gateway, so an id that may have been processed is kept.
-            if exc.http_status != 401 or not ticket.trace_maybe_sent:
+            if exc.http_status != 401 or not self.store.job(job.id).trace_ambiguous:
                 self.store.transition(job.id, JobState.PENDING, f"account problem: {exc}")
             raise
+        if isinstance(sent, JobRecord):
+            return sent  # parked, or to be sent again
         credits = (
-            sub.credits if sub.credits is not None else estimate_credits(job, self.checked.media)
+            sent.credits if sent.credits is not None else estimate_credits(job, self.checked.media)
         )
         record = self.store.job(job.id)
         record = self.store.transition(
             job.id,
             JobState.GENERATING,
-            f"video {sub.video_id}",
-            video_id=sub.video_id,
+            f"video {sent.video_id}",
+            video_id=sent.video_id,
             attempts=record.attempts + 1,
             credits=record.credits + credits,
             last_credits=credits,
             submitted_at=self.wall(),
+            resend_after=None,
         )
-        log.info("%s: submitted as video %s (attempt %d)", job.id, sub.video_id, record.attempts)
+        log.info("%s: submitted as video %s (attempt %d)", job.id, sent.video_id, record.attempts)
         return record
 
     async def _await_generation(
@@ -429,14 +519,12 @@ async def run_batch(
     sink = progress if progress is not None else LogProgress(options.progress_every)
     started = wall()
     jobs = reconcile(checked, store, options.output_dir, options.redo)
-    to_submit = [j for j in jobs if store.job(j.id).state is JobState.PENDING]
     try:
-        await check_speakers(to_submit, client)
-        await check_balance(checked, to_submit, client)
-    except (FatalError, TransientError) as exc:
+        jobs = await run.prepare(jobs)
+    except FatalError as exc:
         run.problem = exc
     with anyio.CancelScope() as scope:
-        if run.problem is None:
+        if not isinstance(run.problem, FatalError):
             async with anyio.create_task_group() as tg:
                 if options.handle_signals:
                     tg.start_soon(_cancel_on_signal, scope)

@@ -59,6 +59,30 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # Exactly-once facts (pixverse-api.md, "Trace-id semantics"): when the current trace id
+        # last left, until when an unanswered send may still be processed, whether the id may
+        # have been processed unseen, and which key sent it; plus the gateway replay probe.
+        # A SUBMITTING job of an older file may have been sent: it waits out the old default
+        # request timeout (30 s + 10 %) like any unanswered send.
+        "0002_sends_and_keys",
+        """
+        ALTER TABLE jobs ADD COLUMN sent_at REAL;
+        ALTER TABLE jobs ADD COLUMN resend_after REAL;
+        ALTER TABLE jobs ADD COLUMN trace_ambiguous INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN key_fp TEXT;
+        UPDATE jobs SET sent_at = updated_at, resend_after = updated_at + 33.0
+            WHERE state = 'submitting';
+        CREATE TABLE gateway_checks (
+            base_url TEXT NOT NULL,
+            key_fp TEXT NOT NULL,
+            replays INTEGER NOT NULL,
+            detail TEXT NOT NULL,
+            checked_at REAL NOT NULL,
+            PRIMARY KEY (base_url, key_fp)
+        );
+        """,
+    ),
 ]
 
 _UPDATABLE = frozenset(
@@ -74,6 +98,10 @@ _UPDATABLE = frozenset(
         "ambiguous",
         "submitted_at",
         "fingerprint",
+        "sent_at",
+        "resend_after",
+        "trace_ambiguous",
+        "key_fp",
     }
 )
 
@@ -94,11 +122,23 @@ class JobRecord:
     ambiguous: int  # submissions whose outcome was unknown when the reply did not arrive
     submitted_at: float | None
     updated_at: float
+    sent_at: float | None  # when the current trace id's latest send left (None: not sent yet)
+    # while set, a send of the current trace id got no reply and may still be processed until
+    # this wall-clock time: re-sending before it could race the first send (paid twice)
+    resend_after: float | None
+    trace_ambiguous: bool  # the current trace id may have been processed without our seeing it
+    key_fp: str | None  # fingerprint of the API key that sent the current submission
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """The latest send of the current trace id got no reply (or the run died first)."""
+        return self.resend_after is not None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
+        values["trace_ambiguous"] = bool(values["trace_ambiguous"])
         return cls(**values)
 
 
@@ -255,6 +295,26 @@ class StateStore:
         with self._write():
             self._conn.execute(
                 "DELETE FROM media WHERE sha256 = ? AND base_url = ?", (sha256, base_url)
+            )
+
+    # the gateway's trace-id replay, as probed (pixverse-api.md: checkable for free) ----------
+
+    def gateway_check(self, base_url: str, key_fp: str) -> tuple[bool, str, float] | None:
+        """(replays, detail, checked_at) of the last probe for this base URL and key."""
+        row = self._conn.execute(
+            "SELECT replays, detail, checked_at FROM gateway_checks"
+            " WHERE base_url = ? AND key_fp = ?",
+            (base_url, key_fp),
+        ).fetchone()
+        if row is None:
+            return None
+        return bool(row["replays"]), str(row["detail"]), float(row["checked_at"])
+
+    def save_gateway_check(self, base_url: str, key_fp: str, replays: bool, detail: str) -> None:
+        with self._write():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO gateway_checks VALUES (?, ?, ?, ?, ?)",
+                (base_url, key_fp, int(replays), detail, self._clock()),
             )
 
     # internals ----------------------------------------------------------------------------

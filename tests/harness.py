@@ -16,15 +16,20 @@ import anyio.to_thread
 from pipeline.client import ClientConfig, PixverseClient
 from pipeline.manifest import load_manifest
 from pipeline.preflight import preflight
+from pipeline.replay import PROBE_PREFIX
 from pipeline.retry import RetryPolicy
 from pipeline.runner import RunOptions, RunOutcome, run_batch
 from pipeline.simulator import SimConfig, Simulator, serve
+from pipeline.simulator.ledger import Ledger, UploadRecord
 from pipeline.state import StateStore
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "manifests" / "media"
 FAST_RETRY = RetryPolicy(attempts=4, max_elapsed=10, initial_wait=0.005, max_wait=0.02)
 STATE_NAME = ".pixverse-batch.sqlite"
+# A silent submission is re-sent only after this (plus 10 %): short, so lost replies cost
+# tests about two seconds each, long enough for a loaded machine to answer small calls.
+REQUEST_TIMEOUT = 2.0
 
 EXAMPLE = """
 version: 1
@@ -82,6 +87,7 @@ async def run_once(
     *,
     api_key: str = "sim-key",
     base_url: str | None = None,
+    request_timeout: float = REQUEST_TIMEOUT,
     **options: object,
 ) -> RunOutcome:
     """One `pixverse-batch run`, in-process: preflight, lock the state, run, report."""
@@ -89,11 +95,21 @@ async def run_once(
     run_options = replace(RunOptions(output_dir=out, poll_interval=0.02), **options)  # type: ignore[arg-type]
     store = StateStore.open(out / STATE_NAME)
     try:
-        config = ClientConfig(base_url=base_url or sim.url, api_key=api_key, retry=FAST_RETRY)
+        config = ClientConfig(
+            base_url=base_url or sim.url,
+            api_key=api_key,
+            retry=FAST_RETRY,
+            request_timeout=request_timeout,
+        )
         async with PixverseClient(config) as client:
             return await run_batch(checked, store, client, run_options)
     finally:
         store.close()
+
+
+def job_uploads(ledger: Ledger) -> list[UploadRecord]:
+    """The uploads of job media, without the two the trace-id replay probe makes."""
+    return [u for u in ledger.uploads if not u.filename.startswith(PROBE_PREFIX)]
 
 
 def sha256(path: Path) -> str:

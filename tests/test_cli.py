@@ -193,7 +193,8 @@ def test_api_key_never_appears_in_logs_state_or_reports(
         tts_manifest(2) + "  - {id: bad, video: media/intro.mp4, tts: {text: forbidden}}\n",
     )
     out = tmp_path / "out"
-    code = main(["-v", "run", str(manifest), "--out", str(out), "--poll-interval", "0.02"])
+    args = ["--poll-interval", "0.02", "--request-timeout", "2"]
+    code = main(["-v", "run", str(manifest), "--out", str(out), *args])
     assert code == 1  # the "forbidden" job failed, the rest are done
     monkeypatch.setenv("PIXVERSE_API_KEY", SECRET + "-revoked")
     assert main(["-v", "balance"]) == 4

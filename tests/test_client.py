@@ -198,23 +198,9 @@ async def test_busy_is_retried_with_retry_after_then_succeeds() -> None:
     assert rec.keys == ["k-1"] * 3  # API-KEY on every request
 
 
-class _Trace:
-    def __init__(self) -> None:
-        self.ids = ["t-0"]
-        self.ambiguous_count = 0
-
-    def current(self) -> str:
-        return self.ids[-1]
-
-    def rotate(self) -> str:
-        self.ids.append(f"t-{len(self.ids)}")
-        return self.ids[-1]
-
-    def ambiguous(self) -> None:
-        self.ambiguous_count += 1
-
-
-async def test_generate_keeps_trace_after_no_reply_and_rotates_after_busy() -> None:
+async def test_generate_sends_once_and_leaves_re_sending_to_the_caller() -> None:
+    """A paid submission is never re-sent inside the client: a re-send before the first
+    send's deadline could race it (issue 5, section 1); `pipeline.submit` decides."""
     seen: list[str] = []
     replies = ["drop", "busy", "ok"]
 
@@ -231,14 +217,17 @@ async def test_generate_keeps_trace_after_no_reply_and_rotates_after_busy() -> N
 
     app = web.Application()
     app.router.add_post("/openapi/v2/video/lip_sync/generate", generate)
-    trace = _Trace()
     async with serve_app(app) as url:
         config = ClientConfig(base_url=url, api_key="k", retry=FAST)
         async with PixverseClient(config) as client:
-            submission = await client.generate({"source_video_id": 1}, trace)
+            with pytest.raises(TransportError):
+                await client.generate({"source_video_id": 1}, "t-0")
+            with pytest.raises(ServerBusyError):
+                await client.generate({"source_video_id": 1}, "t-0")
+            submission = await client.generate({"source_video_id": 1}, "t-1")
     assert submission.video_id == 42
-    assert seen == ["t-0", "t-0", "t-1"]  # same id after no reply, new id after a definitive one
-    assert trace.ambiguous_count == 1
+    assert submission.credits is None  # the lip-sync reply documents only video_id
+    assert seen == ["t-0", "t-0", "t-1"]  # one request per call, with the caller's id
 
 
 async def test_job_errors_are_not_retried() -> None:
@@ -254,5 +243,5 @@ async def test_job_errors_are_not_retried() -> None:
         config = ClientConfig(base_url=url, api_key="k", retry=FAST)
         async with PixverseClient(config) as client:
             with pytest.raises(JobError, match="unsupported speaker"):
-                await client.generate({"source_video_id": 1}, _Trace())
+                await client.generate({"source_video_id": 1}, "t-0")
     assert len(calls) == 1

@@ -171,9 +171,11 @@ async def test_a_submission_resumed_after_a_crash_is_counted_as_ambiguous(tmp_pa
     job = checked.manifest.jobs[0]
     store = StateStore.open(out / STATE_NAME)
     store.add_job(job.id, fingerprint(job, checked.media))
-    store.transition(job.id, JobState.SUBMITTING, "crashed after this", trace_id="trace-1")
+    store.transition(job.id, JobState.SUBMITTING, "intent", trace_id="trace-1")
+    # the send left (its deadline long past) and the run died before the reply was saved
+    store.update(job.id, "crashed after this", sent_at=1.0, resend_after=34.0)
     store.close()
-    async with serve(fast_sim(reply_cache=False)) as sim:
+    async with serve(fast_sim()) as sim:
         outcome = await run_once(sim, manifest, out)
     assert outcome.exit_code is ExitCode.OK
     assert [r.trace_id for r in sim.ledger.requests_to(GENERATE)] == ["trace-1"]
