@@ -52,9 +52,11 @@ examples:
   PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs               # from the state file, offline
   pixverse-batch demo                                # the example against the simulator
+  PIXVERSE_API_KEY=... pixverse-batch doctor         # once per key: what run relies on
 
 exit codes: 0 all done | 1 some jobs failed, the rest done | 2 bad manifest or usage |
-3 state file locked or unreadable | 4 account problem (key, permission, credits) |
+3 state file locked or unreadable | 4 account problem (key, permission, credits; for
+doctor: something run relies on does not hold) |
 75 interrupted or unfinished: run the same command again to resume
 environment: PIXVERSE_API_KEY (required for run/speakers/balance/doctor), PIXVERSE_BASE_URL
 """

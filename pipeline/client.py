@@ -250,6 +250,11 @@ class PixverseClient:
             else retrier(self.config.retry, self._sleep)
         )
 
+    def retrying(self) -> Any:
+        """A tenacity retrier with this client's policy and sleep, for a caller that retries a
+        sequence of calls as one unit (the replay probe: two uploads under one trace id)."""
+        return self._retrier()
+
     async def _request(
         self,
         method: str,

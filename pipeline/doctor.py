@@ -29,7 +29,6 @@ from pipeline import __version__
 from pipeline.client import API_PREFIX, ClientConfig, Exchange, PixverseClient, classify_envelope
 from pipeline.errors import ApiError, AuthError, JobError, TransientError, TransportError
 from pipeline.replay import probe_replay
-from pipeline.retry import retrier
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 CLOCK_TOLERANCE = 5.0  # seconds; `Date` has 1 s resolution and the reply takes a while
@@ -191,7 +190,7 @@ async def _envelope(client: PixverseClient) -> Check:
     """The error envelope of a free mistake: the status of a video id that cannot exist."""
     path = f"/video/result/{UNKNOWN_VIDEO_ID}"
     try:
-        async for attempt in retrier(client.config.retry):
+        async for attempt in client.retrying():
             with attempt:
                 return _judge_envelope(await client.request_raw("GET", path))
     except ApiError as exc:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from functools import cache
 
 from pipeline.client import PixverseClient, new_trace_id
-from pipeline.retry import retrier
 
 _RATE = 16_000  # Hz, 16-bit mono: 1 s is 32 kB, tiny for any server that takes wav
 _NAMES = ("pixverse-batch-replay-probe-a.wav", "pixverse-batch-replay-probe-b.wav")
@@ -42,7 +41,7 @@ async def probe_replay(client: PixverseClient) -> ReplayVerdict:
     server that refuses the sample) propagate at once.
     """
     first, second = probe_samples()
-    async for attempt in retrier(client.config.retry):
+    async for attempt in client.retrying():
         with attempt:
             trace_id = new_trace_id()
             media_a, _ = await client.upload_bytes(first, _NAMES[0], "audio/wav", trace_id=trace_id)
