@@ -6,11 +6,13 @@ Examples:
   pixverse-batch status --out out/dubs
   pixverse-batch sim --port 8787      # then: --base-url http://127.0.0.1:8787 --api-key sim-key
   pixverse-batch demo                 # the example manifest against the bundled simulator
+  PIXVERSE_API_KEY=... pixverse-batch doctor    # once per key: what run relies on, checked
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -50,11 +52,13 @@ examples:
   PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs               # from the state file, offline
   pixverse-batch demo                                # the example against the simulator
+  PIXVERSE_API_KEY=... pixverse-batch doctor         # once per key: what run relies on
 
 exit codes: 0 all done | 1 some jobs failed, the rest done | 2 bad manifest or usage |
-3 state file locked or unreadable | 4 account problem (key, permission, credits) |
+3 state file locked or unreadable | 4 account problem (key, permission, credits; for
+doctor: something run relies on does not hold) |
 75 interrupted or unfinished: run the same command again to resume
-environment: PIXVERSE_API_KEY (required for run/speakers/balance), PIXVERSE_BASE_URL
+environment: PIXVERSE_API_KEY (required for run/speakers/balance/doctor), PIXVERSE_BASE_URL
 """
 
 
@@ -102,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_api_options(sub.add_parser("speakers", help="list the TTS speakers of the account"))
     _add_api_options(sub.add_parser("balance", help="show the account's credits"))
 
+    doctor = sub.add_parser(
+        "doctor", help="check what run relies on (key, speakers, trace-id replay); no generation"
+    )
+    _add_api_options(doctor)
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+    doctor.add_argument(
+        "--record", type=Path, metavar="DIR", help="save every request and reply as JSON in DIR"
+    )
+
     sim = sub.add_parser("sim", help="serve the bundled PixVerse simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8787)
@@ -117,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-probability", type=_probability, default=0.0, help="share ending in status 8"
     )
     sim.add_argument("--credits", type=_positive_int, default=10_000)
+    sim.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="do not replay the first reply for a re-used trace id (a gateway without dedup)",
+    )
 
     demo = sub.add_parser("demo", help="run manifests/example.yaml against an in-process simulator")
     demo.add_argument("--manifest", type=Path, default=EXAMPLE_MANIFEST)
@@ -220,6 +238,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "status": _cmd_status,
         "speakers": _cmd_speakers,
         "balance": _cmd_balance,
+        "doctor": _cmd_doctor,
         "sim": _cmd_sim,
         "demo": _cmd_demo,
     }
@@ -410,6 +429,27 @@ def _cmd_balance(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from pipeline.doctor import run_doctor, save_recordings
+
+    config = _client_config(args)
+    if args.record is not None and args.record.exists() and not args.record.is_dir():
+        raise ManifestError([f"--record {args.record}: not a folder"])
+    diagnosis, entries = anyio.run(run_doctor, config)
+    if args.record is not None:
+        try:
+            written = save_recordings(entries, args.record, secret=config.api_key)
+        except OSError as exc:
+            raise ManifestError([f"--record {args.record}: {exc.strerror or exc}"]) from exc
+        # stderr, so that `--json` output stays one JSON object
+        print(f"recorded {len(written)} exchanges in {args.record}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(diagnosis.as_json(), indent=2))
+    else:
+        print("\n".join(diagnosis.lines()))
+    return ExitCode.OK if diagnosis.healthy else ExitCode.ACCOUNT
+
+
 def _cmd_sim(args: argparse.Namespace) -> int:
     from pipeline.simulator import SimConfig, main_blocking
 
@@ -420,6 +460,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         time_scale=args.time_scale,
         fail_probability=args.fail_probability,
         credit_monthly=args.credits,
+        reply_cache=not args.no_replay,
     )
     main_blocking(args.host, args.port, config)
     return ExitCode.OK

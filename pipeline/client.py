@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +103,27 @@ class Balance:
         return self.credit_monthly + self.credit_package
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One request and the reply it got, for a `recorder` (`pixverse-batch doctor --record`).
+
+    Built from what aiohttp actually sent, minus the `API-KEY` header: it never holds the key.
+    """
+
+    method: str
+    path: str  # with the /openapi/v2 prefix
+    query: dict[str, str]
+    request_headers: dict[str, str]
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+Recorder = Callable[[Exchange], None]
+# Dropped from recordings: the key is the secret; a cookie may be a session.
+_UNRECORDED_HEADERS = frozenset({"api-key", "cookie", "set-cookie"})
+
+
 def new_trace_id() -> str:
     return str(uuid.uuid4())
 
@@ -185,9 +206,12 @@ def map_transport_errors(what: str) -> Iterator[None]:
 class PixverseClient:
     """Use as `async with PixverseClient(config) as client:`."""
 
-    def __init__(self, config: ClientConfig, sleep: Sleep | None = None) -> None:
+    def __init__(
+        self, config: ClientConfig, sleep: Sleep | None = None, recorder: Recorder | None = None
+    ) -> None:
         self.config = config
         self._sleep = sleep
+        self._recorder = recorder  # told of every API exchange that got a reply
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -223,6 +247,11 @@ class PixverseClient:
             else retrier(self.config.retry, self._sleep)
         )
 
+    def retrying(self) -> Any:
+        """A tenacity retrier with this client's policy and sleep, for a caller that retries a
+        sequence of calls as one unit (the replay probe: two uploads under one trace id)."""
+        return self._retrier()
+
     async def _request(
         self,
         method: str,
@@ -245,6 +274,7 @@ class PixverseClient:
             ) as response:
                 body = await response.read()
                 status, headers = response.status, dict(response.headers)
+                self._record(response, body)
         try:
             payload = json.loads(body)
         except ValueError as exc:
@@ -257,6 +287,35 @@ class PixverseClient:
                 ) from exc
             raise TransportError(f"{what}: reply is not JSON", http_status=status) from exc
         return classify_envelope(status, payload, headers)
+
+    def _record(self, response: aiohttp.ClientResponse, body: bytes) -> Exchange:
+        sent = response.request_info
+        exchange = Exchange(
+            method=sent.method,
+            path=sent.url.path,
+            query=dict(sent.url.query),
+            request_headers=_recordable(sent.headers),
+            status=response.status,
+            headers=_recordable(response.headers),
+            body=body,
+        )
+        if self._recorder is not None:
+            self._recorder(exchange)
+        return exchange
+
+    async def request_raw(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None
+    ) -> Exchange:
+        """One attempt with a fresh trace id and the reply NOT classified, for diagnostics that
+        need the raw envelope (its casing, its HTTP status). Transport failures still raise
+        TransportError."""
+        url = self.config.base_url.rstrip("/") + API_PREFIX + path
+        headers = {"API-KEY": self.config.api_key, "Ai-trace-id": new_trace_id()}
+        with map_transport_errors(f"{method} {API_PREFIX}{path}"):
+            async with self.session.request(
+                method, url, headers=headers, params=params
+            ) as response:
+                return self._record(response, await response.read())
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """An idempotent call: a fresh trace id for every attempt, transient errors retried."""
@@ -285,8 +344,9 @@ class PixverseClient:
 
     async def upload_bytes(
         self, data: bytes, filename: str, content_type: str, *, trace_id: str
-    ) -> int:
-        """One upload of `data` with the caller's trace id (the replay probe); no retries."""
+    ) -> tuple[int, str]:
+        """Upload in-memory media under the caller's trace id, ONE attempt (no retries): the
+        caller owns the trace id, e.g. the replay probe re-uses one on purpose."""
         form = aiohttp.FormData()
         form.add_field("file", data, filename=filename, content_type=content_type)
         resp = await self._request(
@@ -296,7 +356,7 @@ class PixverseClient:
             data=form,
             timeout=self.config.transfer_timeout,
         )
-        return _int(resp, "media_id")
+        return _int(resp, "media_id"), str(resp.get("media_type", ""))
 
     async def generate(self, body: Mapping[str, Any], trace_id: str) -> Submission:
         """One send of a lip-sync generation with `trace_id`; no retries here (a re-send of a
@@ -368,6 +428,10 @@ class PixverseClient:
         with map_transport_errors("download"):
             async with self.session.get(url, timeout=timeout) as response:
                 yield response
+
+
+def _recordable(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _UNRECORDED_HEADERS}
 
 
 def _is_stale_media(exc: JobError) -> bool:
