@@ -345,6 +345,7 @@ class _Run:
             attempts=record.attempts + 1,
             credits=record.credits + credits,
             last_credits=credits,
+            credits_estimated=record.credits_estimated or sub.credits is None,
             submitted_at=self.wall(),
         )
         log.info("%s: submitted as video %s (attempt %d)", job.id, sub.video_id, record.attempts)

@@ -59,6 +59,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0002_credits_estimated",
+        # 1 when any attempt's credits came from the price model (the reply had no `credits`)
+        "ALTER TABLE jobs ADD COLUMN credits_estimated INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 
 _UPDATABLE = frozenset(
@@ -74,6 +79,7 @@ _UPDATABLE = frozenset(
         "ambiguous",
         "submitted_at",
         "fingerprint",
+        "credits_estimated",
     }
 )
 
@@ -94,11 +100,13 @@ class JobRecord:
     ambiguous: int  # submissions whose outcome was unknown when the reply did not arrive
     submitted_at: float | None
     updated_at: float
+    credits_estimated: bool = False  # some of `credits` is the price model's, not the API's
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
+        values["credits_estimated"] = bool(values.get("credits_estimated", 0))
         return cls(**values)
 
 
