@@ -356,7 +356,7 @@ class PixverseClient:
             video_id=video_id,
             status=-1 if status is None else status,
             url=url if isinstance(url, str) and url else None,
-            size=size if size else None,
+            size=size if size and size > 0 else None,
         )
 
     async def speakers(self) -> list[Speaker]:
