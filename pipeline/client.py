@@ -51,6 +51,14 @@ _MEDIA_TYPES = {
 }
 
 
+# The TTS speaker list: the documented path first, then the newer one a client kit uses (its
+# page_size must be one of 10, 20, 50, 100). Each with the query it needs besides page_num.
+SPEAKER_PATHS: dict[str, dict[str, Any]] = {
+    "/video/lip_sync/tts_list": {"page_size": 30},
+    "/video/tts_speaker": {"page_size": 100, "speaker_type": "all"},
+}
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     base_url: str
@@ -142,12 +150,12 @@ def classify_envelope(
     """
     if not isinstance(payload, Mapping):
         raise TransportError("reply is not a JSON object", http_status=http_status)
-    code = _field(payload, "ErrCode", "err_code")
+    code = lenient_int(_field(payload, "ErrCode", "err_code"))
     message = str(_field(payload, "ErrMsg", "err_msg") or "")
     retry_after = _retry_after(headers or {})
     if http_status == 401:
         raise AuthError("API key rejected", http_status=401, err_code=code, err_msg=message)
-    if not isinstance(code, int) or isinstance(code, bool):
+    if code is None:
         # JSON, but not PixVerse's envelope: a proxy or gateway in front answered (a 504
         # "Endpoint request timed out", a 429 from a rate limiter). Whether the API saw the
         # request is unknown, so it is a transport error: a submission keeps its trace id.
@@ -175,6 +183,23 @@ def classify_envelope(
     if http_status >= 500:
         raise ServerBusyError(f"server error: {message}", retry_after=retry_after, **kwargs)
     raise JobError(message or f"rejected with ErrCode {code}", **kwargs)
+
+
+def lenient_int(value: Any) -> int | None:
+    """An integer, or a string of ASCII digits, as a number; anything else None.
+
+    The contract says to read `ErrCode` and `status` leniently: several clients guard against
+    strings, though nobody has shown one. `true` is not a number, whatever Python thinks.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit():
+            return int(text)
+    return None
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -213,6 +238,8 @@ class PixverseClient:
         self._sleep = sleep
         self._recorder = recorder  # told of every API exchange that got a reply
         self._session: aiohttp.ClientSession | None = None
+        # which SPEAKER_PATHS entry answered; None until `speakers()` has asked
+        self.speaker_path: str | None = None
 
     async def __aenter__(self) -> Self:
         # No default headers: the key goes only to API calls, never to a download host.
@@ -367,7 +394,7 @@ class PixverseClient:
                 "POST", "/video/lip_sync/generate", trace_id=trace_id, json=dict(body)
             )
         except JobError as exc:
-            if _is_stale_media(exc):
+            if _is_stale_media(exc, body):
                 raise StaleMediaError(
                     str(exc.err_msg),
                     http_status=exc.http_status,
@@ -382,34 +409,74 @@ class PixverseClient:
         )
 
     async def status(self, video_id: int) -> VideoStatus:
+        """The video's status; one that is missing or not a number reads -1 (not terminal)."""
         resp = await self._call("GET", f"/video/result/{video_id}")
-        status = resp.get("status")
-        size = resp.get("size")
+        status = lenient_int(resp.get("status"))
+        size = lenient_int(resp.get("size"))
         url = resp.get("url")
         return VideoStatus(
             video_id=video_id,
-            status=status if isinstance(status, int) else -1,
+            status=-1 if status is None else status,
             url=url if isinstance(url, str) and url else None,
-            size=size if isinstance(size, int) and size > 0 else None,
+            size=size if size and size > 0 else None,
         )
 
     async def speakers(self) -> list[Speaker]:
-        speakers: list[Speaker] = []
+        """Every TTS speaker, paged until `total`. Asks the documented `lip_sync/tts_list` path
+        first and, when it is not served (a 404 that is no PixVerse envelope), the newer
+        `tts_speaker` path; the path that answered is kept in `speaker_path` for the client's
+        life."""
+        paths = (self.speaker_path,) if self.speaker_path else tuple(SPEAKER_PATHS)
+        for path in paths:
+            speakers = await self._speakers_from(path)
+            if speakers is not None:
+                self.speaker_path = path
+                return speakers
+        raise EndpointError(
+            f"GET {API_PREFIX}{paths[-1]}: HTTP 404 and no PixVerse reply: is the base URL right?",
+            http_status=404,
+        )
+
+    async def _speakers_from(self, path: str) -> list[Speaker] | None:
+        """All pages from `path`, or None when the path is not served."""
+        speakers: dict[str, Speaker] = {}
         page = 1
         while True:
-            resp = await self._call(
-                "GET", "/video/lip_sync/tts_list", params={"page_num": page, "page_size": 30}
-            )
+            resp = await self._speaker_page(path, {**SPEAKER_PATHS[path], "page_num": page})
+            if resp is None:
+                if page == 1:
+                    return None
+                raise TransportError(f"GET {API_PREFIX}{path}: page {page} answered HTTP 404")
             data = resp.get("data") or []
             if not isinstance(data, list) or not all(
                 isinstance(s, Mapping) and "speaker_id" in s for s in data
             ):
-                raise TransportError("malformed speaker list in the tts_list reply")
-            speakers.extend(Speaker(str(s["speaker_id"]), str(s.get("name", ""))) for s in data)
-            total = resp.get("total")
-            if not data or not isinstance(total, int) or len(speakers) >= total:
-                return speakers
+                raise TransportError(f"malformed speaker list in the {path} reply")
+            known = len(speakers)
+            for s in data:
+                speakers.setdefault(
+                    str(s["speaker_id"]), Speaker(str(s["speaker_id"]), str(s.get("name", "")))
+                )
+            total = lenient_int(resp.get("total"))
+            # a page with nothing new ends it too: a server that ignores page_num would
+            # otherwise be asked forever
+            if total is None or len(speakers) >= total or len(speakers) == known:
+                return list(speakers.values())
             page += 1
+
+    async def _speaker_page(self, path: str, params: Mapping[str, Any]) -> Any:
+        """One page (`Resp`), or None on a 404 that is no PixVerse envelope (path not served)."""
+        async for attempt in self._retrier():
+            with attempt:
+                try:
+                    return await self._request(
+                        "GET", path, trace_id=new_trace_id(), params=dict(params)
+                    )
+                except (EndpointError, TransportError) as exc:
+                    if exc.http_status == 404:
+                        return None
+                    raise
+        raise AssertionError("unreachable: tenacity re-raises")  # pragma: no cover
 
     async def balance(self) -> Balance:
         resp = await self._call("GET", "/account/balance")
@@ -434,9 +501,33 @@ def _recordable(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _UNRECORDED_HEADERS}
 
 
-def _is_stale_media(exc: JobError) -> bool:
-    msg = (exc.err_msg or "").lower()
-    return exc.err_code == 500008 or ("media_id" in msg and "no matching" in msg)
+# Ids the client uploaded: a refused one can be uploaded again. A refused `source_video_id` is
+# the user's PixVerse video, which no upload can bring back: that job fails.
+_UPLOADED_ID_FIELDS = ("video_media_id", "audio_media_id")
+_REFUSED_ID_FIELDS = (*_UPLOADED_ID_FIELDS, "source_video_id")
+
+
+def refused_id_field(message: str | None) -> str | None:
+    """The generate field whose id the server says it cannot find, or None.
+
+    The lip-sync guide's wording is "couldn't find a matching video_media_id. Please re-upload
+    your video and try again." (the same for `audio_media_id` and `source_video_id`), with a
+    typographic or plain apostrophe; older replies said "no matching ...". So: a field name
+    together with "matching" or "re-upload", ignoring case, never one exact phrase.
+    """
+    text = (message or "").lower()
+    if "matching" not in text and "re-upload" not in text:
+        return None
+    return next((name for name in _REFUSED_ID_FIELDS if name in text), None)
+
+
+def _is_stale_media(exc: JobError, body: Mapping[str, Any]) -> bool:
+    """A refusal that a fresh upload of this body's media can cure."""
+    field_name = refused_id_field(exc.err_msg)
+    if field_name is not None:
+        return field_name in _UPLOADED_ID_FIELDS and field_name in body
+    # "requested data not found" names nothing: an uploaded id is the likely culprit
+    return exc.err_code == 500008 and any(name in body for name in _UPLOADED_ID_FIELDS)
 
 
 def _int(resp: Any, key: str) -> int:

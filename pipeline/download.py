@@ -1,9 +1,10 @@
 """Downloading a finished generation: stream, check the length, fsync, rename into place.
 
 The output file appears only complete: bytes go to a hidden temporary file in the output folder,
-whose length must match `Content-Length` and the status reply's `size`, then it is fsynced and
-atomically renamed, and the folder fsynced. An expired link (HTTP 403) or a failed transfer gets
-a freshly signed link from the status endpoint. A download problem never triggers a generation.
+whose length must match `Content-Length` (not the status reply's `size`, unit undocumented),
+then it is fsynced and atomically renamed, and the folder fsynced. An expired link (HTTP 403) or
+a failed transfer gets a freshly signed link from the status endpoint. A download problem never
+triggers a generation.
 """
 
 from __future__ import annotations
@@ -91,9 +92,8 @@ async def fetch_to_file(client: PixverseClient, link: Link, dest: Path) -> int:
                     written += len(chunk)
                 await out.flush()
                 await anyio.to_thread.run_sync(os.fsync, out.fileno())
-        for name, want in (("Content-Length", expected), ("reported size", link.size)):
-            if want is not None and written != want:
-                raise TransportError(f"got {written} bytes, {name} says {want}")
+        if expected is not None and written != expected:
+            raise TransportError(f"got {written} bytes, Content-Length says {expected}")
         os.replace(tmp, dest)
         placed = True
         _fsync_dir(dest.parent)

@@ -25,6 +25,7 @@ COLUMNS = (
     "output",
     "bytes",
     "credits",
+    "credits_estimated",
     "attempts",
     "ambiguous_submissions",
     "error",
@@ -39,6 +40,7 @@ class ReportRow:
     output: str | None
     bytes: int | None
     credits: int
+    credits_estimated: bool  # the reply reported no credits: the price model's figure
     attempts: int
     ambiguous_submissions: int  # sends whose reply never came: check these for duplicates
     error: str | None
@@ -55,6 +57,7 @@ class ReportRow:
             output=record.output if done else None,
             bytes=record.bytes if done else None,
             credits=record.credits,
+            credits_estimated=record.credits_estimated,
             attempts=record.attempts,
             ambiguous_submissions=record.ambiguous,
             error=record.error,
@@ -85,9 +88,17 @@ def write_report(output_dir: Path, rows: Sequence[ReportRow], extra: dict[str, o
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in asdict(row).items()})
+        writer.writerow({k: _csv_value(v) for k, v in asdict(row).items()})
     _atomic_write(output_dir / "report.csv", buffer.getvalue())
     return json_path
+
+
+def _csv_value(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as in report.json
+    return value
 
 
 def summary_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
@@ -98,15 +109,19 @@ def summary_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
         "failed": counts["failed"],
         "unfinished": counts["unfinished"],
         "credits": sum(r.credits for r in rows),
+        "credits_estimated_jobs": sum(r.credits_estimated for r in rows),
         "ambiguous_submissions": sum(r.ambiguous_submissions for r in rows),
     }
 
 
 def summary_line(rows: Sequence[ReportRow]) -> str:
     c = summary_counts(rows)
+    credits = f"{c['credits']} credits (all runs)"
+    if c["credits_estimated_jobs"]:  # some replies reported no credits: the price model's figure
+        credits = f"~{c['credits']} credits (estimated, all runs)"
     line = (
         f"{c['jobs']} jobs: {c['done']} done, {c['failed']} failed, {c['unfinished']} unfinished;"
-        f" {c['credits']} credits (all runs)"
+        f" {credits}"
     )
     if c["ambiguous_submissions"]:
         line += f"; {c['ambiguous_submissions']} ambiguous submissions (see report)"

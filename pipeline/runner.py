@@ -434,6 +434,7 @@ class _Run:
             attempts=record.attempts + 1,
             credits=record.credits + credits,
             last_credits=credits,
+            credits_estimated=record.credits_estimated or sent.credits is None,
             submitted_at=self.wall(),
             resend_after=None,
         )

@@ -83,6 +83,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0003_credits_estimated",
+        # 1 when any attempt's credits came from the price model (the reply had no `credits`)
+        "ALTER TABLE jobs ADD COLUMN credits_estimated INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 
 _UPDATABLE = frozenset(
@@ -102,6 +107,7 @@ _UPDATABLE = frozenset(
         "resend_after",
         "trace_ambiguous",
         "key_fp",
+        "credits_estimated",
     }
 )
 
@@ -134,11 +140,14 @@ class JobRecord:
         """The latest send of the current trace id got no reply (or the run died first)."""
         return self.resend_after is not None
 
+    credits_estimated: bool = False  # some of `credits` is the price model's, not the API's
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
         values["trace_ambiguous"] = bool(values["trace_ambiguous"])
+        values["credits_estimated"] = bool(values.get("credits_estimated", 0))
         return cls(**values)
 
 

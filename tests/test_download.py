@@ -22,17 +22,18 @@ def _cdn() -> web.Application:
     async def whole(request: web.Request) -> web.Response:
         return web.Response(body=BODY, content_type="video/mp4")
 
-    async def chunked_short(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()  # no Content-Length: chunked, so only `size` can tell
-        response.enable_chunked_encoding()
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.content_length = len(BODY)  # promises the whole body, sends half
         await response.prepare(request)
-        await response.write(BODY[:1000])
-        await response.write_eof()
+        await response.write(BODY[: len(BODY) // 2])
+        assert request.transport is not None
+        request.transport.close()
         return response
 
     app = web.Application()
     app.router.add_get("/whole.mp4", whole)
-    app.router.add_get("/short.mp4", chunked_short)
+    app.router.add_get("/cut.mp4", cut)
     return app
 
 
@@ -48,22 +49,25 @@ async def test_complete_download_is_renamed_into_place(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]  # no temporary left
 
 
-async def test_short_body_against_reported_size_leaves_nothing(tmp_path: Path) -> None:
-    async with serve_app(_cdn()) as url:
-        config = ClientConfig(base_url=url, api_key="k", retry=FAST_RETRY)
-        async with PixverseClient(config) as client:
-            with pytest.raises(TransportError, match="reported size"):
-                await fetch_to_file(client, Link(f"{url}/short.mp4", len(BODY)), tmp_path / "b.mp4")
-    assert list(tmp_path.iterdir()) == []  # neither the output nor its .part
-
-
-async def test_a_size_other_than_the_status_reply_said_is_caught(tmp_path: Path) -> None:
+async def test_a_body_short_of_its_content_length_leaves_nothing(tmp_path: Path) -> None:
     async with serve_app(_cdn()) as url:
         config = ClientConfig(base_url=url, api_key="k", retry=FAST_RETRY)
         async with PixverseClient(config) as client:
             with pytest.raises(TransportError):
-                # the status reply says the file is bigger than what the CDN sends in full
-                await fetch_to_file(
-                    client, Link(f"{url}/whole.mp4", len(BODY) + 1), tmp_path / "c.mp4"
+                await fetch_to_file(client, Link(f"{url}/cut.mp4", None), tmp_path / "b.mp4")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its .part
+
+
+async def test_the_status_size_is_not_a_byte_count(tmp_path: Path) -> None:
+    """`size` is "video size", unit undocumented: a body that disagrees with it, but matches
+    its Content-Length, is the file."""
+    async with serve_app(_cdn()) as url:
+        config = ClientConfig(base_url=url, api_key="k", retry=FAST_RETRY)
+        async with PixverseClient(config) as client:
+            for name, size in (("c.mp4", len(BODY) + 1), ("d.mp4", len(BODY) // 1024)):
+                written = await fetch_to_file(
+                    client, Link(f"{url}/whole.mp4", size), tmp_path / name
                 )
-    assert list(tmp_path.iterdir()) == []
+                assert written == len(BODY)
+                assert (tmp_path / name).read_bytes() == BODY
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "d.mp4"]

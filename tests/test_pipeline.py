@@ -44,7 +44,7 @@ def states(out: Path) -> dict[str, JobState]:
 async def test_mixed_manifest_downloads_every_result_byte_identical(tmp_path: Path) -> None:
     manifest = project(tmp_path)
     out = tmp_path / "out"
-    async with serve(fast_sim()) as sim:
+    async with serve(fast_sim(send_credits=True)) as sim:  # replies say what each one cost
         outcome = await run_once(sim, manifest, out)
     assert outcome.exit_code is ExitCode.OK
     ids = ["intro-es", "intro-de", "intro-fr", "remix-de", "promo-es", "promo-ja"]
@@ -78,6 +78,7 @@ async def test_mixed_manifest_downloads_every_result_byte_identical(tmp_path: Pa
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["done"] == 6
     assert report["summary"]["credits"] == ledger.credits_net
+    assert not any(job["credits_estimated"] for job in report["jobs"])
     with (out / "report.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["id"] for r in rows] == ids
@@ -614,6 +615,7 @@ async def test_chaos_keeps_every_invariant(tmp_path: Path) -> None:
         rate_limit_errors=1,
         truncate_downloads=3,
         seed=11,
+        send_credits=True,  # the report's credits are then the account's, not estimates
     )
     async with serve(config) as sim:
         outcome = await run_once(sim, manifest, out, concurrency=5, max_attempts=3)
@@ -631,6 +633,7 @@ async def test_chaos_keeps_every_invariant(tmp_path: Path) -> None:
             assert row.video_id is not None
             assert sha256(out / f"{row.id}.mp4") == sim.ledger.served_downloads[row.video_id]
     assert sum(r.credits for r in outcome.rows) == sim.ledger.credits_net
+    assert not any(r.credits_estimated for r in outcome.rows)
     # and the chaos did happen
     faults = {r.fault for r in sim.ledger.requests if r.fault}
     assert {"drop", "truncate", "transient", "html", "rate_limit"} <= faults
@@ -668,7 +671,8 @@ async def test_renaming_a_file_or_adding_an_id_never_pays_again(tmp_path: Path) 
 
 async def test_an_input_refused_by_moderation_fails_only_its_job(tmp_path: Path) -> None:
     manifest = project(tmp_path)
-    async with serve(fast_sim(moderated_filenames=frozenset({"promo.mov"}))) as sim:
+    config = fast_sim(moderated_filenames=frozenset({"promo.mov"}), send_credits=True)
+    async with serve(config) as sim:
         outcome = await run_once(sim, manifest, tmp_path / "out")
     assert outcome.exit_code is ExitCode.JOBS_FAILED
     failed = {r.id: r.error for r in outcome.rows if r.state == "failed"}

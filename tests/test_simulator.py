@@ -32,6 +32,23 @@ UPLOAD = "/openapi/v2/media/upload"
 BALANCE = "/openapi/v2/account/balance"
 TTS_LIST = "/openapi/v2/video/lip_sync/tts_list"
 FAST = 0.002  # real seconds per simulated second: a 20 s generation takes 40 ms
+DOCUMENTED_SPEAKERS = [
+    ("7", "Harper"),
+    ("8", "Ava"),
+    ("3", "Isabella"),
+    ("9", "Sophia"),
+    ("1", "Emily"),
+    ("5", "Chloe"),
+    ("10", "Julia"),
+    ("11", "Mason"),
+    ("12", "Jack"),
+    ("4", "Liam"),
+    ("2", "James"),
+    ("13", "Oliver"),
+    ("6", "Adrian"),
+    ("14", "Ethan"),
+    ("Auto", "Auto"),
+]
 
 
 # -- a thin client
@@ -208,10 +225,19 @@ async def _media_ids(api: Api, tmp_path: Path) -> tuple[int, int]:
         ({"source_video_id": KNOWN_VIDEO}, "neither audio_media_id nor"),
         ({"lip_sync_tts_speaker_id": "1", "lip_sync_tts_content": "hi"}, "is required"),
         ({**tts(), "video_media_id": "VIDEO"}, "only one of"),
-        ({**tts(), "source_video_id": 123456789012345}, "no matching source_video_id"),
-        ({**tts(), "source_video_id": None, "video_media_id": 1}, "no matching video_media_id"),
+        (
+            {**tts(), "source_video_id": 123456789012345},
+            "a matching source_video_id. Please re-upload",
+        ),
+        (
+            {**tts(), "source_video_id": None, "video_media_id": 1},
+            "a matching video_media_id. Please re-upload",
+        ),
         ({**tts(), "source_video_id": None, "video_media_id": "AUDIO"}, "not 'video'"),
-        ({"source_video_id": KNOWN_VIDEO, "audio_media_id": 1}, "no matching audio_media_id"),
+        (
+            {"source_video_id": KNOWN_VIDEO, "audio_media_id": 1},
+            "a matching audio_media_id. Please re-upload",
+        ),
         ({"source_video_id": KNOWN_VIDEO, "audio_media_id": "VIDEO"}, "not 'audio'"),
         ({**tts(), "audio_media_id": "AUDIO"}, "not both"),
         (tts(speaker="15"), "unsupported lip_sync_tts_speaker_id"),
@@ -277,7 +303,10 @@ async def test_forget_media_makes_every_media_id_unknown(
     video, audio = await _media_ids(api, tmp_path)
     config.forget_media = True
     envelope = await api.generate({"video_media_id": video, "audio_media_id": audio})
-    assert (envelope["ErrCode"], envelope["ErrMsg"]) == (400017, "no matching video_media_id")
+    assert (envelope["ErrCode"], envelope["ErrMsg"]) == (
+        400017,
+        "couldn\u2019t find a matching video_media_id. Please re-upload your video and try again.",
+    )
 
 
 # -- concurrency, credits, outcomes
@@ -319,6 +348,7 @@ async def test_price_model_charges_and_500090_when_short(
 ) -> None:
     config.credit_monthly = 10
     config.credit_package = 10
+    config.send_credits = True  # the replies say what each generation cost
     _, audio = await api.upload(make_audio(tmp_path / "voice.wav", seconds=1.5))
     audio_id = audio["Resp"]["media_id"]
 
@@ -560,8 +590,8 @@ async def test_tts_list_pages_the_fifteen_speakers(api: Api) -> None:
     _, page2 = await api.call("GET", TTS_LIST, params={"page_num": 2, "page_size": 10})
     speakers = page1["Resp"]["data"] + page2["Resp"]["data"]
     assert page1["Resp"]["total"] == 15
-    assert [s["speaker_id"] for s in speakers] == [*map(str, range(1, 15)), "Auto"]
-    assert speakers[0] == {"speaker_id": "1", "name": "Harper"}
+    # the documented ids, which are not the positions in the list
+    assert [(s["speaker_id"], s["name"]) for s in speakers] == DOCUMENTED_SPEAKERS
     status, bad = await api.call("GET", TTS_LIST, params={"page_num": "zero"})
     assert (status, bad["ErrCode"]) == (400, 400013)
 

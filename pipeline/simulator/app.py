@@ -5,6 +5,7 @@ Routes (pixverse-api.md, "Endpoints"):
 - POST /openapi/v2/media/upload
 - POST /openapi/v2/video/lip_sync/generate
 - GET  /openapi/v2/video/lip_sync/tts_list?page_num=1&page_size=30
+- GET  /openapi/v2/video/tts_speaker?page_num=1&page_size=100&speaker_type=all  (newer path)
 - GET  /openapi/v2/video/result/{video_id}
 - GET  /openapi/v2/account/balance
 - GET  /media/result/{video_id}.mp4?exp=...&sig=...  the signed download link; no API key
@@ -22,7 +23,7 @@ import anyio.to_thread
 from aiohttp import BodyPartReader, web
 
 from pipeline.simulator.catalog import SPEAKERS
-from pipeline.simulator.config import SimConfig
+from pipeline.simulator.config import TTS_LIST, TTS_SPEAKER, SimConfig
 from pipeline.simulator.envelope import (
     NOT_FOUND,
     PARAM_EMPTY,
@@ -33,7 +34,7 @@ from pipeline.simulator.envelope import (
     success,
 )
 from pipeline.simulator.faults import take_truncation
-from pipeline.simulator.gateway import Call, api, recorded
+from pipeline.simulator.gateway import ApiHandler, Call, Handler, api, recorded
 from pipeline.simulator.ledger import Ledger, RequestRecord, TransferRecord
 from pipeline.simulator.links import DOWNLOAD_PREFIX, download_path
 from pipeline.simulator.lipsync import parse_body, read_request
@@ -43,24 +44,34 @@ from pipeline.simulator.state import STATE, SimState
 API_PREFIX = "/openapi/v2"
 _MAX_ID_DIGITS = 20  # ids are 15-18 digits; Python refuses int() of very long digit strings
 _CHUNK = 256 * 1024
+TTS_SPEAKER_PAGE_SIZES = frozenset({10, 20, 50, 100})
 
 
 async def upload(request: web.Request, call: Call) -> Reply:
-    """Multipart with exactly one of `file` (the bytes) or `file_url`."""
+    """Exactly one of `file` (the bytes, multipart) or `file_url`, which may also come in a
+    url-encoded form (PixVerse's own MCP server sends it so). Other fields are ignored."""
     state = request.app[STATE]
     started = state.clock()
-    if not request.content_type.startswith("multipart/"):
-        raise ApiError(PARAM_TYPE, "expected multipart/form-data")
     file: tuple[str, str | None, bytes] | None = None
     file_url: str | None = None
-    async for part in await request.multipart():
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "file":
-            data = await _read_limited(part, state.config.max_upload_bytes)
-            file = (part.filename or "", part.headers.get("Content-Type"), data)
-        elif part.name == "file_url":
-            file_url = (await part.text()).strip() or None
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = await request.post()
+        if "file" in form:
+            raise ApiError(PARAM_TYPE, "file must be sent as multipart/form-data")
+        value = form.get("file_url")
+        if isinstance(value, str) and value.strip():
+            file_url = value.strip()
+    elif request.content_type.startswith("multipart/"):
+        async for part in await request.multipart():
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "file":
+                data = await _read_limited(part, state.config.max_upload_bytes)
+                file = (part.filename or "", part.headers.get("Content-Type"), data)
+            elif part.name == "file_url":
+                file_url = (await part.text()).strip() or None
+    else:
+        raise ApiError(PARAM_TYPE, "expected multipart/form-data or a url-encoded form")
     if file is not None and file_url is not None:
         raise ApiError(PARAM_INVALID, "give exactly one of file or file_url")
     if file_url is not None:
@@ -119,17 +130,50 @@ async def generate(request: web.Request, call: Call) -> Reply:
     body = parse_body(await request.read())
     lipsync = read_request(body)
     generation = state.backend.generate(call.api_key, body, lipsync, call.trace_id)
-    return success({"video_id": generation.video_id, "credits": generation.record.credits})
+    # The lip-sync reference shows only `video_id`; other generate endpoints add `credits`.
+    resp: dict[str, Any] = {"video_id": generation.video_id}
+    if state.config.send_credits:
+        resp["credits"] = generation.record.credits
+    return success(resp)
 
 
 async def tts_list(request: web.Request, call: Call) -> Reply:
+    """The documented speaker list: any positive page_size."""
     page_num = _positive_int(request.query.get("page_num", "1"), "page_num")
     page_size = _positive_int(request.query.get("page_size", "30"), "page_size")
+    return _speaker_page(page_num, page_size)
+
+
+async def tts_speaker(request: web.Request, call: Call) -> Reply:
+    """The newer speaker path: page_size one of 10, 20, 50, 100; speaker_type "all"."""
+    page_num = _positive_int(request.query.get("page_num", "1"), "page_num")
+    page_size = _positive_int(request.query.get("page_size", "10"), "page_size")
+    if page_size not in TTS_SPEAKER_PAGE_SIZES:
+        raise ApiError(PARAM_TYPE, "page_size must be one of 10, 20, 50, 100")
+    if request.query.get("speaker_type", "all") != "all":
+        raise ApiError(PARAM_INVALID, "unsupported speaker_type")
+    return _speaker_page(page_num, page_size)
+
+
+def _speaker_page(page_num: int, page_size: int) -> Reply:
     start = (page_num - 1) * page_size
     page = [
         {"speaker_id": s.speaker_id, "name": s.name} for s in SPEAKERS[start : start + page_size]
     ]
     return success({"total": len(SPEAKERS), "data": page})
+
+
+def _speaker_route(name: str, handler: ApiHandler) -> Handler:
+    """A speaker path that answers like an unknown route (a plain 404) while
+    `SimConfig.speaker_paths` leaves it out."""
+    served, unserved = api(handler), recorded(not_found)
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        if name in request.app[STATE].config.speaker_paths:
+            return await served(request)
+        return await unserved(request)
+
+    return route
 
 
 def _positive_int(text: str, name: str) -> int:
@@ -163,7 +207,8 @@ async def result(request: web.Request, call: Call) -> Reply:
     url, size = "", 0
     if status == 1:
         data = await _result_video(state, video_id)
-        size = len(data)
+        # "video size", unit undocumented: a client must not take it for the byte count
+        size = len(data) if state.config.size_units == "bytes" else -(-len(data) // 1024)
         url = _signed_url(request, state, video_id)
     resp: dict[str, Any] = {
         "id": video_id,
@@ -251,7 +296,8 @@ def create_app(
     app[STATE] = SimState.build(config, Ledger() if ledger is None else ledger, clock)
     app.router.add_post(f"{API_PREFIX}/media/upload", api(upload))
     app.router.add_post(f"{API_PREFIX}/video/lip_sync/generate", api(generate, droppable=True))
-    app.router.add_get(f"{API_PREFIX}/video/lip_sync/tts_list", api(tts_list))
+    app.router.add_get(f"{API_PREFIX}/video/lip_sync/tts_list", _speaker_route(TTS_LIST, tts_list))
+    app.router.add_get(f"{API_PREFIX}/video/tts_speaker", _speaker_route(TTS_SPEAKER, tts_speaker))
     app.router.add_get(f"{API_PREFIX}/video/result/{{video_id}}", api(result))
     app.router.add_get(f"{API_PREFIX}/account/balance", api(balance))
     app.router.add_get(DOWNLOAD_PREFIX + r"{video_id:\d+}.mp4", recorded(download))

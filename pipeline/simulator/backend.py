@@ -84,6 +84,15 @@ class Generation:
         return self.record.status
 
 
+def not_found_message(field_name: str) -> str:
+    """The lip-sync guide's refusal of an id the server cannot find, typographic apostrophe
+    and all (pixverse-api.md, "Upload media")."""
+    what = "audio" if field_name == "audio_media_id" else "video"
+    return (
+        f"couldn\u2019t find a matching {field_name}. Please re-upload your {what} and try again."
+    )
+
+
 class Backend:
     def __init__(self, config: SimConfig, ledger: Ledger, clock: Callable[[], float]) -> None:
         self.config = config
@@ -152,9 +161,12 @@ class Backend:
         return media
 
     def _media_of(self, media_id: int, field_name: str, media_type: str) -> Media:
-        media = None if self.config.forget_media else self._media.get(media_id)
+        config = self.config
+        media = self._media.get(media_id)
+        if config.forget_media or media_id in config.expired_media_ids:
+            media = None
         if media is None:
-            raise ApiError(PARAM_INVALID, f"no matching {field_name}")
+            raise ApiError(PARAM_INVALID, not_found_message(field_name))
         if media.media_type != media_type:
             raise ApiError(
                 PARAM_INVALID,
@@ -231,7 +243,7 @@ class Backend:
             raise ApiError(NO_PERMISSION, "no permission for this operation")
         if request.source_video_id is not None:
             if not self.is_finished_video(request.source_video_id):
-                raise ApiError(PARAM_INVALID, "no matching source_video_id")
+                raise ApiError(PARAM_INVALID, not_found_message("source_video_id"))
         elif request.video_media_id is not None:
             self._media_of(request.video_media_id, "video_media_id", "video")
         credits = self.price(request)

@@ -12,30 +12,23 @@ class Speaker:
     name: str
 
 
-# The documented list (docs: "How to use Speech (Lip sync)"), in the documented order.
+# The documented list (docs: "How to use Speech (Lip sync)"), in the documented order. The id is
+# not the position in the list: written out literally, never derived from the order.
 SPEAKERS: tuple[Speaker, ...] = (
-    *(
-        Speaker(str(number), name)
-        for number, name in enumerate(
-            (
-                "Harper",
-                "Ava",
-                "Isabella",
-                "Sophia",
-                "Emily",
-                "Chloe",
-                "Julia",
-                "Mason",
-                "Jack",
-                "Liam",
-                "James",
-                "Oliver",
-                "Adrian",
-                "Ethan",
-            ),
-            start=1,
-        )
-    ),
+    Speaker("7", "Harper"),
+    Speaker("8", "Ava"),
+    Speaker("3", "Isabella"),
+    Speaker("9", "Sophia"),
+    Speaker("1", "Emily"),
+    Speaker("5", "Chloe"),
+    Speaker("10", "Julia"),
+    Speaker("11", "Mason"),
+    Speaker("12", "Jack"),
+    Speaker("4", "Liam"),
+    Speaker("2", "James"),
+    Speaker("13", "Oliver"),
+    Speaker("6", "Adrian"),
+    Speaker("14", "Ethan"),
     Speaker("Auto", "Auto"),
 )
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 DEFAULT_API_KEY = "sim-key"
+
+# The two speaker-list paths (pixverse-api.md, "TTS speakers"), as `speaker_paths` names them.
+TTS_LIST = "tts_list"  # GET /openapi/v2/video/lip_sync/tts_list, the documented one
+TTS_SPEAKER = "tts_speaker"  # GET /openapi/v2/video/tts_speaker, the newer one
 
 # A finished video "generated earlier through the PixVerse API", valid as `source_video_id`.
 DEFAULT_KNOWN_VIDEO_ID = 391504857968062
@@ -42,6 +47,10 @@ class SimConfig:
     max_media_seconds: float = 30.0  # documented input limit for audio and video
     max_video_side: int = 1920  # documented input limit, longer side in pixels
     tts_max_chars: int = 200
+    # the speaker-list paths served; one left out answers a plain 404, like an unknown route
+    speaker_paths: frozenset[str] = frozenset({TTS_LIST, TTS_SPEAKER})
+    send_credits: bool = False  # generate replies carry `credits` (the lip-sync docs show none)
+    size_units: Literal["bytes", "kb"] = "bytes"  # the status `size` (unit undocumented)
     # The content rule the simulator enforces on TTS scripts (case-insensitive substrings).
     tts_banned_words: frozenset[str] = frozenset({"forbidden"})
 
@@ -57,6 +66,8 @@ class SimConfig:
     # videos the account's owner deleted: status 6, and their links answer 404
     deleted_video_ids: set[int] = field(default_factory=set)
     forget_media: bool = False  # every media_id is unknown (expired media ids)
+    # these media ids expired: generate refuses each from now on, in the documented wording
+    expired_media_ids: set[int] = field(default_factory=set)
     lowercase_envelope_on_500: bool = True  # HTTP 500 replies use err_code/err_msg/resp
 
     def real_seconds(self, simulated: float) -> float:

@@ -86,6 +86,29 @@ class Ledger:
         """Canonical bodies that were generated more than once."""
         return sorted(body for body, n in self.generations_per_body().items() if n > 1)
 
+    def generations_per_inputs(self) -> Counter[tuple[str, str]]:
+        """How many generations each (video, voice) input pair produced, by content: an upload
+        by its sha256 (a re-upload under a new media id is the same input), a source video by
+        its id, TTS by speaker and script. Counts what a body asked for, whatever its ids."""
+        digests = {u.media_id: u.sha256 for u in self.uploads}
+
+        def upload(media_id: Any) -> str:
+            return f"upload:{digests.get(media_id, media_id)}"
+
+        def inputs(body: dict[str, Any]) -> tuple[str, str]:
+            if "video_media_id" in body:
+                video = upload(body["video_media_id"])
+            else:
+                video = f"video_id:{body.get('source_video_id')}"
+            if "audio_media_id" in body:
+                voice = upload(body["audio_media_id"])
+            else:
+                speaker = str(body.get("lip_sync_tts_speaker_id", "")).casefold()
+                voice = f"tts:{speaker}:{body.get('lip_sync_tts_content')}"
+            return video, voice
+
+        return Counter(inputs(g.body) for g in self.generations.values())
+
     def requests_to(self, path_prefix: str, method: str | None = None) -> list[RequestRecord]:
         return [
             r
