@@ -19,6 +19,7 @@ import anyio
 
 from pipeline.client import PixverseClient
 from pipeline.errors import TransientError, TransportError, VideoGoneError
+from pipeline.outputs import place
 from pipeline.retry import Sleep
 
 log = logging.getLogger("pipeline.download")
@@ -94,7 +95,7 @@ async def fetch_to_file(client: PixverseClient, link: Link, dest: Path) -> int:
         for name, want in (("Content-Length", expected), ("reported size", link.size)):
             if want is not None and written != want:
                 raise TransportError(f"got {written} bytes, {name} says {want}")
-        os.replace(tmp, dest)
+        place(tmp, dest)  # never over a file already there: that one goes to superseded/
         placed = True
         _fsync_dir(dest.parent)
     finally:
