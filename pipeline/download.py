@@ -20,6 +20,7 @@ import anyio
 
 from pipeline.client import PixverseClient
 from pipeline.errors import TransientError, TransportError, VideoGoneError
+from pipeline.outputs import place
 from pipeline.retry import Sleep
 
 log = logging.getLogger("pipeline.download")
@@ -94,7 +95,7 @@ async def fetch_to_file(client: PixverseClient, link: Link, dest: Path) -> int:
                 await anyio.to_thread.run_sync(os.fsync, out.fileno())
         if expected is not None and written != expected:
             raise TransportError(f"got {written} bytes, Content-Length says {expected}")
-        os.replace(tmp, dest)
+        place(tmp, dest)  # never over a file already there: that one goes to superseded/
         placed = True
         _fsync_dir(dest.parent)
     finally:

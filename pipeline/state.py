@@ -3,6 +3,10 @@
 Every write commits before the function returns, so a state change is durable before the next
 side effect (a request, a rename). A second run on the same file is refused through an
 exclusive `flock` on `<state>.lock`, taken before anything else is touched.
+
+A record whose id holds `ARCHIVE_MARK` is archived: a paid result no job of the current manifest
+wants, kept so a later manifest with the same inputs takes it over instead of paying again.
+Manifest ids cannot hold the mark (`manifest.ID_PATTERN`), so no job ever runs under one.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +92,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         # 1 when any attempt's credits came from the price model (the reply had no `credits`)
         "ALTER TABLE jobs ADD COLUMN credits_estimated INTEGER NOT NULL DEFAULT 0",
     ),
+    # A take-over renames a job's history: without this every rename scanned the whole table.
+    ("0004_events_job_index", "CREATE INDEX events_job_id ON events (job_id, seq)"),
 ]
+
+ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
+_MOVING = "@moving@"  # prefix of the temporary ids of `reassign`, inside its transaction
 
 _UPDATABLE = frozenset(
     {
@@ -142,11 +151,18 @@ class JobRecord:
 
     credits_estimated: bool = False  # some of `credits` is the price model's, not the API's
 
+    @property
+    def archived(self) -> bool:
+        return ARCHIVE_MARK in self.id
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
-        values["trace_ambiguous"] = bool(values["trace_ambiguous"])
+        # `status` reads a file read-only, unmigrated: columns of later migrations may be missing
+        for name in ("sent_at", "resend_after", "key_fp"):
+            values.setdefault(name, None)
+        values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))
         values["credits_estimated"] = bool(values.get("credits_estimated", 0))
         return cls(**values)
 
@@ -212,8 +228,10 @@ class StateStore:
 
     # jobs ---------------------------------------------------------------------------------
 
-    def jobs(self) -> list[JobRecord]:
-        rows = self._conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    def jobs(self, *, archived: bool = False) -> list[JobRecord]:
+        """Every job record by id; archived ones (see the module docstring) only if asked."""
+        where = "" if archived else f" WHERE instr(id, '{ARCHIVE_MARK}') = 0"
+        rows = self._conn.execute(f"SELECT * FROM jobs{where} ORDER BY id").fetchall()
         return [JobRecord.from_row(r) for r in rows]
 
     def job(self, job_id: str) -> JobRecord:
@@ -234,6 +252,16 @@ class StateStore:
             )
             self._event(job_id, None, JobState.PENDING, "new job")
         return self.job(job_id)
+
+    def add_jobs(self, jobs: Mapping[str, str]) -> None:
+        """`add_job` for many (job id -> fingerprint), in one transaction."""
+        with self._write():
+            for job_id, fingerprint in jobs.items():
+                self._conn.execute(
+                    "INSERT INTO jobs (id, fingerprint, state, updated_at) VALUES (?, ?, ?, ?)",
+                    (job_id, fingerprint, JobState.PENDING.value, self._clock()),
+                )
+                self._event(job_id, None, JobState.PENDING, "new job")
 
     def transition(
         self, job_id: str, target: JobState, detail: str = "", **fields: Any
@@ -262,19 +290,45 @@ class StateStore:
             self._event(job_id, current, target, detail)
         return self.job(job_id)
 
-    def rename_job(
-        self, old_id: str, new_id: str, detail: str, output: str | None = None
-    ) -> JobRecord:
-        """Give a job record (and its history) a new id, keeping everything it paid for."""
-        record = self.job(old_id)
+    def reassign(
+        self,
+        renames: Mapping[str, str],
+        details: Mapping[str, str],
+        outputs: Mapping[str, str] | None = None,
+    ) -> None:
+        """Give records new ids, with their history, keeping everything they paid for: all in
+        ONE transaction, so a crash leaves every record under its old id or its new one.
+
+        `renames` maps old id -> new id and may be any permutation (swaps, cycles) or send
+        records to archive ids; a new id must be free once the renamed records have left theirs.
+        `details[old]` says why, in the event log. `outputs[old]`, if given, is where that
+        record's file is now (saved in the same transaction)."""
+        outputs = outputs or {}
+        states = {old: self.job(old).state for old in renames}
         with self._write():
-            self._conn.execute(
-                "UPDATE jobs SET id = ?, output = coalesce(?, output), updated_at = ? WHERE id = ?",
-                (new_id, output, self._clock(), old_id),
-            )
-            self._conn.execute("UPDATE events SET job_id = ? WHERE job_id = ?", (new_id, old_id))
-            self._event(new_id, record.state, record.state, f"renamed from '{old_id}': {detail}")
-        return self.job(new_id)
+            # through temporary ids first: a swap or cycle never has two records on one id
+            for old in renames:
+                self._rekey(old, _MOVING + old)
+            for old, new in renames.items():
+                self._rekey(_MOVING + old, new)
+                if old in outputs:
+                    self._conn.execute(
+                        "UPDATE jobs SET output = ? WHERE id = ?", (outputs[old], new)
+                    )
+                state = states[old]
+                self._event(new, state, state, f"renamed from '{old}': {details[old]}")
+
+    def save_outputs(self, outputs: Mapping[str, str], detail: str) -> None:
+        """Record where files are now (job id -> path), in one transaction."""
+        with self._write():
+            for job_id, output in outputs.items():
+                row = self._conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,))
+                state = JobState(row.fetchone()["state"])
+                self._conn.execute(
+                    "UPDATE jobs SET output = ?, updated_at = ? WHERE id = ?",
+                    (output, self._clock(), job_id),
+                )
+                self._event(job_id, state, state, f"{detail}: {output}")
 
     def events(self, job_id: str | None = None) -> list[tuple[str, str | None, str, str]]:
         sql = "SELECT job_id, from_state, to_state, detail FROM events"
@@ -336,6 +390,15 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StateError(f"cannot write state file: {exc}") from exc
 
+    def _rekey(self, old_id: str, new_id: str) -> None:
+        # events are found through the events_job_id index: rows of this job only
+        changed = self._conn.execute(
+            "UPDATE jobs SET id = ?, updated_at = ? WHERE id = ?", (new_id, self._clock(), old_id)
+        ).rowcount
+        if changed != 1:
+            raise StateError(f"job '{old_id}' is not in the state file")
+        self._conn.execute("UPDATE events SET job_id = ? WHERE job_id = ?", (new_id, old_id))
+
     def _event(self, job_id: str, current: JobState | None, target: JobState, detail: str) -> None:
         self._conn.execute(
             "INSERT INTO events (job_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
@@ -363,16 +426,36 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    """Apply the missing migrations, each with its version bump in ONE transaction.
+
+    Python's sqlite3 opens its implicit transaction only before INSERT/UPDATE/DELETE, so DDL
+    outside an explicit BEGIN commits statement by statement: a first run that died between two
+    CREATEs left a file that never opened again ("table media already exists")."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            version = _schema_version(conn)
+            if version == len(MIGRATIONS):
+                conn.rollback()
+                return
+            _name, sql = MIGRATIONS[version]
+            for statement in filter(str.strip, sql.split(";")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version + 1),)
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = int(row["value"]) if row else 0
     if version > len(MIGRATIONS):
         raise StateError(f"schema version {version} is newer than this pixverse-batch knows")
-    for name, sql in MIGRATIONS[version:]:
-        with conn:
-            for statement in filter(str.strip, sql.split(";")):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
-                (str(MIGRATIONS.index((name, sql)) + 1),),
-            )
+    return version
