@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not replay the first reply for a re-used trace id (a gateway without dedup)",
     )
+    sim.add_argument(
+        "--generate-reply-seconds",
+        type=_non_negative_float,
+        default=0.0,
+        help="sim seconds a generate request takes after its generation started; a re-send"
+        " of its trace id meanwhile is treated as new (default 0)",
+    )
 
     demo = sub.add_parser("demo", help="run manifests/example.yaml against an in-process simulator")
     demo.add_argument("--manifest", type=Path, default=EXAMPLE_MANIFEST)
@@ -190,6 +197,13 @@ def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be a number of at least 0")
     return value
 
 
@@ -461,6 +475,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         fail_probability=args.fail_probability,
         credit_monthly=args.credits,
         reply_cache=not args.no_replay,
+        generate_reply_seconds=args.generate_reply_seconds,
     )
     main_blocking(args.host, args.port, config)
     return ExitCode.OK

@@ -130,6 +130,12 @@ async def generate(request: web.Request, call: Call) -> Reply:
     body = parse_body(await request.read())
     lipsync = read_request(body)
     generation = state.backend.generate(call.api_key, body, lipsync, call.trace_id)
+    # The generation (and its slot) exists from here; the reply, and so the gateway's cached
+    # copy of it, only when the request finishes: a duplicate of this trace id arriving in
+    # between is handled as a new request (pixverse-api.md, "Trace-id semantics").
+    delay = state.config.real_seconds(state.config.generate_reply_seconds)
+    if delay > 0:
+        await anyio.sleep(delay)
     # The lip-sync reference shows only `video_id`; other generate endpoints add `credits`.
     resp: dict[str, Any] = {"video_id": generation.video_id}
     if state.config.send_credits:

@@ -54,6 +54,11 @@ class SimConfig:
     # The content rule the simulator enforces on TTS scripts (case-insensitive substrings).
     tts_banned_words: frozenset[str] = frozenset({"forbidden"})
 
+    # Simulated seconds a generate request takes after the generation started (holding its
+    # slot) and before the reply is sent and cached: a re-send of the same trace id in that
+    # window is treated as new (a second charge, or 500044 since the first holds the slot).
+    generate_reply_seconds: float = 0.0
+
     # Fault knobs. Counters decrement as they fire.
     drop_generate_replies: int = 0  # generate is processed and cached, then the socket closes
     transient_errors: int = 0  # next N API requests: HTTP 500, ErrCode 500069
