@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from rich.logging import RichHandler
 from pipeline import __version__
 from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
 from pipeline.errors import ApiError, ManifestError, StateError
+from pipeline.jobstate import JobState
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked, preflight
@@ -39,6 +41,7 @@ from pipeline.progress import LiveProgress
 from pipeline.report import build_rows, summary_line
 from pipeline.runner import ExitCode, RunOptions, exit_code_for, run_batch
 from pipeline.state import StateStore
+from pipeline.submit import describe_wait
 
 log = logging.getLogger("pipeline.cli")
 
@@ -402,10 +405,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if manifest is not None:  # only this manifest's jobs, in its order
         by_id = {r.id: r for r in records}
         records = [by_id[job.id] for job in manifest.jobs if job.id in by_id]
+    now = time.time()
     for r in records:
-        extra = r.error or (r.output if r.output else "")
+        extra = describe_wait(r, now) or r.error or (r.output if r.output else "")
         video = r.video_id if r.video_id is not None else "-"
-        print(f"{r.id:<32} {r.state.value:<12} video={video} attempts={r.attempts} {extra}")
+        key = f" key={r.key_fp}" if r.key_fp and r.state is not JobState.DONE else ""
+        print(f"{r.id:<32} {r.state.value:<12} video={video} attempts={r.attempts}{key} {extra}")
     print(summary_line(build_rows(records)))
     return ExitCode.OK
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -92,6 +93,7 @@ class VideoStatus:
     status: int  # 1 done, 5 generating, 6 deleted, 7 moderated, 8 failed; others not terminal
     url: str | None
     size: int | None
+    created_at: float | None = None  # `create_time`, when it reads as an ISO-8601 UTC time
 
 
 @dataclass(frozen=True)
@@ -419,6 +421,7 @@ class PixverseClient:
             status=-1 if status is None else status,
             url=url if isinstance(url, str) and url else None,
             size=size if size and size > 0 else None,
+            created_at=_timestamp(resp.get("create_time")),
         )
 
     async def speakers(self) -> list[Speaker]:
@@ -528,6 +531,20 @@ def _is_stale_media(exc: JobError, body: Mapping[str, Any]) -> bool:
         return field_name in _UPLOADED_ID_FIELDS and field_name in body
     # "requested data not found" names nothing: an uploaded id is the likely culprit
     return exc.err_code == 500008 and any(name in body for name in _UPLOADED_ID_FIELDS)
+
+
+def _timestamp(value: Any) -> float | None:
+    """An ISO-8601 time as PixVerse writes it ("2026-11-25T03:10:00Z"); None if it is not one.
+    A time without a zone is taken as UTC."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def _int(resp: Any, key: str) -> int:

@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 
 from pipeline.account import check_balance, unknown_speakers
-from pipeline.client import PixverseClient, new_trace_id
+from pipeline.client import PixverseClient, VideoStatus, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
     AuthError,
@@ -426,6 +426,7 @@ class _Run:
             sent.credits if sent.credits is not None else estimate_credits(job, self.checked.media)
         )
         record = self.store.job(job.id)
+        replayed = record.trace_ambiguous and record.sent_at is not None
         record = self.store.transition(
             job.id,
             JobState.GENERATING,
@@ -435,7 +436,10 @@ class _Run:
             credits=record.credits + credits,
             last_credits=credits,
             credits_estimated=record.credits_estimated or sent.credits is None,
-            submitted_at=self.wall(),
+            # a replayed reply may come long after the generation started, which was after the
+            # id's first send: the slot's 10-minute release counts from there (refined by the
+            # server's create_time on the first poll)
+            submitted_at=record.sent_at if replayed else self.wall(),
             resend_after=None,
         )
         log.info("%s: submitted as video %s (attempt %d)", job.id, sent.video_id, record.attempts)
@@ -463,6 +467,7 @@ class _Run:
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
             status = await self.client.status(record.video_id)
+            record = self._started_at(record, status)
             if status.status == 5 or status.status not in (1, 6, 7, 8):
                 if waited > self.options.max_wait:
                     raise TransientError(
@@ -473,6 +478,18 @@ class _Run:
             self._drop_slot(ticket)
             self.limiter.on_finished()
             return self._terminal(job, record, status.status, Link(status.url, status.size))
+
+    def _started_at(self, record: JobRecord, status: VideoStatus) -> JobRecord:
+        """Move `submitted_at` back to the server's `create_time` when it is earlier, never
+        before the trace id's first send (a clock that differs from ours cannot push it out
+        of the window in which the generation really started)."""
+        created, first_sent, submitted = status.created_at, record.sent_at, record.submitted_at
+        if created is None or first_sent is None or submitted is None:
+            return record
+        started = min(max(created, first_sent), submitted)
+        if submitted - started < 1.0:
+            return record
+        return self.store.update(record.id, "started per create_time", submitted_at=started)
 
     def _terminal(self, job: Job, record: JobRecord, status: int, link: Link) -> JobRecord:
         if status == 1:

@@ -137,7 +137,7 @@ class JobRecord:
     ambiguous: int  # submissions whose outcome was unknown when the reply did not arrive
     submitted_at: float | None
     updated_at: float
-    sent_at: float | None  # when the current trace id's latest send left (None: not sent yet)
+    sent_at: float | None  # when the current trace id first left (None: not sent yet)
     # while set, a send of the current trace id got no reply and may still be processed until
     # this wall-clock time: re-sending before it could race the first send (paid twice)
     resend_after: float | None

@@ -77,6 +77,19 @@ def unconfirmed_advice(record: JobRecord) -> str:
     )
 
 
+def describe_wait(record: JobRecord, now: float) -> str | None:
+    """For `status`: what an unanswered submission is waiting for, or None."""
+    if record.state is not JobState.SUBMITTING or record.resend_after is None:
+        return None
+    sent = iso(record.sent_at) if record.sent_at is not None else "?"
+    if record.resend_after > now:
+        return (
+            f"no reply to trace id {record.trace_id} sent {sent}; it may still be in"
+            f" processing: re-sent with the same id after {iso(record.resend_after)}"
+        )
+    return f"no reply to trace id {record.trace_id} sent {sent}; re-sent by the next run"
+
+
 @dataclass
 class Submitter:
     store: StateStore
@@ -125,7 +138,8 @@ class Submitter:
         record = self.store.update(
             record.id,
             f"sending trace id {record.trace_id}",
-            sent_at=now,
+            # the first send of this id: its generation, if any, started after this moment
+            sent_at=now if record.sent_at is None else record.sent_at,
             resend_after=now + timeout,
             key_fp=self.key_fp,
         )
