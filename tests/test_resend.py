@@ -1,0 +1,179 @@
+"""When a paid submission is re-sent, with which trace id, and with which key (issue 5).
+
+Each test sets up the moment a run died or a reply went missing, against the real simulator,
+then resumes with the real runner: the ledger says what was paid for.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+
+from pipeline.client import key_fingerprint
+from pipeline.jobstate import JobState
+from pipeline.manifest import load_manifest
+from pipeline.plan import fingerprint
+from pipeline.preflight import preflight
+from pipeline.runner import ExitCode
+from pipeline.simulator import Simulator, serve
+from pipeline.simulator.envelope import OVERLOADED, envelope
+from pipeline.simulator.state import STATE
+from pipeline.state import StateStore
+from tests.harness import STATE_NAME, fast_sim, project, run_once
+
+pytestmark = pytest.mark.anyio
+
+GENERATE = "/openapi/v2/video/lip_sync/generate"
+KNOWN_VIDEO = 391504857968062  # the simulator's "generated earlier" video: no upload needed
+TWO_JOBS = f"""version: 1
+jobs:
+  - {{id: a, video_id: {KNOWN_VIDEO}, tts: {{text: "line a", speaker: "1"}}}}
+  - {{id: b, video_id: {KNOWN_VIDEO}, tts: {{text: "line b", speaker: "1"}}}}
+"""
+BODY_A = {
+    "source_video_id": KNOWN_VIDEO,
+    "lip_sync_tts_speaker_id": "1",
+    "lip_sync_tts_content": "line a",
+}
+
+
+def crashed_while_sending(
+    manifest: Path, out: Path, trace_id: str, *, sent_at: float, resend_after: float, key: str
+) -> None:
+    """The state a run leaves when it died after job `a`'s send left, before the reply."""
+    checked = preflight(load_manifest(manifest))
+    store = StateStore.open(out / STATE_NAME)
+    try:
+        for job in checked.manifest.jobs:
+            store.add_job(job.id, fingerprint(job, checked.media))
+        store.transition("a", JobState.SUBMITTING, "intent", trace_id=trace_id)
+        store.update(
+            "a", "sent", sent_at=sent_at, resend_after=resend_after, key_fp=key_fingerprint(key)
+        )
+    finally:
+        store.close()
+
+
+async def send_directly(sim: Simulator, trace_id: str, key: str = "sim-key") -> dict[str, object]:
+    """The dead run's generate request, still in flight at the server."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            sim.url + GENERATE,
+            json=BODY_A,
+            headers={"API-KEY": key, "Ai-trace-id": trace_id},
+        ) as response,
+    ):
+        reply: dict[str, object] = await response.json()
+        return reply
+
+
+async def test_a_resend_waits_until_the_first_send_can_no_longer_be_in_processing(
+    tmp_path: Path,
+) -> None:
+    """Issue 5, section 1: the first send is still being processed (its reply takes 1 s) when
+    the run resumes. Re-sending at once is a new request to a gateway that caches a reply only
+    when the request finishes: a second paid generation. The resumed run must wait for the
+    send's deadline, and meanwhile let other jobs use the slots."""
+    manifest = project(tmp_path, TWO_JOBS)
+    out = tmp_path / "out"
+    config = fast_sim(concurrency_limit=2, generate_reply_seconds=1.0 / 0.005)  # 1 s real
+    async with serve(config) as sim, anyio.create_task_group() as tg:
+        tg.start_soon(send_directly, sim, "trace-a")
+        while not sim.ledger.generations:  # the first send has started its generation
+            await anyio.sleep(0.01)
+        now = time.time()
+        crashed_while_sending(
+            manifest, out, "trace-a", sent_at=now, resend_after=now + 1.5, key="sim-key"
+        )
+        outcome = await run_once(sim, manifest, out, concurrency=2)
+    assert outcome.exit_code is ExitCode.OK
+    assert len(sim.ledger.generations) == 2  # a once (the first send), b once
+    resends = [r for r in sim.ledger.requests_to(GENERATE) if r.trace_id == "trace-a"]
+    assert len(resends) == 2
+    assert resends[1].replayed  # the re-send came after the first finished: its replay
+    assert resends[1].at >= resends[0].at + 1.0
+    b = next(r for r in sim.ledger.requests_to(GENERATE) if r.trace_id != "trace-a")
+    assert b.at < resends[1].at  # b did not wait behind a's deadline
+    rows = {r.id: r for r in outcome.rows}
+    assert rows["a"].ambiguous_submissions == 1
+
+
+async def test_a_busy_reply_pinned_to_a_trace_id_is_rotated_after_the_deadline(
+    tmp_path: Path,
+) -> None:
+    """Issue 5, 2.2: the gateway cached "busy" (500069) as the first reply to a trace id that
+    had been sent without reply. Keeping that id replays 500069 for a day: 0 generations, exit
+    75 on every run. A busy reply to a send made after the deadline is definitive: after a few
+    in a row (a proxy's passing "busy" is not replayed) the id is replaced."""
+    manifest = project(tmp_path, TWO_JOBS)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        # what the gateway stored for the lost send: its own 500069
+        ttl = sim.config.real_seconds(sim.config.reply_cache_seconds)
+        sim.app[STATE].replies.put("sim-key", "pinned", envelope(OVERLOADED, "overloaded"), ttl)
+        crashed_while_sending(
+            manifest, out, "pinned", sent_at=100.0, resend_after=133.0, key="sim-key"
+        )
+        outcome = await run_once(sim, manifest, out)
+    assert outcome.exit_code is ExitCode.OK
+    assert len(sim.ledger.generations) == 2
+    pinned = [r for r in sim.ledger.requests_to(GENERATE) if r.trace_id == "pinned"]
+    assert 1 <= len(pinned) <= 3  # a few tries of the old id, then a new one
+    assert all(r.err_code == OVERLOADED for r in pinned)
+
+
+async def test_a_submission_is_only_ever_resent_with_the_key_that_sent_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 5, 2.8: the gateway's replay is per key. The same trace id under another key is
+    a new paid generation; a video of one account is 500008 to another. A run with another
+    key leaves such jobs alone, says whose they are, and the right key finishes them."""
+    manifest = project(tmp_path, TWO_JOBS)
+    out = tmp_path / "out"
+    async with serve(fast_sim(api_keys=frozenset({"key-one", "key-two"}))) as sim:
+        reply = await send_directly(sim, "trace-a", key="key-one")  # processed, reply lost
+        assert reply["ErrCode"] == 0
+        crashed_while_sending(
+            manifest, out, "trace-a", sent_at=100.0, resend_after=133.0, key="key-one"
+        )
+        other = await run_once(sim, manifest, out, api_key="key-two")
+        assert other.exit_code is ExitCode.UNFINISHED
+        rows = {r.id: r for r in other.rows}
+        assert rows["a"].state == "unfinished:submitting"
+        assert rows["a"].error is not None
+        assert key_fingerprint("key-one") in rows["a"].error
+        assert "key-one" not in rows["a"].error
+        assert rows["b"].state == "done"
+        sent_with_two = [r for r in sim.ledger.requests_to(GENERATE) if r.trace_id == "trace-a"]
+        assert len(sent_with_two) == 1  # only the original send: key two never re-sent it
+        mine = await run_once(sim, manifest, out, api_key="key-one")
+    assert mine.exit_code is ExitCode.OK
+    assert len(sim.ledger.generations) == 2  # a once (replayed to key one), b once
+    assert sim.ledger.duplicate_bodies() == []
+
+
+async def test_a_generating_job_of_another_key_is_not_polled_into_a_500008(
+    tmp_path: Path,
+) -> None:
+    manifest = project(tmp_path, TWO_JOBS)
+    out = tmp_path / "out"
+    config = fast_sim(api_keys=frozenset({"key-one", "key-two"}), generation_seconds=1e6)
+    async with serve(config) as sim:
+        first = await run_once(sim, manifest, out, api_key="key-one", max_wait=0.1)
+        assert {r.state for r in first.rows} == {"unfinished:generating"}
+        polls_before = len(sim.ledger.requests_to("/openapi/v2/video/result"))
+        other = await run_once(sim, manifest, out, api_key="key-two", max_wait=0.1)
+        assert len(sim.ledger.requests_to("/openapi/v2/video/result")) == polls_before
+        assert {r.state for r in other.rows} == {"unfinished:generating"}
+        assert all(r.err_code != 500008 for r in sim.ledger.requests)
+        state = sim.app[STATE]
+        for generation in state.backend.account("key-one").running:
+            generation.ends_at = state.clock()  # the two generations finish now
+        done = await run_once(sim, manifest, out, api_key="key-one")
+    assert done.exit_code is ExitCode.OK
+    assert len(sim.ledger.generations) == 2
