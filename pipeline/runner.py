@@ -159,6 +159,7 @@ class _Run:
     stop_submitting: anyio.Event = field(default_factory=anyio.Event)
     problem: FatalError | StateError | DiskError | TransientError | None = None
     media_locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    changed_media: set[str] = field(default_factory=set)  # checked hashes whose file changed
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
     _scope: anyio.CancelScope = field(init=False)
     started: float = field(init=False)
@@ -289,16 +290,16 @@ class _Run:
             lock = self.media_locks.setdefault(facts.sha256, anyio.Lock())
             async with lock:  # one upload per distinct content, however many jobs share it
                 media_id = self.store.media_id(facts.sha256, self.base_url)
+                if media_id is None and facts.sha256 in self.changed_media:
+                    raise _changed_file(path)  # known already: no second upload of it
                 if media_id is None:
                     async with self.uploads:
                         sent = await self.client.upload(path, facts.info.container)
                     if sent.sha256 != facts.sha256:
                         # preflight checked other bytes: caching this media_id under their hash
                         # would submit unchecked media now and in every later run
-                        raise JobError(
-                            f"{path.name} changed during the run (its content is not what"
-                            " was checked); the next run checks it again"
-                        )
+                        self.changed_media.add(facts.sha256)
+                        raise _changed_file(path)
                     if sent.media_type and sent.media_type != facts.info.kind:
                         raise JobError(f"{path.name}: uploaded as {sent.media_type}, not {kind}")
                     media_id = sent.media_id
@@ -420,6 +421,13 @@ class _Run:
         return self.store.transition(
             job.id, JobState.DONE, "downloaded", output=str(dest), bytes=size, error=None
         )
+
+
+def _changed_file(path: Path) -> JobError:
+    return JobError(
+        f"{path.name} changed during the run (its content is not what was checked);"
+        " the next run checks it again"
+    )
 
 
 async def run_batch(

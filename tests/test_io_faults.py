@@ -192,7 +192,8 @@ async def test_an_html_page_with_status_200_is_not_saved_as_the_result(tmp_path:
 async def test_a_file_changed_after_preflight_fails_its_job_and_is_not_cached(
     tmp_path: Path,
 ) -> None:
-    manifest = project(tmp_path, ONE_JOB % "intro_de.wav")
+    second = "  - {id: j2, video: media/promo.mov, audio: media/intro_de.wav}\n"
+    manifest = project(tmp_path, ONE_JOB % "intro_de.wav" + second)
     audio = tmp_path / "media" / "intro_de.wav"
     checked = preflight(load_manifest(manifest))
     checked_hash = checked.media[audio.resolve()].sha256
@@ -201,11 +202,14 @@ async def test_a_file_changed_after_preflight_fails_its_job_and_is_not_cached(
     async with serve(fast_sim()) as sim:
         outcome = await run_checked(sim, checked, out)
         assert outcome.exit_code is ExitCode.JOBS_FAILED
-        state, error = _job(out, "j1")
-        assert state is JobState.FAILED
-        assert error is not None
-        assert "changed during the run" in error
+        for job_id in ("j1", "j2"):
+            state, error = _job(out, job_id)
+            assert state is JobState.FAILED
+            assert error is not None
+            assert "intro_de.wav changed during the run" in error
         assert sim.ledger.generations == {}  # nothing submitted with unchecked media
+        # the second job sharing the file learns it from the first: one upload, not two
+        assert [u.filename for u in sim.ledger.uploads].count("intro_de.wav") == 1
         store = StateStore.read_only(out / STATE_NAME)
         try:
             assert store.media_id(checked_hash, sim.url) is None

@@ -4,6 +4,8 @@ truncated message), and even when the environment variable has stray whitespace.
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,3 +124,24 @@ def test_a_key_quoted_by_a_proxy_reaches_no_output(
     for path in files:  # the sqlite file (and its -wal, if any) byte for byte
         data = path.read_bytes().decode("latin-1")
         assert leaks(data) == [], path.name
+
+
+def test_the_log_filter_cleans_messages_and_tracebacks() -> None:
+    """`log.exception` prints the exception's text too: the filter must clean it as well."""
+    from pipeline.cli import _RedactKey
+
+    def fail() -> None:
+        raise ValueError(f"unexpected reply quoting {KEY}")
+
+    try:
+        fail()
+    except ValueError:
+        record = logging.LogRecord(
+            "pipeline.runner", logging.ERROR, __file__, 1, "%s: left unfinished", (KEY,), None
+        )
+        record.exc_info = sys.exc_info()
+    assert _RedactKey(Redactor([KEY])).filter(record)
+    text = logging.Formatter("%(levelname)s %(message)s").format(record)
+    assert "ValueError: unexpected reply quoting ***" in text
+    assert "ERROR ***: left unfinished" in text
+    assert leaks(text) == []
