@@ -117,8 +117,10 @@ async def _fetch(client: PixverseClient, link: Link, dest: Path) -> int:
         placed = True
         _fsync_dir(dest.parent)
     finally:
-        if not placed:
-            tmp.unlink(missing_ok=True)
+        # only a temporary that exists: on a read-only file system even unlinking a
+        # missing file fails (EROFS), which would hide the error that matters
+        if not placed and tmp.exists():
+            tmp.unlink()
     return written
 
 

@@ -133,5 +133,7 @@ def _atomic_write(path: Path, text: str) -> None:
             os.replace(tmp, path)
             placed = True
         finally:
-            if not placed:
-                tmp.unlink(missing_ok=True)
+            # only a temporary that exists: on a read-only file system even unlinking a
+            # missing file fails (EROFS), which would hide the error that matters
+            if not placed and tmp.exists():
+                tmp.unlink()
