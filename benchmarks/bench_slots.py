@@ -99,7 +99,7 @@ async def run_waves(checked: Checked, client: PixverseClient, out: Path, concurr
     start = time.perf_counter()
     media_ids: dict[Path, int] = {}
     for path in dict.fromkeys(p for job in jobs for p in job.media_paths()):
-        media_ids[path], _ = await client.upload(path)
+        media_ids[path] = (await client.upload(path)).media_id
     for first in range(0, len(jobs), concurrency):
         async with anyio.create_task_group() as tg:
             for job in jobs[first : first + concurrency]:

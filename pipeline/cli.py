@@ -32,7 +32,8 @@ from rich.logging import RichHandler
 
 from pipeline import __version__
 from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
-from pipeline.errors import ApiError, ManifestError, StateError
+from pipeline.download import check_writable
+from pipeline.errors import ApiError, DiskError, ManifestError, StateError
 from pipeline.jobstate import JobState
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.plan import estimate_credits
@@ -40,6 +41,7 @@ from pipeline.preflight import Checked, preflight
 from pipeline.progress import LiveProgress
 from pipeline.report import build_rows, summary_line
 from pipeline.runner import ExitCode, RunOptions, exit_code_for, run_batch
+from pipeline.secrets import Redactor
 from pipeline.state import StateStore
 from pipeline.submit import describe_wait
 
@@ -60,22 +62,31 @@ examples:
 exit codes: 0 all done | 1 some jobs failed, the rest done | 2 bad manifest or usage |
 3 state file locked or unreadable | 4 account problem (key, permission, credits; for
 doctor: something run relies on does not hold) |
+74 a result, report or the state file could not be written (disk full, read-only) |
 75 interrupted or unfinished: run the same command again to resume
 environment: PIXVERSE_API_KEY (required for run/speakers/balance/doctor), PIXVERSE_BASE_URL
 """
 
 
 class _RedactKey(logging.Filter):
-    """Belt and braces: no log line ever carries the API key, whatever a library prints."""
+    """Belt and braces: no log line (nor its traceback) ever carries the API key, whatever a
+    library prints."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, redact: Redactor) -> None:
         super().__init__()
-        self._secret = secret
+        self._redact = redact
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secret and self._secret in record.getMessage():
-            record.msg = record.getMessage().replace(self._secret, "***")
-            record.args = None
+        message = record.getMessage()
+        clean = self._redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:
+            # formatted here, once, so the handler prints the cleaned text (`exc_text`)
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_text, record.exc_info = self._redact(text), None
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
         return True
 
 
@@ -219,6 +230,8 @@ def _positive_float(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the keys as used (stripped), from wherever they may come
+    args.redact = Redactor([os.environ.get("PIXVERSE_API_KEY"), getattr(args, "api_key", None)])
     # a person at a terminal gets a live bar, with log lines printed above it; logs stay
     # plain lines when stderr is a file or a pipe (cron, systemd)
     args.console = Console(stderr=True) if sys.stderr.isatty() and not args.quiet else None
@@ -263,11 +276,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return handlers[args.command](args)
     except ManifestError as exc:
         for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            _error(args, problem)
         return ExitCode.USAGE
-    except (StateError, ApiError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (StateError, DiskError, ApiError) as exc:
+        _error(args, str(exc))
         return exit_code_for(exc)
+
+
+def _error(args: argparse.Namespace, text: str) -> None:
+    print(f"error: {args.redact(text)}", file=sys.stderr)
 
 
 @contextmanager
@@ -281,9 +298,7 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    handler.addFilter(_RedactKey(os.environ.get("PIXVERSE_API_KEY", "")))
-    if getattr(args, "api_key", None):
-        handler.addFilter(_RedactKey(args.api_key))
+    handler.addFilter(_RedactKey(args.redact))
     logger = logging.getLogger("pipeline")
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
@@ -372,9 +387,13 @@ async def _run_async(checked: Checked, config: ClientConfig, args: argparse.Name
     )
     try:
         out.mkdir(parents=True, exist_ok=True)
+        check_writable(out)  # a result that cannot be saved must not be paid for
     except OSError as exc:
-        raise ManifestError([f"output folder {out}: {exc.strerror or exc}"]) from exc
-    store = StateStore.open(args.state or out / STATE_NAME)  # exit 3 if locked: nothing sent
+        raise ManifestError(
+            [f"output folder {out}: cannot write there: {exc.strerror or exc}"]
+        ) from exc
+    # exit 3 if locked: nothing sent
+    store = StateStore.open(args.state or out / STATE_NAME, redact=Redactor([config.api_key]))
     try:
         progress = LiveProgress(args.console) if args.console is not None else None
         async with PixverseClient(config) as client:
@@ -382,7 +401,7 @@ async def _run_async(checked: Checked, config: ClientConfig, args: argparse.Name
     finally:
         store.close()
     if outcome.problem:
-        print(f"error: {outcome.problem}", file=sys.stderr)
+        _error(args, outcome.problem)
     print(f"{outcome.summary}; report: {outcome.report_path}")
     return int(outcome.exit_code)
 

@@ -25,17 +25,18 @@ import aiohttp
 import anyio
 
 from pipeline.errors import (
-    ApiError,
     AuthError,
     CreditsError,
     EndpointError,
     JobError,
+    PipelineError,
     ServerBusyError,
     SlotLimitError,
     StaleMediaError,
     TransportError,
 )
 from pipeline.retry import RetryPolicy, Sleep, retrier
+from pipeline.secrets import Redactor
 
 log = logging.getLogger("pipeline.client")
 
@@ -45,10 +46,10 @@ DEFAULT_BASE_URL = "https://app-api.pixverse.ai"
 _BUSY_CODES = frozenset({500069, 500100, 99999})
 _AUTH_CODES = frozenset({400012, 500020})
 _MEDIA_TYPES = {
-    ".mp4": "video/mp4",
-    ".mov": "video/quicktime",
-    ".mp3": "audio/mpeg",
-    ".wav": "audio/wav",
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
 }
 
 
@@ -85,6 +86,13 @@ def key_fingerprint(api_key: str) -> str:
 class Submission:
     video_id: int
     credits: int | None
+
+
+@dataclass(frozen=True)
+class Upload:
+    media_id: int
+    media_type: str  # "video" or "audio", as the server classified it ("" if it did not say)
+    sha256: str  # hex digest of exactly the bytes sent
 
 
 @dataclass(frozen=True)
@@ -219,7 +227,7 @@ def map_transport_errors(what: str) -> Iterator[None]:
     """Translate everything aiohttp/asyncio/OS can raise during a call into TransportError."""
     try:
         yield
-    except ApiError:
+    except PipelineError:  # already translated (an ApiError, or a DiskError of the caller's)
         raise
     except TimeoutError as exc:  # aiohttp's total timeout raises a bare TimeoutError (#7122)
         raise TransportError(f"{what}: timed out") from exc
@@ -237,6 +245,7 @@ class PixverseClient:
         self, config: ClientConfig, sleep: Sleep | None = None, recorder: Recorder | None = None
     ) -> None:
         self.config = config
+        self.redact = Redactor([config.api_key])  # replies quoting the key are cleaned on entry
         self._sleep = sleep
         self._recorder = recorder  # told of every API exchange that got a reply
         self._session: aiohttp.ClientSession | None = None
@@ -315,7 +324,8 @@ class PixverseClient:
                     http_status=404,
                 ) from exc
             raise TransportError(f"{what}: reply is not JSON", http_status=status) from exc
-        return classify_envelope(status, payload, headers)
+        # before anything quotes (and truncates) the reply: a proxy may echo the key back
+        return classify_envelope(status, _redacted(payload, self.redact), headers)
 
     def _record(self, response: aiohttp.ClientResponse, body: bytes) -> Exchange:
         sent = response.request_info
@@ -353,14 +363,19 @@ class PixverseClient:
                 return await self._request(method, path, trace_id=new_trace_id(), **kwargs)
         raise AssertionError("unreachable: tenacity re-raises")  # pragma: no cover
 
-    async def upload(self, path: Path) -> tuple[int, str]:
-        """Upload a local file; return (media_id, media_type)."""
-        content_type = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    async def upload(self, path: Path, container: str | None = None) -> Upload:
+        """Upload a local file. `container` is what probing the bytes found ("wav", "mp4", ...):
+        it names the upload (`take1.flac` holding WAV is sent as `take1.wav`, audio/wav), since
+        the server judges a file by its name. The returned sha256 is of the bytes sent, so the
+        caller can tell whether the file changed since it was checked."""
+        filename, content_type = _upload_name(path, container)
+        # read once: every attempt sends these bytes, and the digest is theirs
         data = await anyio.Path(path).read_bytes()  # inputs are capped at 50 MB by preflight
+        digest = await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
         async for attempt in self._retrier():
             with attempt:
                 form = aiohttp.FormData()
-                form.add_field("file", data, filename=path.name, content_type=content_type)
+                form.add_field("file", data, filename=filename, content_type=content_type)
                 resp = await self._request(
                     "POST",
                     "/media/upload",
@@ -368,7 +383,7 @@ class PixverseClient:
                     data=form,
                     timeout=self.config.transfer_timeout,
                 )
-                return _int(resp, "media_id"), str(resp.get("media_type", ""))
+                return Upload(_int(resp, "media_id"), str(resp.get("media_type", "")), digest)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def upload_bytes(
@@ -491,13 +506,41 @@ class PixverseClient:
 
     @asynccontextmanager
     async def open_download(self, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Open a signed result link (absolute URL, no API key sent to the CDN)."""
+        """Open a signed result link (absolute URL, no API key sent to the CDN).
+
+        The body is left as sent (no automatic decompression), so its length can be checked
+        against Content-Length; identity is asked for, but a CDN may gzip anyway, and then
+        `Content-Encoding` says so and the caller decodes."""
         timeout = aiohttp.ClientTimeout(
             total=self.config.transfer_timeout, connect=self.config.connect_timeout
         )
         with map_transport_errors("download"):
-            async with self.session.get(url, timeout=timeout) as response:
+            async with self.session.get(
+                url,
+                timeout=timeout,
+                headers={"Accept-Encoding": "identity"},
+                auto_decompress=False,  # per request since aiohttp 3.9 (aiohttp#7055)
+            ) as response:
                 yield response
+
+
+def _upload_name(path: Path, container: str | None) -> tuple[str, str]:
+    """(file name, content type) for an upload: the probed container wins over the suffix."""
+    kind = container if container in _MEDIA_TYPES else path.suffix.lower().lstrip(".")
+    if kind not in _MEDIA_TYPES:
+        return path.name, "application/octet-stream"
+    return f"{path.stem}.{kind}", _MEDIA_TYPES[kind]
+
+
+def _redacted(payload: Any, redact: Redactor) -> Any:
+    """`payload` with every string in it (keys too) passed through `redact`."""
+    if isinstance(payload, str):
+        return redact(payload)
+    if isinstance(payload, list):
+        return [_redacted(item, redact) for item in payload]
+    if isinstance(payload, dict):
+        return {_redacted(k, redact): _redacted(v, redact) for k, v in payload.items()}
+    return payload
 
 
 def _recordable(headers: Mapping[str, str]) -> dict[str, str]:

@@ -1,10 +1,16 @@
 """Downloading a finished generation: stream, check the length, fsync, rename into place.
 
-The output file appears only complete: bytes go to a hidden temporary file in the output folder,
-whose length must match `Content-Length` (not the status reply's `size`, unit undocumented),
-then it is fsynced and atomically renamed, and the folder fsynced. An expired link (HTTP 403) or
-a failed transfer gets a freshly signed link from the status endpoint. A download problem never
-triggers a generation.
+The output file appears only complete and only as a video: bytes go to a hidden temporary file
+in the output folder; what arrived must match `Content-Length` (counted as sent, before undoing
+a `Content-Encoding` the CDN applied although identity was asked for; never the status reply's
+`size`, whose unit is undocumented), and it must probe as an mp4 with a video stream (a 200
+with an HTML page is not a result). Then it is fsynced, placed without overwriting anything
+(`outputs.place`), and the folder fsynced.
+
+An expired link (HTTP 403), a failed or bad transfer, or a status reply without a link yet (CDN
+lag) costs one try, and the next gets a freshly signed link from the status endpoint, after a
+jittered backoff. A download problem never triggers a generation. A local write that fails
+(disk full, read-only) is a DiskError: no retry, the run stops.
 """
 
 from __future__ import annotations
@@ -12,20 +18,25 @@ from __future__ import annotations
 import logging
 import os
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiofiles
+import aiohttp
 import anyio
+import anyio.to_thread
 
 from pipeline.client import PixverseClient
-from pipeline.errors import TransientError, TransportError, VideoGoneError
+from pipeline.errors import TransientError, TransportError, VideoGoneError, map_disk_errors
+from pipeline.media import MediaProbeError, probe
 from pipeline.outputs import place
 from pipeline.retry import Sleep
 
 log = logging.getLogger("pipeline.download")
 
 CHUNK = 1 << 16
+RESULT_CONTAINERS = frozenset({"mp4", "mov"})  # the ISO family, as media.probe names it
 
 
 class LinkExpiredError(TransientError):
@@ -48,20 +59,22 @@ async def download_result(
     sleep: Sleep = anyio.sleep,
 ) -> int:
     """Fetch video `video_id` to `dest`; return its byte count. Raises TransientError when
-    every try failed (the job stays resumable) or JobError when the video is gone."""
+    every try failed (the job stays resumable), JobError when the video is gone, DiskError
+    when the file cannot be written."""
     last: TransientError | None = None
     for attempt in range(tries):
-        if link.url is None or attempt > 0:
-            link = await _fresh_link(client, video_id)
         try:
+            if link.url is None or attempt > 0:
+                link = await _fresh_link(client, video_id)
             return await fetch_to_file(client, link, dest)
         except LinkExpiredError as exc:
             log.info("video %s: link expired, fetching a new one", video_id)
-            last = exc
-        except TransportError as exc:
+            last = exc  # a new link at once: nothing to wait for
+        except TransientError as exc:
             log.info("video %s: download try %d failed: %s", video_id, attempt + 1, exc)
             last = exc
-            await sleep(random.uniform(0, min(30.0, 0.5 * 2**attempt)))
+            if attempt + 1 < tries:
+                await sleep(random.uniform(0, min(30.0, 0.5 * 2**attempt)))
     assert last is not None
     raise TransientError(f"download failed after {tries} tries: {last}") from last
 
@@ -77,9 +90,16 @@ async def _fresh_link(client: PixverseClient, video_id: int) -> Link:
 
 
 async def fetch_to_file(client: PixverseClient, link: Link, dest: Path) -> int:
+    """Fetch `link` to `dest` (whole, checked, durable) and return its size. Raises
+    LinkExpiredError, TransportError (a failed or bad transfer), DiskError (a failed write)."""
+    with map_disk_errors(f"cannot save {dest}"):  # the rename and the folder's fsync
+        return await _fetch(client, link, dest)
+
+
+async def _fetch(client: PixverseClient, link: Link, dest: Path) -> int:
     assert link.url is not None
     tmp = dest.with_name(f".{dest.name}.part")
-    written, placed = 0, False
+    placed = False
     try:
         async with client.open_download(link.url) as response:
             if response.status == 403:
@@ -87,21 +107,105 @@ async def fetch_to_file(client: PixverseClient, link: Link, dest: Path) -> int:
             if response.status != 200:
                 raise TransportError("download failed", http_status=response.status)
             expected = response.content_length
-            async with aiofiles.open(tmp, "wb") as out:
-                async for chunk in response.content.iter_chunked(CHUNK):
-                    await out.write(chunk)
-                    written += len(chunk)
-                await out.flush()
-                await anyio.to_thread.run_sync(os.fsync, out.fileno())
-        if expected is not None and written != expected:
-            raise TransportError(f"got {written} bytes, Content-Length says {expected}")
+            received, written = await _receive(response, tmp, f"cannot save {dest}")
+        if expected is not None and received != expected:
+            raise TransportError(f"got {received} bytes, Content-Length says {expected}")
+        await _check_video(tmp)
         place(tmp, dest)  # never over a file already there: that one goes to superseded/
         placed = True
         _fsync_dir(dest.parent)
     finally:
-        if not placed:
-            tmp.unlink(missing_ok=True)
+        # only a temporary that exists: on a read-only file system even unlinking a
+        # missing file fails (EROFS), which would hide the error that matters
+        if not placed and tmp.exists():
+            tmp.unlink()
     return written
+
+
+async def _receive(response: aiohttp.ClientResponse, tmp: Path, what: str) -> tuple[int, int]:
+    """Stream the body into `tmp`, fsynced; return (bytes received, bytes written).
+
+    Only the file operations are disk errors: a failed read (aiohttp's ClientOSError is an
+    OSError too) stays a transport error, mapped where the response was opened."""
+    decoder = _Decoder(response.headers.get("Content-Encoding"))
+    received = written = 0
+    with map_disk_errors(what):
+        out = await aiofiles.open(tmp, "wb")
+    try:
+        async for chunk in response.content.iter_chunked(CHUNK):
+            received += len(chunk)
+            data = decoder.feed(chunk)
+            with map_disk_errors(what):
+                await out.write(data)
+            written += len(data)
+        data = decoder.finish()
+        with map_disk_errors(what):
+            await out.write(data)
+            await out.flush()
+            await anyio.to_thread.run_sync(os.fsync, out.fileno())
+        written += len(data)
+    finally:
+        with map_disk_errors(what):
+            await out.close()
+    return received, written
+
+
+class _Decoder:
+    """Undoes a gzip or deflate `Content-Encoding` (none: bytes pass through)."""
+
+    def __init__(self, encoding: str | None) -> None:
+        self.encoding = (encoding or "identity").strip().lower()
+        if self.encoding not in {"identity", "gzip", "x-gzip", "deflate"}:
+            raise TransportError(f"download sent with Content-Encoding {encoding!r}")
+        self._zlib: zlib._Decompress | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.encoding == "identity" or not chunk:
+            return chunk
+        if self._zlib is None:
+            # "deflate" should be zlib-wrapped (RFC 9110 8.4.1.2); some servers send it raw,
+            # which aiohttp also accepts: a zlib stream starts with CM = 8 in the low nibble
+            wbits = 16 + zlib.MAX_WBITS if "gzip" in self.encoding else zlib.MAX_WBITS
+            if self.encoding == "deflate" and chunk[0] & 0x0F != 8:
+                wbits = -zlib.MAX_WBITS
+            self._zlib = zlib.decompressobj(wbits)
+        try:
+            return self._zlib.decompress(chunk)
+        except zlib.error as exc:
+            raise TransportError(f"download: bad {self.encoding} data: {exc}") from exc
+
+    def finish(self) -> bytes:
+        if self._zlib is None:
+            return b""
+        if not self._zlib.eof:
+            raise TransportError(f"download: the {self.encoding} stream is cut short")
+        return self._zlib.flush()
+
+
+async def _check_video(path: Path) -> None:
+    """A result is an mp4 with a video stream; anything else (an error page sent with 200,
+    a placeholder) is a failed try, never a DONE job."""
+    try:
+        info = await anyio.to_thread.run_sync(probe, path)
+    except MediaProbeError as exc:
+        raise TransportError(f"the download is not a video: {exc}") from exc
+    if info.kind != "video" or info.container not in RESULT_CONTAINERS:
+        raise TransportError(f"the download is {info.container} {info.kind}, not an mp4 video")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise OSError unless `folder` can take a file: a probe file is created, written,
+    fsynced and removed (before anything is paid for, not after)."""
+    probe_file = folder / f".pixverse-batch-probe-{os.getpid()}"
+    fd = os.open(probe_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.write(fd, b"probe\n")  # a full disk still lets an empty file be created
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        probe_file.unlink()
 
 
 def _fsync_dir(folder: Path) -> None:

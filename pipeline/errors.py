@@ -4,6 +4,8 @@
     ├── ManifestError                  bad manifest or usage: exit 2, nothing sent
     ├── StateError                     state file unreadable, or another run holds it: exit 3
     │   └── LockedError
+    ├── DiskError                      a local file could not be written (disk full, quota,
+    │                                  file too large, read-only): stop the run, exit 74
     └── ApiError                       anything that came back from (or failed to reach) the API
         ├── TransientError             retry with backoff (tenacity, full jitter, Retry-After)
         │   ├── TransportError         no envelope at all: connection, timeout, non-JSON body.
@@ -23,10 +25,24 @@
             └── EndpointError          no PixVerse API at the base URL (HTML 404): exit 2
 
 `pipeline.client` is the single boundary that turns aiohttp/OS exceptions and error envelopes
-into this tree (`classify_envelope`, `map_transport_errors`).
+into this tree (`classify_envelope`, `map_transport_errors`); `map_disk_errors` does the same
+for writes of local files (outputs, reports), and `pipeline.state` for SQLite's "disk full".
 """
 
 from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Advice for what a full or unwritable file system answers (errno(3)); every other OSError of
+# a local write (EACCES, EIO, ...) stops the run just the same.
+_ADVICE = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space",
+    errno.EFBIG: "raise the file size limit (ulimit -f) or use another folder",
+    errno.EROFS: "make the folder writable",
+}
 
 
 class PipelineError(Exception):
@@ -47,6 +63,24 @@ class StateError(PipelineError):
 
 class LockedError(StateError):
     """Another run holds the state file's lock."""
+
+
+class DiskError(PipelineError):
+    """A file of the run (a result, a report, the state file) could not be written.
+
+    Stops the run: paying for results that cannot be saved is the worst use of credits. What
+    was written before is intact, so the same command resumes once the disk is fixed."""
+
+
+@contextmanager
+def map_disk_errors(what: str) -> Iterator[None]:
+    """Turn an OSError raised while writing local files into a one-line DiskError."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        advice = _ADVICE.get(exc.errno or 0, "fix the folder")
+        raise DiskError(f"{what}: {reason}; {advice}, then run the same command again") from exc
 
 
 class ApiError(PipelineError):

@@ -11,10 +11,11 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from pipeline.errors import map_disk_errors
 from pipeline.jobstate import JobState
 from pipeline.state import JobRecord
 
@@ -78,18 +79,24 @@ def build_rows(records: Sequence[JobRecord], stopped_by: str | None = None) -> l
     return rows
 
 
-def write_report(output_dir: Path, rows: Sequence[ReportRow], extra: dict[str, object]) -> Path:
-    """Write report.json (rows plus `extra` run facts) and report.csv; return the json path."""
+def write_report(
+    output_dir: Path,
+    rows: Sequence[ReportRow],
+    extra: dict[str, object],
+    redact: Callable[[str], str] = str,
+) -> Path:
+    """Write report.json (rows plus `extra` run facts) and report.csv; return the json path.
+    Every text passes `redact` (the API key must not reach a report); raises DiskError."""
     output_dir.mkdir(parents=True, exist_ok=True)
     document = {**extra, "summary": summary_counts(rows), "jobs": [asdict(r) for r in rows]}
     json_path = output_dir / "report.json"
-    _atomic_write(json_path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    _atomic_write(json_path, redact(json.dumps(document, indent=2, ensure_ascii=False) + "\n"))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(v) for k, v in asdict(row).items()})
-    _atomic_write(output_dir / "report.csv", buffer.getvalue())
+    _atomic_write(output_dir / "report.csv", redact(buffer.getvalue()))
     return json_path
 
 
@@ -129,9 +136,19 @@ def summary_line(rows: Sequence[ReportRow]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` whole, or leave it as it was (and no temporary behind)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    placed = False
+    with map_disk_errors(f"cannot write {path}"):
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            placed = True
+        finally:
+            # only a temporary that exists: on a read-only file system even unlinking a
+            # missing file fails (EROFS), which would hide the error that matters
+            if not placed and tmp.exists():
+                tmp.unlink()

@@ -35,6 +35,7 @@ from pipeline.download import Link, download_result
 from pipeline.errors import (
     AuthError,
     CreditsError,
+    DiskError,
     EndpointError,
     FatalError,
     JobError,
@@ -71,6 +72,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad manifest or usage; nothing sent
     STATE = 3  # state file unreadable, or locked by another run
     ACCOUNT = 4  # bad key, no permission, or out of credits
+    DISK = 74  # a result, report or the state file could not be written (EX_IOERR)
     UNFINISHED = 75  # interrupted or unfinished: run the same command again (EX_TEMPFAIL)
 
 
@@ -153,8 +155,9 @@ class _Run:
     stop_submitting: anyio.Event = field(default_factory=anyio.Event)
     # False when the gateway's trace-id replay could not be checked: nothing may be sent
     can_send: bool = True
-    problem: FatalError | StateError | TransientError | None = None
+    problem: FatalError | StateError | DiskError | TransientError | None = None
     media_locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    changed_media: set[str] = field(default_factory=set)  # checked hashes whose file changed
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
     _scope: anyio.CancelScope = field(init=False)
     started: float = field(init=False)
@@ -264,7 +267,7 @@ class _Run:
                 await self.admission.acquire()
                 tg.start_soon(self._job_task, job)
 
-    def _stop_run(self, problem: FatalError | StateError) -> None:
+    def _stop_run(self, problem: FatalError | StateError | DiskError) -> None:
         if self.problem is None:
             self.problem = problem
         log.error("stopping the run: %s", problem)
@@ -281,8 +284,8 @@ class _Run:
                 self.problem = exc
             self.stop_submitting.set()
             log.error("%s: out of credits; no new submissions, in-flight jobs finish", job.id)
-        except (FatalError, StateError) as exc:
-            self._stop_run(exc)
+        except (FatalError, StateError, DiskError) as exc:
+            self._stop_run(exc)  # a disk error too: no paying for results that cannot be saved
         except TransientError as exc:
             log.warning("%s: left unfinished (resumable): %s", job.id, exc)
         except Exception:
@@ -376,11 +379,19 @@ class _Run:
             lock = self.media_locks.setdefault(facts.sha256, anyio.Lock())
             async with lock:  # one upload per distinct content, however many jobs share it
                 media_id = self.store.media_id(facts.sha256, self.media_scope)
+                if media_id is None and facts.sha256 in self.changed_media:
+                    raise _changed_file(path)  # known already: no second upload of it
                 if media_id is None:
                     async with self.uploads:
-                        media_id, media_type = await self.client.upload(path)
-                    if media_type and media_type != facts.info.kind:
-                        raise JobError(f"{path.name}: uploaded as {media_type}, not {kind}")
+                        sent = await self.client.upload(path, facts.info.container)
+                    if sent.sha256 != facts.sha256:
+                        # preflight checked other bytes: caching this media_id under their hash
+                        # would submit unchecked media now and in every later run
+                        self.changed_media.add(facts.sha256)
+                        raise _changed_file(path)
+                    if sent.media_type and sent.media_type != facts.info.kind:
+                        raise JobError(f"{path.name}: uploaded as {sent.media_type}, not {kind}")
+                    media_id = sent.media_id
                     self.store.save_media(facts.sha256, self.media_scope, facts.info.kind, media_id)
                     log.info("%s: uploaded %s as media %s", job.id, path.name, media_id)
             ids[path] = media_id
@@ -520,6 +531,13 @@ class _Run:
         )
 
 
+def _changed_file(path: Path) -> JobError:
+    return JobError(
+        f"{path.name} changed during the run (its content is not what was checked);"
+        " the next run checks it again"
+    )
+
+
 async def run_batch(
     checked: Checked,
     store: StateStore,
@@ -568,6 +586,7 @@ async def run_batch(
             "peak_slots": run.limiter.peak,
             "slot_rejections": run.limiter.rejections,
         },
+        redact=client.redact,
     )
     return RunOutcome(
         rows=rows,
@@ -614,6 +633,8 @@ def exit_code_for(error: PipelineError) -> ExitCode:
         return ExitCode.USAGE
     if isinstance(error, StateError):
         return ExitCode.STATE
+    if isinstance(error, DiskError):
+        return ExitCode.DISK
     if isinstance(error, FatalError):
         return ExitCode.ACCOUNT
     return ExitCode.UNFINISHED  # transient: the same command again finishes the work

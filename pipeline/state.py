@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import LockedError, StateError
+from pipeline.errors import DiskError, LockedError, StateError
 from pipeline.jobstate import JobState, check_transition
 
 # Named migrations, applied in order; `meta.schema_version` counts how many have run.
@@ -99,6 +99,10 @@ MIGRATIONS: list[tuple[str, str]] = [
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
 _MOVING = "@moving@"  # prefix of the temporary ids of `reassign`, inside its transaction
 
+# "database or disk is full" and "disk I/O error" (what a write refused with EFBIG or EDQUOT
+# becomes): the disk, not the file, is the problem (https://sqlite.org/rescode.html).
+_DISK_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
+
 _UPDATABLE = frozenset(
     {
         "attempts",
@@ -170,13 +174,22 @@ class JobRecord:
 class StateStore:
     """Durable job and media records. Use `StateStore.open(path)` (locks) or `read_only`."""
 
-    def __init__(self, conn: sqlite3.Connection, lock_fd: int | None, clock: Callable[[], float]):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        lock_fd: int | None,
+        clock: Callable[[], float],
+        redact: Callable[[str], str] = str,
+    ):
         self._conn = conn
         self._lock_fd = lock_fd
         self._clock = clock
+        self._redact = redact  # applied to every `error` and event detail before it is saved
 
     @classmethod
-    def open(cls, path: Path, clock: Callable[[], float] = time.time) -> StateStore:
+    def open(
+        cls, path: Path, clock: Callable[[], float] = time.time, redact: Callable[[str], str] = str
+    ) -> StateStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock_fd = _lock(path.with_name(path.name + ".lock"))
@@ -189,8 +202,10 @@ class StateStore:
             _migrate(conn)
         except (sqlite3.Error, StateError) as exc:
             os.close(lock_fd)
+            if _disk_problem(exc):
+                raise _disk_error(f"{path}: cannot write the state file", exc) from exc
             raise StateError(f"{path}: cannot open state file: {exc}") from exc
-        return cls(conn, lock_fd, clock)
+        return cls(conn, lock_fd, clock, redact)
 
     @staticmethod
     def ensure_unlocked(path: Path) -> None:
@@ -282,6 +297,8 @@ class StateStore:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not job fields: {sorted(unknown)}")
+        if isinstance(fields.get("error"), str):
+            fields = {**fields, "error": self._redact(fields["error"])}
         assignments = ", ".join(f"{name} = ?" for name in fields)
         sets = "state = ?, updated_at = ?" + (", " + assignments if fields else "")
         sql = f"UPDATE jobs SET {sets} WHERE id = ?"  # names come from _UPDATABLE
@@ -388,6 +405,8 @@ class StateStore:
             with self._conn:
                 yield
         except sqlite3.Error as exc:
+            if _disk_problem(exc):
+                raise _disk_error("cannot write the state file", exc) from exc
             raise StateError(f"cannot write state file: {exc}") from exc
 
     def _rekey(self, old_id: str, new_id: str) -> None:
@@ -400,10 +419,19 @@ class StateStore:
         self._conn.execute("UPDATE events SET job_id = ? WHERE job_id = ?", (new_id, old_id))
 
     def _event(self, job_id: str, current: JobState | None, target: JobState, detail: str) -> None:
+        detail = self._redact(detail)
         self._conn.execute(
             "INSERT INTO events (job_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
             (job_id, self._clock(), current.value if current else None, target.value, detail),
         )
+
+
+def _disk_problem(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode & 0xFF in _DISK_CODES
+
+
+def _disk_error(what: str, exc: Exception) -> DiskError:
+    return DiskError(f"{what}: {exc}; free some space, then run the same command again")
 
 
 def _lock(lock_path: Path) -> int:

@@ -150,6 +150,12 @@ class Submitter:
         except TransportError as exc:
             tries.failures += 1
             record = self._no_reply(record, f"no reply: {exc}")
+            log.info(
+                "%s: no reply to trace id %s (%s); it may have been processed",
+                record.id,
+                trace_id,
+                exc,
+            )
             if not self.replays:
                 return self._park(record, slot)
             self._give_up_if_tried_enough(record, tries, exc)

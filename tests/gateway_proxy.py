@@ -21,6 +21,7 @@ class Call:
     path: str
     number: int  # 1 for the first request to this path (polls: the first to any video)
     trace_id: str
+    body: bytes = field(default=b"", repr=False)  # the request body as the client sent it
 
 
 @dataclass
@@ -50,7 +51,7 @@ async def gateway_proxy(upstream: str, hook: Hook = passthrough) -> AsyncIterato
         body = await request.read()
         key = "/video/result" if "/video/result/" in request.path else request.path
         counts[key] += 1
-        call = Call(key, counts[key], request.headers.get("Ai-trace-id", ""))
+        call = Call(key, counts[key], request.headers.get("Ai-trace-id", ""), body)
         proxy.seen.append(call)
 
         async def forward() -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,19 @@ from pipeline.client import ClientConfig, PixverseClient
 from pipeline.download import Link, fetch_to_file
 from pipeline.errors import TransportError
 from tests.harness import FAST_RETRY
+from tests.media_factory import make_video
 from tests.test_client import serve_app
 
 pytestmark = pytest.mark.anyio
 
-BODY = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+
+def _real_mp4() -> bytes:
+    """A result must probe as an mp4 video before it is renamed into place."""
+    with tempfile.TemporaryDirectory() as folder:
+        return make_video(Path(folder) / "result.mp4").read_bytes()
+
+
+BODY = _real_mp4()
 
 
 def _cdn() -> web.Application:

@@ -172,8 +172,8 @@ async def _drive(client: PixverseClient, kind: str, path: str, scratch: Path) ->
     if kind == "upload":
         media = scratch / "probe.wav"
         media.write_bytes(probe_samples()[0])
-        media_id, media_type = await client.upload(media)
-        return {"media_id": media_id, "media_type": media_type}
+        sent = await client.upload(media)
+        return {"media_id": sent.media_id, "media_type": sent.media_type}
     if kind == "generate":
         body = {"video_media_id": 365829416727552, "audio_media_id": 365829416727553}
         submission = await client.generate(body, TRACE_ID)

@@ -84,8 +84,9 @@ async def test_a_resend_waits_until_the_first_send_can_no_longer_be_in_processin
     config = fast_sim(concurrency_limit=2, generate_reply_seconds=1.0 / 0.005)  # 1 s real
     async with serve(config) as sim, anyio.create_task_group() as tg:
         tg.start_soon(send_directly, sim, "trace-a")
-        while not sim.ledger.generations:  # the first send has started its generation
-            await anyio.sleep(0.01)
+        with anyio.fail_after(5):
+            while not sim.ledger.generations:  # noqa: ASYNC110 (the first send has started)
+                await anyio.sleep(0.01)
         now = time.time()
         crashed_while_sending(
             manifest, out, "trace-a", sent_at=now, resend_after=now + 1.5, key="sim-key"
