@@ -156,9 +156,9 @@ async def _speakers(client: PixverseClient) -> Check:
         speakers = await client.speakers()
     except ApiError as exc:
         return Check("speakers", FAIL, f"could not list the speakers: {exc}", required=True)
-    # `speaker_path`: which list answered, once the client falls back to /video/tts_speaker
-    path = getattr(client, "speaker_path", None)
-    detail = f"{len(speakers)} speakers" + (f" from {path}" if path else "")
+    # which list answered: the documented lip_sync/tts_list, or the newer tts_speaker
+    path = client.speaker_path
+    detail = f"{len(speakers)} speakers" + (f" from {API_PREFIX}{path}" if path else "")
     if not speakers:
         detail += ": the list is empty, so every TTS job would be refused"
     data = {"count": len(speakers), "path": path}

@@ -19,6 +19,7 @@ from pipeline.doctor import NO_REPLAY_ADVICE, Recorded, recording, run_doctor
 from pipeline.errors import AuthError, TransientError
 from pipeline.replay import probe_replay, probe_samples
 from pipeline.simulator import Simulator, serve
+from pipeline.simulator.config import TTS_SPEAKER
 from tests.gateway_proxy import Call, Forward, gateway_proxy
 from tests.harness import FAST_RETRY, REPO, fast_sim, sim_in_thread
 
@@ -151,6 +152,17 @@ def test_doctor_without_replay_exits_4_and_says_what_run_will_do(
     assert NO_REPLAY_ADVICE in out
     assert out.splitlines()[-1] == "doctor: run cannot rely on: replay"
     assert sim_key_env.ledger.requests_to("/openapi/v2/video/lip_sync/generate") == []
+
+
+def test_doctor_says_which_speaker_list_answered(
+    sim_key_env: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim_key_env.config.speaker_paths = frozenset({TTS_SPEAKER})  # only the newer path
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checks"]["speakers"]["path"] == "/video/tts_speaker"
+    assert main(["doctor"]) == 0
+    assert "15 speakers from /openapi/v2/video/tts_speaker" in capsys.readouterr().out
 
 
 def test_doctor_json_is_one_object(
