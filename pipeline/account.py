@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.client import PixverseClient
-from pipeline.errors import TransientError
+from pipeline.errors import ApiError, FatalError
 from pipeline.manifest import Job
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked
@@ -41,7 +41,9 @@ async def check_balance(checked: Checked, to_submit: list[Job], client: Pixverse
     need = sum(estimate_credits(j, checked.media) for j in to_submit)
     try:
         balance = await client.balance()
-    except TransientError as exc:
+    except FatalError:
+        raise
+    except ApiError as exc:  # only a warning depends on it
         log.warning("could not read the balance (%s); going on", exc)
         return
     if balance.spendable < need:

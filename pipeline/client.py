@@ -29,6 +29,7 @@ from pipeline.errors import (
     CreditsError,
     EndpointError,
     JobError,
+    NotSentError,
     PipelineError,
     ServerBusyError,
     SlotLimitError,
@@ -165,9 +166,12 @@ def classify_envelope(
     retry_after = _retry_after(headers or {})
     if http_status == 401:
         raise AuthError("API key rejected", http_status=401, err_code=code, err_msg=message)
+    if code is None and http_status == 429:
+        # a rate limiter's own JSON: treated like 500069, Retry-After honoured (pixverse-api.md)
+        raise ServerBusyError("rate limited (HTTP 429)", http_status=429, retry_after=retry_after)
     if code is None:
         # JSON, but not PixVerse's envelope: a proxy or gateway in front answered (a 504
-        # "Endpoint request timed out", a 429 from a rate limiter). Whether the API saw the
+        # "Endpoint request timed out"). Whether the API saw the
         # request is unknown, so it is a transport error: a submission keeps its trace id.
         raise TransportError(
             f"reply is not a PixVerse envelope: {str(dict(payload))[:120]}",
@@ -233,6 +237,8 @@ def map_transport_errors(what: str) -> Iterator[None]:
         raise TransportError(f"{what}: timed out") from exc
     except aiohttp.ClientResponseError as exc:
         raise TransportError(f"{what}: {exc.message}", http_status=exc.status) from exc
+    except aiohttp.ClientConnectorError as exc:  # no connection, so no request left
+        raise NotSentError(f"{what}: cannot connect: {exc.os_error or exc}") from exc
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         detail = str(exc) or type(exc).__name__
         raise TransportError(f"{what}: {detail}") from exc
@@ -318,6 +324,12 @@ class PixverseClient:
         except ValueError as exc:
             if status == 401:  # a gateway's own refusal page: still a bad key
                 raise AuthError("API key rejected", http_status=401) from exc
+            if status == 429:  # a rate limiter's own page: like 500069 (pixverse-api.md)
+                raise ServerBusyError(
+                    f"{what}: HTTP 429, rate limited",
+                    http_status=429,
+                    retry_after=_retry_after(headers),
+                ) from exc
             if status == 404:
                 raise EndpointError(
                     f"{what}: HTTP 404 and no PixVerse reply: is the base URL right?",

@@ -11,6 +11,7 @@
         │   ├── TransportError         no envelope at all: connection, timeout, non-JSON body.
         │   │                          For a submission the outcome is *ambiguous*: re-send
         │   │                          with the same trace id.
+        │   │   └── NotSentError       no connection at all: the request never left
         │   └── ServerBusyError        an envelope said "try later" (500069, 500100, 99999,
         │                              HTTP 429/5xx): definitive, so a new trace id next time
         ├── SlotLimitError             500044: not a failure; wait for a slot, new trace id
@@ -118,6 +119,11 @@ class TransientError(ApiError):
 
 class TransportError(TransientError):
     """No usable reply: connection failure, timeout, a body that is not a JSON envelope."""
+
+
+class NotSentError(TransportError):
+    """No connection could be made (refused, no route, DNS): the request never left, so for a
+    submission nothing can have been processed."""
 
 
 class ServerBusyError(TransientError):

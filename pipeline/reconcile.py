@@ -234,6 +234,7 @@ def _restart(store: StateStore, record: JobRecord, fp: str, detail: str) -> JobR
         "resend_after": None,
         "trace_ambiguous": 0,
         "key_fp": None,
+        "busy_since": None,
     }
     if record.state is JobState.PENDING:
         return store.update(record.id, detail, **fields)

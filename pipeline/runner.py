@@ -19,7 +19,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -33,6 +33,7 @@ from pipeline.account import check_balance, unknown_speakers
 from pipeline.client import PixverseClient, VideoStatus, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
+    ApiError,
     AuthError,
     CreditsError,
     DiskError,
@@ -50,20 +51,17 @@ from pipeline.errors import (
 from pipeline.jobstate import JobState
 from pipeline.limiter import SlotLimiter
 from pipeline.manifest import Job
+from pipeline.outputs import archive_path, result_path
 from pipeline.plan import estimate_credits, generate_body
 from pipeline.preflight import Checked
 from pipeline.progress import LogProgress, ProgressSink
 from pipeline.reconcile import reconcile
-from pipeline.replay import probe_replay
 from pipeline.report import ReportRow, build_rows, summary_line, write_report
 from pipeline.retry import Sleep
 from pipeline.state import JobRecord, StateStore
 from pipeline.submit import Submitter, SubmitTries
 
 log = logging.getLogger("pipeline.runner")
-
-# The gateway's replay is re-probed after this long (the contract's replay window is 24 h).
-REPLAY_CHECK_MAX_AGE = 24 * 3600.0
 
 
 class ExitCode(IntEnum):
@@ -93,6 +91,9 @@ class RunOptions:
     redo: frozenset[str] = frozenset()  # job ids to start over even if paid (`--redo`)
     handle_signals: bool = False  # SIGINT/SIGTERM stop the run cleanly (CLI only: main thread)
     progress_every: float = 30.0  # seconds between progress log lines
+    # busy replies to a possibly-processed trace id must last this long before the id counts
+    # as pinned to "busy" by the gateway and is replaced (pipeline.submit)
+    busy_pinned_after: float = 5.0
 
 
 @dataclass
@@ -165,7 +166,9 @@ class _Run:
     def __post_init__(self) -> None:
         self.started = self.wall()
         # nothing is re-sent until the probe says the gateway replays (see `prepare`)
-        self.submitter = Submitter(self.store, self.client, self.sleep, self.wall, replays=False)
+        self.submitter = Submitter(
+            self.store, self.client, self.sleep, self.wall, self.options.busy_pinned_after
+        )
         o = self.options
         self.limiter = SlotLimiter(o.concurrency)
         self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
@@ -188,10 +191,13 @@ class _Run:
         balance. Returns the jobs to run. Nothing here holds back paid work: a job with an
         unknown speaker fails alone, and an unreadable list only holds the TTS jobs back."""
         pending = [j for j in jobs if self.store.job(j.id).state is JobState.PENDING]
+        # anything that may be sent in this run: new work, unanswered sends, and generations
+        # that may end in status 8 and be submitted again
+        sendable = (JobState.PENDING, JobState.SUBMITTING, JobState.GENERATING)
         to_send = [
             j
             for j in jobs
-            if self.store.job(j.id).state in (JobState.PENDING, JobState.SUBMITTING)
+            if self.store.job(j.id).state in sendable
             and not self.submitter.foreign_key(self.store.job(j.id))
         ]
         if to_send:
@@ -201,10 +207,12 @@ class _Run:
         held: set[str] = set()
         try:
             unknown = await unknown_speakers(pending, self.client)
-        except TransientError as exc:
+        except FatalError:
+            raise
+        except ApiError as exc:  # transient, or a refusal of the list itself: not the jobs'
             held = {j.id for j in pending if j.tts is not None}
             if held:
-                self._note_problem(exc)
+                self._note_problem(TransientError(f"cannot list the TTS speakers: {exc}"))
                 log.warning(
                     "cannot list the TTS speakers (%s): %d TTS jobs wait for the next run,"
                     " the rest go on",
@@ -220,36 +228,15 @@ class _Run:
         return [j for j in jobs if j.id not in held]
 
     async def _check_gateway(self) -> None:
-        """Whether this base URL and key replay a re-used trace id: probed for free (two
-        uploads) when not checked in the last REPLAY_CHECK_MAX_AGE, and recorded. Never
-        assumed: if the probe cannot run, nothing is sent this run."""
-        key_fp = self.submitter.key_fp
-        known = self.store.gateway_check(self.base_url, key_fp)
-        if known is not None and self.wall() - known[2] < REPLAY_CHECK_MAX_AGE:
-            replays, detail = known[0], known[1]
-        else:
-            try:
-                verdict = await probe_replay(self.client)
-            except TransientError as exc:
-                self.can_send = False
-                self._note_problem(
-                    TransientError(
-                        f"cannot tell whether the gateway replays trace ids ({exc}): nothing"
-                        " was submitted; paid work went on"
-                    )
-                )
-                log.error("replay probe failed: %s; nothing is submitted this run", exc)
-                return
-            replays, detail = verdict.replays, verdict.detail
-            self.store.save_gateway_check(self.base_url, key_fp, replays, detail)
-            log.info("trace-id replay probe (key %s): %s", key_fp, detail)
-        self.submitter.replays = replays
-        if not replays:
-            log.warning(
-                "this gateway does not replay trace ids (%s): a submission whose reply is lost"
-                " is parked as unconfirmed, never re-sent",
-                detail,
-            )
+        """Whether this base URL and key replay a re-used trace id (`Submitter.verdict`: a
+        recorded verdict under a day old, else the free probe). Never assumed: if the probe
+        cannot run, nothing is sent this run, and paid work goes on."""
+        try:
+            await self.submitter.verdict(fresh=False)
+        except TransientError as exc:
+            self.can_send = False
+            self._note_problem(TransientError(f"{exc}: nothing was submitted; paid work went on"))
+            log.error("replay probe failed: %s; nothing is submitted this run", exc)
 
     def _note_problem(self, problem: TransientError) -> None:
         if self.problem is None:
@@ -258,6 +245,14 @@ class _Run:
     async def execute(self, jobs: list[Job]) -> None:
         async with anyio.create_task_group() as tg:
             self._scope = tg.cancel_scope
+            for record in self.store.jobs(archived=True):
+                if (
+                    record.archived
+                    and record.state in (JobState.GENERATING, JobState.DOWNLOADING)
+                    and not self.submitter.foreign_key(record)
+                ):
+                    await self.admission.acquire()
+                    tg.start_soon(self._archived_task, record.id)
             for job in jobs:
                 if (
                     self.stop_submitting.is_set()
@@ -274,43 +269,50 @@ class _Run:
         self._scope.cancel()
 
     async def _job_task(self, job: Job) -> None:
+        await self._guarded(job.id, lambda ticket: self._drive(job, ticket))
+
+    async def _archived_task(self, record_id: str) -> None:
+        await self._guarded(record_id, lambda ticket: self._finish_archived(record_id, ticket))
+
+    async def _guarded(self, job_id: str, work: Callable[[_Ticket], Awaitable[None]]) -> None:
+        """Run one job's work; what it raises decides for the job or the run."""
         ticket = _Ticket()
         try:
-            await self._drive(job, ticket)
+            await work(ticket)
         except JobError as exc:
-            self._fail(job, exc)
+            self._fail(job_id, exc)
         except CreditsError as exc:
             if self.problem is None:
                 self.problem = exc
             self.stop_submitting.set()
-            log.error("%s: out of credits; no new submissions, in-flight jobs finish", job.id)
+            log.error("%s: out of credits; no new submissions, in-flight jobs finish", job_id)
         except (FatalError, StateError, DiskError) as exc:
             self._stop_run(exc)  # a disk error too: no paying for results that cannot be saved
         except TransientError as exc:
-            log.warning("%s: left unfinished (resumable): %s", job.id, exc)
+            log.warning("%s: left unfinished (resumable): %s", job_id, exc)
         except Exception:
             # A reply no one foresaw, or a bug: this job stops where its state says, the others
             # go on, and the run ends unfinished (exit 75) with the traceback in the log.
-            log.exception("%s: left unfinished after an unexpected error", job.id)
+            log.exception("%s: left unfinished after an unexpected error", job_id)
         finally:
             self._drop_slot(ticket)
             self._leave_admission(ticket)
 
-    def _fail(self, job: Job, exc: JobError) -> None:
+    def _fail(self, job_id: str, exc: JobError) -> None:
         reason = (
             str(exc.err_msg or exc) if exc.err_code is None else f"{exc.err_code}: {exc.err_msg}"
         )
-        state = self.store.job(job.id).state
+        state = self.store.job(job_id).state
         if state in (JobState.GENERATING, JobState.DOWNLOADING) and not isinstance(
             exc, VideoGoneError
         ):
             # A paid generation is never given up on one odd reply: failing it would make
             # the next run pay again. It stays resumable; `--redo` starts it over on purpose.
-            self.store.update(job.id, f"left {state.value}: {reason}", error=reason)
-            log.warning("%s: left %s (resumable): %s", job.id, state.value, reason)
+            self.store.update(job_id, f"left {state.value}: {reason}", error=reason)
+            log.warning("%s: left %s (resumable): %s", job_id, state.value, reason)
             return
-        self.store.transition(job.id, JobState.FAILED, reason, error=reason)
-        log.warning("%s: failed: %s", job.id, reason)
+        self.store.transition(job_id, JobState.FAILED, reason, error=reason)
+        log.warning("%s: failed: %s", job_id, reason)
 
     def _drop_slot(self, ticket: _Ticket) -> None:
         if ticket.slot:
@@ -356,6 +358,7 @@ class _Run:
                     sent_at=None,
                     resend_after=None,
                     trace_ambiguous=0,
+                    busy_since=None,
                     key_fp=self.submitter.key_fp,
                 )
             elif state is JobState.SUBMITTING:
@@ -363,11 +366,13 @@ class _Run:
                     return
                 record = await self._submit(job, record, ticket)
             elif state is JobState.GENERATING:
-                record = await self._await_generation(job, record, ticket, poll_first=resumed)
+                record = await self._await_generation(job.id, record, ticket, poll_first=resumed)
                 resumed = False
             elif state is JobState.DOWNLOADING:
                 self._leave_admission(ticket)
-                record = await self._download(job, record)
+                record = await self._download(
+                    job.id, record, result_path(self.options.output_dir, job.id)
+                )
             else:
                 return
 
@@ -456,8 +461,35 @@ class _Run:
         log.info("%s: submitted as video %s (attempt %d)", job.id, sent.video_id, record.attempts)
         return record
 
+    async def _finish_archived(self, record_id: str, ticket: _Ticket) -> None:
+        """A paid generation no job wants any more (its inputs changed, `--redo`, its job left
+        the manifest) is still fetched, into `superseded/<archive id>.mp4`, and never
+        resubmitted: a paid result is never lost, and its record can be taken over again."""
+        record = self.store.job(record_id)
+        resumed = True
+        while True:
+            if record.state is JobState.GENERATING:
+                record = await self._await_generation(
+                    record_id, record, ticket, poll_first=resumed, resubmit=False
+                )
+                resumed = False
+            elif record.state is JobState.DOWNLOADING:
+                self._leave_admission(ticket)
+                dest = archive_path(self.options.output_dir, record_id)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                record = await self._download(record_id, record, dest)
+                log.info("%s: a paid result no job wants any more, kept as %s", record_id, dest)
+            else:
+                return
+
     async def _await_generation(
-        self, job: Job, record: JobRecord, ticket: _Ticket, *, poll_first: bool
+        self,
+        job_id: str,
+        record: JobRecord,
+        ticket: _Ticket,
+        *,
+        poll_first: bool,
+        resubmit: bool = True,
     ) -> JobRecord:
         assert record.video_id is not None
         if not ticket.slot:  # resumed: the generation already occupies an account slot
@@ -488,7 +520,8 @@ class _Run:
                 continue
             self._drop_slot(ticket)
             self.limiter.on_finished()
-            return self._terminal(job, record, status.status, Link(status.url, status.size))
+            link = Link(status.url, status.size)
+            return self._terminal(job_id, record, status.status, link, resubmit=resubmit)
 
     def _started_at(self, record: JobRecord, status: VideoStatus) -> JobRecord:
         """Move `submitted_at` back to the server's `create_time` when it is earlier, never
@@ -502,32 +535,33 @@ class _Run:
             return record
         return self.store.update(record.id, "started per create_time", submitted_at=started)
 
-    def _terminal(self, job: Job, record: JobRecord, status: int, link: Link) -> JobRecord:
+    def _terminal(
+        self, job_id: str, record: JobRecord, status: int, link: Link, *, resubmit: bool
+    ) -> JobRecord:
         if status == 1:
-            self._links[job.id] = link
-            return self.store.transition(job.id, JobState.DOWNLOADING, "status 1: succeeded")
+            self._links[job_id] = link
+            return self.store.transition(job_id, JobState.DOWNLOADING, "status 1: succeeded")
         refund = {"credits": record.credits - record.last_credits, "last_credits": 0}
-        if status == 8 and record.attempts < self.options.max_attempts:
-            log.info("%s: generation failed (status 8), resubmitting", job.id)
-            return self.store.transition(job.id, JobState.PENDING, "status 8: resubmit", **refund)
+        if status == 8 and resubmit and record.attempts < self.options.max_attempts:
+            log.info("%s: generation failed (status 8), resubmitting", job_id)
+            return self.store.transition(job_id, JobState.PENDING, "status 8: resubmit", **refund)
         reason = {
             6: "status 6: the video was deleted",
             7: "status 7: content moderation rejected the result (credits refunded)",
             8: f"status 8: generation failed {record.attempts} times (credits refunded)",
         }[status]
         refund = refund if status != 6 else {}
-        log.warning("%s: %s", job.id, reason)
-        return self.store.transition(job.id, JobState.FAILED, reason, error=reason, **refund)
+        log.warning("%s: %s", job_id, reason)
+        return self.store.transition(job_id, JobState.FAILED, reason, error=reason, **refund)
 
-    async def _download(self, job: Job, record: JobRecord) -> JobRecord:
+    async def _download(self, job_id: str, record: JobRecord, dest: Path) -> JobRecord:
         assert record.video_id is not None
-        dest = self.options.output_dir / f"{job.id}.mp4"
-        link = self._links.pop(job.id, Link(None, None))
+        link = self._links.pop(job_id, Link(None, None))
         async with self.downloads:
             size = await download_result(self.client, record.video_id, dest, link, sleep=self.sleep)
-        log.info("%s: downloaded %s (%d bytes)", job.id, dest, size)
+        log.info("%s: downloaded %s (%d bytes)", job_id, dest, size)
         return self.store.transition(
-            job.id, JobState.DONE, "downloaded", output=str(dest), bytes=size, error=None
+            job_id, JobState.DONE, "downloaded", output=str(dest), bytes=size, error=None
         )
 
 

@@ -94,6 +94,9 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
     # A take-over renames a job's history: without this every rename scanned the whole table.
     ("0004_events_job_index", "CREATE INDEX events_job_id ON events (job_id, seq)"),
+    # When busy replies to a possibly-processed trace id began (pipeline.submit: a pinned
+    # "busy" is told from a proxy's passing one by how long it lasts, across runs too).
+    ("0005_busy_since", "ALTER TABLE jobs ADD COLUMN busy_since REAL"),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -120,6 +123,7 @@ _UPDATABLE = frozenset(
         "resend_after",
         "trace_ambiguous",
         "key_fp",
+        "busy_since",
         "credits_estimated",
     }
 )
@@ -147,6 +151,7 @@ class JobRecord:
     resend_after: float | None
     trace_ambiguous: bool  # the current trace id may have been processed without our seeing it
     key_fp: str | None  # fingerprint of the API key that sent the current submission
+    busy_since: float | None  # first of the busy replies in a row to a possibly-processed id
 
     @property
     def awaiting_reply(self) -> bool:
@@ -164,7 +169,7 @@ class JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
         # `status` reads a file read-only, unmigrated: columns of later migrations may be missing
-        for name in ("sent_at", "resend_after", "key_fp"):
+        for name in ("sent_at", "resend_after", "key_fp", "busy_since"):
             values.setdefault(name, None)
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))
         values["credits_estimated"] = bool(values.get("credits_estimated", 0))

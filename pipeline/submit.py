@@ -11,11 +11,14 @@ The rules (pixverse-api.md, "Trace-id semantics"):
   because the first holds the slot (which proves nothing). The job holds no slot while it waits.
 * A reply to a send made after every earlier send's deadline is definitive (the replay of the
   first): a video id means generating; 500044 or a 4xx rejection means a new trace id next
-  time. A "busy" reply to an id that may have been processed is re-sent with the same id a
-  few times first, because a proxy in front of the gateway can answer busy without asking it;
-  `PINNED_BUSY` busy answers in a row are the gateway's own, pinned replay: the id is replaced.
+  time. A "busy" reply to an id that may have been processed is re-sent with the same id,
+  because a proxy in front of the gateway can answer busy without asking it; `PINNED_BUSY`
+  busy answers in a row lasting `pinned_busy_after` seconds are the gateway's own, pinned
+  replay: the id is replaced. An HTTP 429 (a rate limiter) never counts; a refused connection
+  sent nothing, so it is not ambiguous at all.
 * A gateway that does not replay (the probe of `pipeline.replay` says so) makes a re-send a
-  new paid request: an unanswered send is never re-sent automatically. The job is parked as
+  new paid request: an unanswered send is never re-sent automatically. A re-send relies on a
+  verdict probed in the same run (a recorded one may have gone stale). The job is parked as
   UNCONFIRMED (trace id, time sent, what to do) until the user decides (`--redo ID`).
 * The replay is per API key: a submission is only ever re-sent with the key that sent it
   (the runner leaves another key's jobs alone; see `foreign_key`).
@@ -25,19 +28,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import anyio
+
 from pipeline.client import PixverseClient, Submission, new_trace_id
-from pipeline.errors import ApiError, ServerBusyError, TransientError, TransportError
+from pipeline.errors import (
+    ApiError,
+    FatalError,
+    JobError,
+    NotSentError,
+    ServerBusyError,
+    TransientError,
+    TransportError,
+)
 from pipeline.jobstate import JobState
+from pipeline.replay import probe_replay
 from pipeline.retry import Sleep, backoff
 from pipeline.state import JobRecord, StateStore
 
 log = logging.getLogger("pipeline.submit")
 
 PINNED_BUSY = 3  # busy replies in a row to a possibly-processed id before it is replaced
+# The gateway's replay is re-probed after this long (the contract's replay window is 24 h).
+REPLAY_CHECK_MAX_AGE = 24 * 3600.0
 # A silent send counts as over after the request timeout plus this share of it: room for the
 # server to finish a request whose client gave up (clock steps, a slow gateway).
 RESEND_MARGIN = 0.1
@@ -96,21 +112,63 @@ class Submitter:
     client: PixverseClient
     sleep: Sleep
     wall: Callable[[], float]
-    replays: bool  # the probe's verdict for this base URL and key
+    # a "busy" reply to a possibly-processed id counts as the gateway's pinned replay only once
+    # busy replies to it have lasted this long (a proxy's passing busy must not make us pay)
+    pinned_busy_after: float = 5.0
+    replays: bool | None = None  # the gateway's replay, as last probed (None: not known)
+    _probed: bool = False  # probed in this run: fresh enough to re-send on
+    _probe_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
     def key_fp(self) -> str:
         return self.client.config.key_fingerprint
 
     def foreign_key(self, record: JobRecord) -> bool:
-        """Submitted (or maybe submitted) with another API key: not ours to send or poll."""
-        return record.key_fp is not None and record.key_fp != self.key_fp
+        """Submitted (or maybe submitted) with another API key: not ours to send or poll. A
+        trace id that never left belongs to no key yet."""
+        if record.key_fp is None or record.key_fp == self.key_fp:
+            return False
+        never_sent = record.sent_at is None and not record.trace_ambiguous
+        return not (record.state is JobState.SUBMITTING and never_sent)
 
     def resumed(self, record: JobRecord) -> JobRecord:
         """A SUBMITTING job found at the start of a run: an unanswered send is ambiguous."""
         if record.awaiting_reply:
             return self._no_reply(record, "resumed: the last send got no reply")
         return record
+
+    async def verdict(self, *, fresh: bool) -> bool:
+        """Whether the gateway replays a re-used trace id for this base URL and key. `fresh`:
+        probed in this run (what a re-send of a possibly-processed id relies on: a verdict from
+        earlier may have gone stale). Otherwise a verdict recorded in the last
+        REPLAY_CHECK_MAX_AGE will do. Raises TransientError when the probe cannot run: never
+        assumed either way."""
+        async with self._probe_lock:
+            if self._probed or (not fresh and self.replays is not None):
+                assert self.replays is not None
+                return self.replays
+            base_url = self.client.config.base_url
+            known = None if fresh else self.store.gateway_check(base_url, self.key_fp)
+            if known is not None and self.wall() - known[2] < REPLAY_CHECK_MAX_AGE:
+                self.replays = known[0]
+                return known[0]
+            try:
+                found = await probe_replay(self.client)
+            except FatalError:
+                raise
+            except ApiError as exc:  # transient, or the probe's upload refused: unknown
+                raise TransientError(
+                    f"cannot tell whether the gateway replays trace ids: {exc}"
+                ) from exc
+            self.store.save_gateway_check(base_url, self.key_fp, found.replays, found.detail)
+            log.info("trace-id replay probe (key %s): %s", self.key_fp, found.detail)
+            if not found.replays:
+                log.warning(
+                    "this gateway does not replay trace ids: a submission whose reply is lost"
+                    " is parked as unconfirmed, never re-sent"
+                )
+            self.replays, self._probed = found.replays, True
+            return found.replays
 
     async def step(
         self,
@@ -122,16 +180,28 @@ class Submitter:
         """One send of a SUBMITTING job (after waiting out an earlier silent send). Returns
         the accepted Submission, or the record to look at next (still SUBMITTING: send again;
         UNCONFIRMED: parked). Raises what the reply means otherwise (SlotLimitError,
-        JobError, FatalError, ...); TransientError when this run has tried long enough."""
+        JobError, FatalError, ...); TransientError when this run has tried long enough or
+        cannot tell whether a re-send is safe."""
         assert record.state is JobState.SUBMITTING
         assert record.trace_id is not None
-        if record.awaiting_reply:
-            if not self.replays:
+        if record.trace_ambiguous or record.awaiting_reply:
+            # a re-send of an id that may have been processed: safe only on a gateway that
+            # replays, as probed in this run
+            if not await self.verdict(fresh=True):
                 return self._park(record, slot)
             await self._wait_out(record, slot)
         if not slot.held:
             await slot.acquire()
-        body = await body_for()
+        try:
+            body = await body_for()
+        except JobError as exc:
+            if record.trace_ambiguous:
+                # failing it would let the next run start over with a new id: paid twice if
+                # the first send was processed. It stays resumable.
+                raise TransientError(
+                    f"cannot re-send trace id {record.trace_id}: {exc}; left for the next run"
+                ) from exc
+            raise
         now = self.wall()
         tries.first_at = now if tries.first_at is None else tries.first_at
         timeout = self.client.config.request_timeout * (1 + RESEND_MARGIN)
@@ -147,6 +217,13 @@ class Submitter:
         assert trace_id is not None
         try:
             return await self.client.generate(body, trace_id)
+        except NotSentError as exc:
+            # no connection was made: nothing can have been processed, nothing to wait for
+            tries.failures += 1
+            record = self.store.update(record.id, f"not sent: {exc}", resend_after=None)
+            self._give_up_if_tried_enough(record, tries, exc)
+            await self.sleep(backoff(self.client.config.retry, tries.failures - 1))
+            return record
         except TransportError as exc:
             tries.failures += 1
             record = self._no_reply(record, f"no reply: {exc}")
@@ -156,7 +233,7 @@ class Submitter:
                 trace_id,
                 exc,
             )
-            if not self.replays:
+            if not await self.verdict(fresh=True):
                 return self._park(record, slot)
             self._give_up_if_tried_enough(record, tries, exc)
             return record
@@ -170,7 +247,8 @@ class Submitter:
             raise
 
     async def _wait_out(self, record: JobRecord, slot: Slot) -> None:
-        assert record.resend_after is not None
+        if record.resend_after is None:
+            return
         wait = record.resend_after - self.wall()
         if wait <= 0:
             return
@@ -186,10 +264,14 @@ class Submitter:
         await self.sleep(wait)
 
     async def _busy(self, record: JobRecord, tries: SubmitTries, exc: ServerBusyError) -> JobRecord:
+        now = self.wall()
         record = self.store.update(record.id, f"busy: {exc}", resend_after=None)
-        if record.trace_ambiguous:
+        if record.trace_ambiguous and exc.http_status != 429:
+            # 429 is a rate limiter in front (it never pins a replay): it does not count
             tries.busy_in_row += 1
-        if not record.trace_ambiguous or tries.busy_in_row >= PINNED_BUSY:
+            if record.busy_since is None:
+                record = self.store.update(record.id, "busy since", busy_since=now)
+        if not record.trace_ambiguous or self._pinned(record, tries, now):
             # a definitive answer, replayed for this id from now on: the next try needs a new one
             tries.busy_in_row = 0
             record = self.store.update(
@@ -198,10 +280,19 @@ class Submitter:
                 trace_id=new_trace_id(),
                 sent_at=None,
                 trace_ambiguous=0,
+                busy_since=None,
+                key_fp=None,
             )
         self._give_up_if_tried_enough(record, tries, exc)
         await self.sleep(backoff(self.client.config.retry, tries.failures - 1, exc.retry_after))
         return record
+
+    def _pinned(self, record: JobRecord, tries: SubmitTries, now: float) -> bool:
+        """Busy replies to a possibly-processed id, sent after its deadline, several in a row
+        and over `pinned_busy_after` seconds: the gateway stored "busy" as the id's first reply
+        (had the first send been processed, its video id would come back instead)."""
+        lasted = now - (record.busy_since if record.busy_since is not None else now)
+        return tries.busy_in_row >= PINNED_BUSY and lasted >= self.pinned_busy_after
 
     def _no_reply(self, record: JobRecord, detail: str) -> JobRecord:
         if record.trace_ambiguous:

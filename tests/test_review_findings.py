@@ -1,9 +1,9 @@
 """Adversarial review of issues 5 and 11: defects demonstrated against real HTTP.
 
-Each test shows one finding of the review (ids R1, R2, ...) and is marked xfail(strict=True)
-while the pipeline code is unfixed: it FAILS on the current code, and the fix turns it green
-(then the marker must go). Servers are the bundled simulator over loopback, or the simulator
-behind `tests.gateway_proxy` where the misbehaviour is one the simulator cannot express.
+Each test shows one finding of the review (ids R1, R2, ...): it failed on the code under
+review, and the fix turned it green. Servers are the bundled simulator over loopback, or the
+simulator behind `tests.gateway_proxy` where the misbehaviour is one the simulator cannot
+express.
 """
 
 from __future__ import annotations
@@ -54,11 +54,6 @@ def generations_for(sim: Simulator, text: str) -> int:
 # R1 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: an upload refusal of the replay probe (a JobError, e.g. 500054/400017) escapes"
-    " run_batch: no report, and paid generations are never polled or downloaded",
-)
 async def test_r1_a_refused_probe_upload_does_not_strand_paid_generations(
     tmp_path: Path,
 ) -> None:
@@ -89,11 +84,6 @@ async def test_r1_a_refused_probe_upload_does_not_strand_paid_generations(
 # R2 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R2: three passing 500069s (a proxy's, never cached) to the re-sends of a processed"
-    " trace id are taken for a pinned replay: the id is replaced and the job is paid twice",
-)
 async def test_r2_busy_replies_to_a_possibly_processed_trace_id_never_pay_twice(
     tmp_path: Path,
 ) -> None:
@@ -127,11 +117,6 @@ async def test_r2_busy_replies_to_a_possibly_processed_trace_id_never_pay_twice(
 # R3 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R3: a rate limiter's HTTP 429 without a PixVerse envelope is taken for a lost reply:"
-    " on a gateway that does not replay, the job is parked as unconfirmed for good",
-)
 async def test_r3_a_plain_429_on_a_gateway_without_replay_does_not_park_the_job(
     tmp_path: Path,
 ) -> None:
@@ -163,11 +148,6 @@ async def test_r3_a_plain_429_on_a_gateway_without_replay_does_not_park_the_job(
 # R4 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R4: a paid generation archived while still generating (inputs changed, --redo, job"
-    " removed) is never polled or downloaded: the paid video never reaches the output folder",
-)
 async def test_r4_a_paid_generation_archived_mid_flight_is_still_downloaded(
     tmp_path: Path,
 ) -> None:
@@ -200,12 +180,6 @@ async def test_r4_a_paid_generation_archived_mid_flight_is_still_downloaded(
 # R5 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R5: a run that starts with nothing to send skips the replay probe; a status-8"
-    " resubmission (or a 500044 retry) later in that run then treats a replaying gateway as one"
-    " that does not replay: a lost reply parks the job for a human",
-)
 async def test_r5_a_resubmission_in_a_run_that_began_with_only_generations_is_not_parked(
     tmp_path: Path,
 ) -> None:
@@ -234,11 +208,6 @@ async def test_r5_a_resubmission_in_a_run_that_began_with_only_generations_is_no
 # R6 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R6: the replay verdict is trusted for 24 h; an automatic re-send is made on a stale"
-    " verdict without checking that the gateway still replays: paid twice",
-)
 async def test_r6_a_resend_is_not_made_on_a_stale_replay_verdict(tmp_path: Path) -> None:
     """Yesterday's run probed the gateway (it replayed) and saved the verdict. Today the same
     base URL no longer replays (a new gateway deployment, a failover region, a test server
@@ -260,11 +229,6 @@ async def test_r6_a_resend_is_not_made_on_a_stale_replay_verdict(tmp_path: Path)
 # R7 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R7: a submission whose current trace id was never sent still carries the old key's"
-    " fingerprint; a run with another key leaves it alone for good",
-)
 async def test_r7_an_unsent_submission_is_not_held_for_the_key_that_never_sent_it(
     tmp_path: Path,
 ) -> None:
