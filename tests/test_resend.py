@@ -183,3 +183,34 @@ async def test_a_generating_job_of_another_key_is_not_polled_into_a_500008(
         done = await run_once(sim, manifest, out, api_key="key-one")
     assert done.exit_code is ExitCode.OK
     assert len(sim.ledger.generations) == 2
+
+
+async def test_a_replayed_submission_counts_its_slot_time_from_the_first_send(
+    tmp_path: Path,
+) -> None:
+    """Issue 5 (found by reading): the 10-minute slot release counted from the time of the
+    replayed reply, so a resumed run held a slot the account had freed long ago. It counts from
+    the trace id's first send (refined by the server's create_time)."""
+    manifest = project(tmp_path, TWO_JOBS)
+    out = tmp_path / "out"
+    async with serve(fast_sim(generation_seconds=1e6)) as sim:
+        reply = await send_directly(sim, "trace-a")  # processed; the run died before the reply
+        assert reply["ErrCode"] == 0
+        first_send = time.time() - 3.0  # the dead run's send left three seconds ago
+        crashed_while_sending(
+            manifest,
+            out,
+            "trace-a",
+            sent_at=first_send,
+            resend_after=first_send + 2.2,
+            key="sim-key",
+        )
+        await run_once(sim, manifest, out, max_wait=0.1)
+    store = StateStore.read_only(out / STATE_NAME)
+    try:
+        record = store.job("a")
+    finally:
+        store.close()
+    assert record.video_id == reply["Resp"]["video_id"]  # type: ignore[index]
+    assert record.submitted_at is not None
+    assert abs(record.submitted_at - first_send) < 0.5
