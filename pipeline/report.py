@@ -193,14 +193,18 @@ def job_rows(
 
 
 def _inputs(job: Job, base: Path, hashes: Mapping[Path, str]) -> list[dict[str, object]]:
+    """The video source, then the voice: files with their sha256 (None: not checked)."""
+
+    def file(name: str, path: Path) -> dict[str, object]:
+        return {"field": name, "path": os.path.relpath(path, base), "sha256": hashes.get(path)}
+
     inputs: list[dict[str, object]] = []
-    for name, path in (("video", job.video), ("audio", job.audio)):
-        if path is not None:
-            inputs.append(
-                {"field": name, "path": os.path.relpath(path, base), "sha256": hashes.get(path)}
-            )
+    if job.video is not None:
+        inputs.append(file("video", job.video))
     if job.video_id is not None:
         inputs.append({"field": "video_id", "video_id": job.video_id})
+    if job.audio is not None:
+        inputs.append(file("audio", job.audio))
     if job.tts is not None:
         inputs.append({"field": "tts", "speaker": job.tts.speaker, "text": job.tts.text})
     return inputs
