@@ -519,8 +519,9 @@ async def _run_async(
     outcome = await session.run(checked, config, _run_options(args, session), progress)
     if outcome.problem:
         _error(args, outcome.problem)
+    approx = "~" if any(row.credits_estimated for row in outcome.rows) else ""
     print(
-        f"{outcome.summary}; {outcome.credits_this_run} credits this run;"
+        f"{outcome.summary}; {approx}{outcome.credits_this_run} credits this run;"
         f" report: {outcome.report_path}"
     )
     return int(outcome.exit_code)
@@ -691,7 +692,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     def body() -> int:
         manifest = load_manifest(args.manifest)
         session.locate(manifest, args.out, args.state)
-        session.log_start(args.concurrency, "the bundled simulator", "sim-key")
+        session.log_start(args.concurrency, "the bundled simulator", key_fingerprint("sim-key"))
         checked = preflight(manifest)
 
         async def start() -> int:

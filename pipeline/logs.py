@@ -177,4 +177,5 @@ def logging_to_stderr(
 
 
 def _rich_time(moment: datetime) -> Text:
-    return Text(moment.astimezone().isoformat(timespec="seconds"))
+    """The date too, but narrow: a terminal has less room than a log file."""
+    return Text(moment.astimezone().strftime("%Y-%m-%d %H:%M:%S"))
