@@ -184,7 +184,9 @@ async def one_run(
 def make_project(root: Path, jobs: int) -> Checked:
     """`jobs` TTS jobs on one sample video (one upload, distinct bodies), preflighted."""
     (root / "media").mkdir(parents=True)
-    shutil.copy(REPO / "manifests" / "media" / "intro.mp4", root / "media" / "intro.mp4")
+    shutil.copy(
+        REPO / "pipeline" / "examples" / "media" / "intro.mp4", root / "media" / "intro.mp4"
+    )
     lines = ["version: 1", "defaults: {tts_speaker: '1'}", "jobs:"]
     lines += [
         f"  - {{id: job-{i}, video: media/intro.mp4, tts: {{text: 'line {i}'}}}}"

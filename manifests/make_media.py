@@ -1,4 +1,4 @@
-"""Regenerate the demo's sample media in manifests/media/: `python manifests/make_media.py`.
+"""Regenerate the demo's sample media in pipeline/examples/media/: `python manifests/make_media.py`.
 
 The files are committed so the demo needs no encoder; this script documents how they were
 made. Output is deterministic for a given PyAV build (bit-exact muxing, single-threaded x264).
@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout, installe
 from pipeline._samples import make_audio, make_video  # noqa: E402
 from pipeline.media import probe  # noqa: E402
 
-MEDIA = ROOT / "manifests" / "media"
+MEDIA = ROOT / "pipeline" / "examples" / "media"
 
 
 def main() -> None:

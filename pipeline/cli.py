@@ -1,8 +1,8 @@
 """The command line: parse options, call one library function, map errors to exit codes.
 
 Examples:
-  pixverse-batch validate manifests/example.yaml
-  PIXVERSE_API_KEY=... pixverse-batch run manifests/example.yaml --out out/dubs
+  pixverse-batch validate pipeline/examples/example.yaml
+  PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs
   pixverse-batch sim --port 8787      # then: --base-url http://127.0.0.1:8787 --api-key sim-key
   pixverse-batch demo                 # the example manifest against the bundled simulator
@@ -28,28 +28,29 @@ from urllib.parse import urlsplit
 
 import anyio
 from rich.console import Console
-from rich.logging import RichHandler
 
 from pipeline import __version__
-from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient
-from pipeline.download import check_writable
-from pipeline.errors import ApiError, DiskError, ManifestError, StateError
+from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient, key_fingerprint
+from pipeline.errors import ApiError, DiskError, ManifestError, PipelineError, StateError
+from pipeline.examples import EXAMPLE_MANIFEST
 from pipeline.jobstate import JobState
-from pipeline.manifest import Manifest, load_manifest
+from pipeline.logs import LOG_FORMATS, logging_to_stderr
+from pipeline.manifest import Manifest, load_manifest, output_dir_of
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked, preflight
 from pipeline.progress import LiveProgress
-from pipeline.report import build_rows, summary_line
-from pipeline.runner import ExitCode, RunOptions, exit_code_for, run_batch
+from pipeline.report import ReportRow, build_rows, summary_counts, summary_line
+from pipeline.runner import ExitCode, RunOptions, exit_code_for
 from pipeline.secrets import Redactor
-from pipeline.state import StateStore
+from pipeline.session import STATE_NAME, RunSession
+from pipeline.state import JobRecord, StateStore
 from pipeline.submit import describe_wait
 
 log = logging.getLogger("pipeline.cli")
 
-STATE_NAME = ".pixverse-batch.sqlite"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_MANIFEST = PACKAGE_ROOT / "manifests" / "example.yaml"
+# stdout was closed early (`status | head -1`): what a shell reports for a writer killed by
+# SIGPIPE (128 + 13), as `git log | head` gives; quietly, without a traceback
+EXIT_BROKEN_PIPE = 141
 
 EPILOG = """\
 examples:
@@ -63,31 +64,54 @@ exit codes: 0 all done | 1 some jobs failed, the rest done | 2 bad manifest or u
 3 state file locked or unreadable | 4 account problem (key, permission, credits; for
 doctor: something run relies on does not hold) |
 74 a result, report or the state file could not be written (disk full, read-only) |
-75 interrupted or unfinished: run the same command again to resume
+75 interrupted or unfinished: run the same command again to resume |
+141 stdout closed early (status | head)
+status exits like run: 0 all done, 1 some failed, 75 some unfinished
+-q, -v and --log-format may come before or after the command
 environment: PIXVERSE_API_KEY (required for run/speakers/balance/doctor), PIXVERSE_BASE_URL
+nightly runs (cron, systemd, what each exit code asks of you): docs/nightly.md
 """
 
 
-class _RedactKey(logging.Filter):
-    """Belt and braces: no log line (nor its traceback) ever carries the API key, whatever a
-    library prints."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option that has a default says it."""
 
-    def __init__(self, redact: Redactor) -> None:
-        super().__init__()
-        self._redact = redact
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self._redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info:
-            # formatted here, once, so the handler prints the cleaned text (`exc_text`)
-            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
-            record.exc_text, record.exc_info = self._redact(text), None
-        if record.stack_info:
-            record.stack_info = self._redact(record.stack_info)
-        return True
+
+def _add_common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """-q, -v and --log-format, accepted before the command and after it. The subcommand's
+    copies default to SUPPRESS, so they never overwrite what was given before the command."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="only warnings and errors",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="debug lines, with every API request (method, path, trace id, ErrCode, time)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default("text"),
+        help="log lines as text (the default; ISO 8601 times) or json (one object a line,"
+        " for journald)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,55 +119,73 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pixverse-batch",
         description="Lip-sync videos in bulk through the PixVerse API, resumably.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_common_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a manifest (resumes a previous run of the same output)")
-    run.add_argument("manifest", type=Path)
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        child = sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+        _add_common_options(child, top=False)
+        return child
+
+    run = command("run", "run a manifest (resumes a previous run of the same output)")
+    run.add_argument("manifest", type=Path, help="the manifest (YAML)")
     _add_run_options(run)
     _add_api_options(run)
 
-    validate = sub.add_parser("validate", help="check a manifest and its media; sends nothing")
-    validate.add_argument("manifest", type=Path)
+    validate = command("validate", "check a manifest and its media; sends nothing")
+    validate.add_argument("manifest", type=Path, help="the manifest (YAML)")
+    _add_json_option(validate)
 
-    status = sub.add_parser("status", help="job states from the state file; sends nothing")
+    status = command("status", "job states from the state file; sends nothing")
     status.add_argument("manifest", type=Path, nargs="?", help="find the output folder from it")
     status.add_argument("--out", type=Path, help="the output folder")
     status.add_argument(
         "--state", type=Path, help="the state file (default: OUT/" + STATE_NAME + ")"
     )
+    _add_json_option(status)
 
-    _add_api_options(sub.add_parser("speakers", help="list the TTS speakers of the account"))
-    _add_api_options(sub.add_parser("balance", help="show the account's credits"))
+    for name, text in (
+        ("speakers", "list the TTS speakers of the account"),
+        ("balance", "show the account's credits"),
+    ):
+        child = command(name, text)
+        _add_api_options(child)
+        _add_json_option(child)
 
-    doctor = sub.add_parser(
-        "doctor", help="check what run relies on (key, speakers, trace-id replay); no generation"
+    doctor = command(
+        "doctor", "check what run relies on (key, speakers, trace-id replay); no generation"
     )
     _add_api_options(doctor)
-    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_json_option(doctor)
     doctor.add_argument(
         "--record", type=Path, metavar="DIR", help="save every request and reply as JSON in DIR"
     )
 
-    sim = sub.add_parser("sim", help="serve the bundled PixVerse simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8787)
+    sim = command("sim", "serve the bundled PixVerse simulator")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim.add_argument("--port", type=int, default=8787, help="port to listen on")
     sim.add_argument("--api-key", default="sim-key", help="the key the simulator accepts")
     sim.add_argument(
         "--limit", type=_positive_int, default=5, help="concurrent generations per key"
     )
-    sim.add_argument("--generation-seconds", type=_positive_float, default=20.0)
+    sim.add_argument(
+        "--generation-seconds",
+        type=_positive_float,
+        default=20.0,
+        help="sim seconds a generation takes",
+    )
     sim.add_argument(
         "--time-scale", type=_positive_float, default=0.05, help="real seconds per sim second"
     )
     sim.add_argument(
         "--fail-probability", type=_probability, default=0.0, help="share ending in status 8"
     )
-    sim.add_argument("--credits", type=_positive_int, default=10_000)
+    sim.add_argument(
+        "--credits", type=_positive_int, default=10_000, help="credits each key starts with"
+    )
     sim.add_argument(
         "--no-replay",
         action="store_true",
@@ -157,20 +199,44 @@ def build_parser() -> argparse.ArgumentParser:
         " of its trace id meanwhile is treated as new (default 0)",
     )
 
-    demo = sub.add_parser("demo", help="run manifests/example.yaml against an in-process simulator")
-    demo.add_argument("--manifest", type=Path, default=EXAMPLE_MANIFEST)
-    _add_run_options(demo, poll_interval=0.2)  # the demo's generations take 0.4 s
+    demo = command("demo", "run the example manifest against an in-process simulator")
+    demo.add_argument(
+        "--manifest",
+        type=Path,
+        default=EXAMPLE_MANIFEST,
+        help="the manifest (default: the example shipped with the package)",
+    )
+    _add_run_options(demo, poll_interval=0.2, out="out/demo")  # demo generations take 0.4 s
     return parser
 
 
-def _add_run_options(parser: argparse.ArgumentParser, poll_interval: float = 5.0) -> None:
-    parser.add_argument("--out", type=Path, help="output folder (overrides output_dir)")
+def _add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _add_run_options(
+    parser: argparse.ArgumentParser, poll_interval: float = 5.0, out: str | None = None
+) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(out) if out else None,
+        help="output folder (overrides output_dir; default: output_dir, else out/ next to the"
+        " manifest)"
+        if out is None
+        else "output folder",
+    )
     parser.add_argument("--state", type=Path, help="state file (default: OUT/" + STATE_NAME + ")")
     parser.add_argument("--concurrency", type=_positive_int, default=5, help="generation slots")
     parser.add_argument(
         "--poll-interval", type=_positive_float, default=poll_interval, help="seconds"
     )
-    parser.add_argument("--max-attempts", type=_positive_int, default=3, help="tries per job (8)")
+    parser.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=3,
+        help="tries per job when a generation ends in status 8",
+    )
     parser.add_argument(
         "--max-wait",
         type=_positive_float,
@@ -184,10 +250,20 @@ def _add_run_options(parser: argparse.ArgumentParser, poll_interval: float = 5.0
         metavar="ID",
         help="start this job over even if it was paid for (repeatable)",
     )
+    parser.add_argument(
+        "--notify-url",
+        metavar="URL",
+        help="POST the run's summary as JSON here when it ends (a Slack-style webhook; the"
+        " exit code never depends on it)",
+    )
 
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-url", default=None, help="API base URL ($PIXVERSE_BASE_URL)")
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help=f"API base URL (default: $PIXVERSE_BASE_URL, else {DEFAULT_BASE_URL})",
+    )
     parser.add_argument(
         "--request-timeout",
         type=_positive_float,
@@ -196,7 +272,7 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
         " re-sent only after this (plus 10 %%), when it can no longer race the first send",
     )
     parser.add_argument(
-        "--api-key", default=None, help="API key ($PIXVERSE_API_KEY; prefer the variable)"
+        "--api-key", default=None, help="API key (default: $PIXVERSE_API_KEY; prefer the variable)"
     )
 
 
@@ -234,14 +310,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.redact = Redactor([os.environ.get("PIXVERSE_API_KEY"), getattr(args, "api_key", None)])
     # a person at a terminal gets a live bar, with log lines printed above it; logs stay
     # plain lines when stderr is a file or a pipe (cron, systemd)
-    args.console = Console(stderr=True) if sys.stderr.isatty() and not args.quiet else None
-    with _logging_to_stderr(args), _sigterm_interrupts():
+    tty = sys.stderr.isatty() and not args.quiet and args.log_format == "text"
+    args.console = Console(stderr=True) if tty else None
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logs = logging_to_stderr(level, args.redact, log_format=args.log_format, console=args.console)
+    with logs as context, _sigterm_interrupts():
+        args.context = context
         try:
-            return _dispatch(args)
+            code = _dispatch(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+            return code
+        except BrokenPipeError:
+            _drop_stdout()
+            return EXIT_BROKEN_PIPE
         except KeyboardInterrupt:
             # outside a run's own signal handling (preflight, account checks): nothing half-done
             print("interrupted; run the same command again to resume", file=sys.stderr)
             return ExitCode.UNFINISHED
+
+
+def _drop_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null, so the interpreter's final flush of what is
+    still buffered does not print a second error (Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (a test's capture): nothing to flush
+        pass
 
 
 @contextmanager
@@ -287,31 +383,6 @@ def _error(args: argparse.Namespace, text: str) -> None:
     print(f"error: {args.redact(text)}", file=sys.stderr)
 
 
-@contextmanager
-def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
-    """The package's log lines go to stderr for the length of one command, then the logger is
-    left as it was found (the CLI is also called in-process, by tests and embedders)."""
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    handler: logging.Handler
-    if args.console is not None:
-        handler = RichHandler(console=args.console, show_path=False, log_time_format="%H:%M:%S")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    handler.addFilter(_RedactKey(args.redact))
-    logger = logging.getLogger("pipeline")
-    saved = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
 def _client_config(args: argparse.Namespace) -> ClientConfig:
     key = args.api_key or os.environ.get("PIXVERSE_API_KEY", "")
     if not key.strip():
@@ -346,11 +417,33 @@ def _output_dir(manifest: Manifest, out: Path | None) -> Path:
     return manifest.path.resolve().parent / "out"
 
 
+def _print_json(document: object) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
-    checked = _load(args.manifest)
+    try:
+        checked = _load(args.manifest)
+    except ManifestError as exc:
+        if args.json:  # the problems on stdout too, for a script; the error lines as ever
+            _print_json({"manifest": str(args.manifest), "ok": False, "problems": exc.problems})
+        raise
     files = len(checked.media)
     jobs = checked.manifest.jobs
-    credits = sum(estimate_credits(job, checked.media) for job in jobs)
+    estimates = {job.id: estimate_credits(job, checked.media) for job in jobs}
+    credits = sum(estimates.values())
+    if args.json:
+        _print_json(
+            {
+                "manifest": str(args.manifest),
+                "ok": True,
+                "jobs": len(jobs),
+                "media_files": files,
+                "credits_estimate": credits,
+                "credits_estimate_per_job": estimates,
+            }
+        )
+        return ExitCode.OK
     print(
         f"{args.manifest}: {len(jobs)} jobs, {files} media files: OK;"
         f" about {credits} credits at PixVerse's published prices"
@@ -359,54 +452,84 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest)
-    # another run on this output folder: say so at once, before probing a single file
-    StateStore.ensure_unlocked(args.state or _output_dir(manifest, args.out) / STATE_NAME)
-    checked = preflight(manifest)
-    unknown = sorted(set(args.redo) - {job.id for job in manifest.jobs})
-    if unknown:
-        raise ManifestError([f"--redo: no job with id {job_id!r}" for job_id in unknown])
-    config = _client_config(args)
-    return _run(checked, config, args)
+    session = RunSession(args.manifest, args.redact, args.context)
+
+    def body() -> int:
+        try:
+            manifest = load_manifest(args.manifest)
+        except ManifestError:
+            # where the report of a manifest that does not load goes, if that folder exists
+            default = args.manifest.resolve().parent / "out"
+            session.locate(None, args.out or output_dir_of(args.manifest) or default, args.state)
+            _log_start(session, args)
+            raise
+        session.locate(manifest, _output_dir(manifest, args.out), args.state)
+        _log_start(session, args)
+        # another run on this output folder: say so at once, before probing a single file
+        assert session.state_path is not None
+        StateStore.ensure_unlocked(session.state_path)
+        checked = preflight(manifest)
+        unknown = sorted(set(args.redo) - {job.id for job in manifest.jobs})
+        if unknown:
+            raise ManifestError([f"--redo: no job with id {job_id!r}" for job_id in unknown])
+        config = _client_config(args)
+        return anyio.run(_run_async, session, checked, config, args)
+
+    return _in_session(session, args, body)
 
 
-def _run(checked: Checked, config: ClientConfig, args: argparse.Namespace) -> int:
-    return anyio.run(_run_async, checked, config, args)
+def _in_session(session: RunSession, args: argparse.Namespace, body: Callable[[], int]) -> int:
+    """Run `body`; on every way out, the run's end line, its report, and the notification."""
+    try:
+        code = body()
+    except (PipelineError, KeyboardInterrupt) as exc:
+        session.stopped(exc)
+        session.notify(args.notify_url)
+        raise
+    session.notify(args.notify_url)
+    return code
 
 
-async def _run_async(checked: Checked, config: ClientConfig, args: argparse.Namespace) -> int:
-    out = _output_dir(checked.manifest, args.out)
-    options = RunOptions(
-        output_dir=out,
+def _log_start(session: RunSession, args: argparse.Namespace) -> None:
+    key = args.api_key or os.environ.get("PIXVERSE_API_KEY", "")
+    base = args.base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL
+    fingerprint = key_fingerprint(key.strip()) if key.strip() else "not set"
+    session.log_start(args.concurrency, base, fingerprint)
+
+
+def _run_options(args: argparse.Namespace, session: RunSession) -> RunOptions:
+    assert session.output_dir is not None
+    return RunOptions(
+        output_dir=session.output_dir,
         concurrency=args.concurrency,
         poll_interval=args.poll_interval,
         max_attempts=args.max_attempts,
         max_wait=args.max_wait,
         redo=frozenset(args.redo),
         handle_signals=True,
+        run_id=session.run_id,
+        started_at=session.started,
     )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        check_writable(out)  # a result that cannot be saved must not be paid for
-    except OSError as exc:
-        raise ManifestError(
-            [f"output folder {out}: cannot write there: {exc.strerror or exc}"]
-        ) from exc
-    # exit 3 if locked: nothing sent
-    store = StateStore.open(args.state or out / STATE_NAME, redact=Redactor([config.api_key]))
-    try:
-        progress = LiveProgress(args.console) if args.console is not None else None
-        async with PixverseClient(config) as client:
-            outcome = await run_batch(checked, store, client, options, progress=progress)
-    finally:
-        store.close()
+
+
+async def _run_async(
+    session: RunSession, checked: Checked, config: ClientConfig, args: argparse.Namespace
+) -> int:
+    progress = LiveProgress(args.console) if args.console is not None else None
+    outcome = await session.run(checked, config, _run_options(args, session), progress)
     if outcome.problem:
         _error(args, outcome.problem)
-    print(f"{outcome.summary}; report: {outcome.report_path}")
+    approx = "~" if any(row.credits_estimated for row in outcome.rows) else ""
+    print(
+        f"{outcome.summary}; {approx}{outcome.credits_this_run} credits this run;"
+        f" report: {outcome.report_path}"
+    )
     return int(outcome.exit_code)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    """Job states from the state file; exits like `run` would have: 0 all done, 1 some
+    failed, 75 some unfinished (jobs of MANIFEST not started yet count as unfinished)."""
     manifest = load_manifest(args.manifest) if args.manifest is not None else None
     if args.state is not None:
         state_path = args.state
@@ -421,17 +544,58 @@ def _cmd_status(args: argparse.Namespace) -> int:
         records = store.jobs()
     finally:
         store.close()
+    missing: list[str] = []
     if manifest is not None:  # only this manifest's jobs, in its order
         by_id = {r.id: r for r in records}
         records = [by_id[job.id] for job in manifest.jobs if job.id in by_id]
+        missing = [job.id for job in manifest.jobs if job.id not in by_id]
+    rows = build_rows(records) + [
+        ReportRow(job_id, "unfinished:new", None, None, None, 0, False, 0, 0, None)
+        for job_id in missing
+    ]
     now = time.time()
-    for r in records:
-        extra = describe_wait(r, now) or r.error or (r.output if r.output else "")
-        video = r.video_id if r.video_id is not None else "-"
-        key = f" key={r.key_fp}" if r.key_fp and r.state is not JobState.DONE else ""
-        print(f"{r.id:<32} {r.state.value:<12} video={video} attempts={r.attempts}{key} {extra}")
-    print(summary_line(build_rows(records)))
-    return ExitCode.OK
+    if args.json:
+        _print_json(
+            {
+                "state_file": str(state_path),
+                "summary": summary_counts(rows),
+                "jobs": [_status_json(r, now) for r in records]
+                + [{"id": job_id, "state": "new"} for job_id in missing],
+            }
+        )
+    else:
+        for r in records:
+            extra = describe_wait(r, now) or r.error or (r.output if r.output else "")
+            video = r.video_id if r.video_id is not None else "-"
+            key = f" key={r.key_fp}" if r.key_fp and r.state is not JobState.DONE else ""
+            print(
+                f"{r.id:<32} {r.state.value:<12} video={video} attempts={r.attempts}{key} {extra}"
+            )
+        for job_id in missing:
+            print(f"{job_id:<32} {'new':<12} not started")
+        print(summary_line(rows))
+    counts = summary_counts(rows)
+    if counts["unfinished"]:
+        return ExitCode.UNFINISHED
+    return ExitCode.JOBS_FAILED if counts["failed"] else ExitCode.OK
+
+
+def _status_json(record: JobRecord, now: float) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "state": record.state.value,
+        "video_id": record.video_id,
+        "attempts": record.attempts,
+        "credits": record.credits,
+        "credits_estimated": record.credits_estimated,
+        "output": record.output,
+        "bytes": record.bytes,
+        "error": record.error,
+        "error_class": record.error_class,
+        "err_code": record.err_code,
+        "key_fp": record.key_fp,
+        "waiting": describe_wait(record, now),
+    }
 
 
 def _with_client(
@@ -450,7 +614,11 @@ def _cmd_speakers(args: argparse.Namespace) -> int:
     async def fetch(client: PixverseClient) -> Any:
         return await client.speakers()
 
-    for speaker in _with_client(args, fetch):
+    speakers = _with_client(args, fetch)
+    if args.json:
+        _print_json([{"speaker_id": s.speaker_id, "name": s.name} for s in speakers])
+        return ExitCode.OK
+    for speaker in speakers:
         print(f"{speaker.speaker_id:>6}  {speaker.name}")
     return ExitCode.OK
 
@@ -460,6 +628,16 @@ def _cmd_balance(args: argparse.Namespace) -> int:
         return await client.balance()
 
     balance = _with_client(args, fetch)
+    if args.json:
+        _print_json(
+            {
+                "account_id": balance.account_id,
+                "credit_monthly": balance.credit_monthly,
+                "credit_package": balance.credit_package,
+                "spendable": balance.spendable,
+            }
+        )
+        return ExitCode.OK
     print(
         f"account {balance.account_id}: {balance.spendable} credits"
         f" ({balance.credit_monthly} monthly + {balance.credit_package} package)"
@@ -508,15 +686,21 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.simulator import SimConfig, serve
 
-    checked = _load(args.manifest)
-    out = args.out or Path("out/demo")
-    args.out = out
+    session = RunSession(args.manifest, args.redact, args.context)
     sim_config = SimConfig(time_scale=0.02, generation_seconds=20.0, seed=7)
 
-    async def start() -> int:
-        async with serve(sim_config) as sim:
-            print(f"simulator listening on {sim.url}")
-            config = ClientConfig(base_url=sim.url, api_key="sim-key")
-            return await _run_async(checked, config, args)
+    def body() -> int:
+        manifest = load_manifest(args.manifest)
+        session.locate(manifest, args.out, args.state)
+        session.log_start(args.concurrency, "the bundled simulator", key_fingerprint("sim-key"))
+        checked = preflight(manifest)
 
-    return anyio.run(start)
+        async def start() -> int:
+            async with serve(sim_config) as sim:
+                print(f"simulator listening on {sim.url}")
+                config = ClientConfig(base_url=sim.url, api_key="sim-key")
+                return await _run_async(session, checked, config, args)
+
+        return anyio.run(start)
+
+    return _in_session(session, args, body)

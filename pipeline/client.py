@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -254,6 +255,7 @@ class PixverseClient:
         self.redact = Redactor([config.api_key])  # replies quoting the key are cleaned on entry
         self._sleep = sleep
         self._recorder = recorder  # told of every API exchange that got a reply
+        self._answered = False  # whether any request has had a reply (see `_unreachable`)
         self._session: aiohttp.ClientSession | None = None
         # which SPEAKER_PATHS entry answered; None until `speakers()` has asked
         self.speaker_path: str | None = None
@@ -305,23 +307,33 @@ class PixverseClient:
         timeout: float | None = None,
         **kwargs: Any,
     ) -> Any:
-        """One attempt: send, read the whole body, classify. No retries here."""
+        """One attempt: send, read the whole body, classify. No retries here. Each attempt is a
+        debug line (`-v`): method, path, trace id, HTTP status, ErrCode, milliseconds."""
         url = self.config.base_url.rstrip("/") + API_PREFIX + path
         headers = {"API-KEY": self.config.api_key, "Ai-trace-id": trace_id}
         what = f"{method} {API_PREFIX}{path}"
         client_timeout = aiohttp.ClientTimeout(
             total=timeout or self.config.request_timeout, connect=self.config.connect_timeout
         )
-        with map_transport_errors(what):
-            async with self.session.request(
-                method, url, headers=headers, timeout=client_timeout, **kwargs
-            ) as response:
-                body = await response.read()
-                status, headers = response.status, dict(response.headers)
-                self._record(response, body)
+        started = time.monotonic()
+        try:
+            with map_transport_errors(what):
+                async with self.session.request(
+                    method, url, headers=headers, timeout=client_timeout, **kwargs
+                ) as response:
+                    body = await response.read()
+                    status, headers = response.status, dict(response.headers)
+                    self._record(response, body)
+        except TransportError as exc:
+            log.debug("%s trace=%s: no reply (%s) after %s", what, trace_id, exc, _ms(started))
+            hinted = self._unreachable(exc)
+            if hinted is exc:
+                raise
+            raise hinted from exc
         try:
             payload = json.loads(body)
         except ValueError as exc:
+            log.debug("%s trace=%s -> HTTP %d, not JSON, %s", what, trace_id, status, _ms(started))
             if status == 401:  # a gateway's own refusal page: still a bad key
                 raise AuthError("API key rejected", http_status=401) from exc
             if status == 429:  # a rate limiter's own page: like 500069 (pixverse-api.md)
@@ -336,10 +348,29 @@ class PixverseClient:
                     http_status=404,
                 ) from exc
             raise TransportError(f"{what}: reply is not JSON", http_status=status) from exc
+        code = (
+            lenient_int(_field(payload, "ErrCode", "err_code"))
+            if isinstance(payload, dict)
+            else None
+        )
+        log.debug(
+            "%s trace=%s -> HTTP %d ErrCode %s, %s", what, trace_id, status, code, _ms(started)
+        )
         # before anything quotes (and truncates) the reply: a proxy may echo the key back
         return classify_envelope(status, _redacted(payload, self.redact), headers)
 
+    def _unreachable(self, exc: TransportError) -> TransportError:
+        """A connection refused or a name not found before anything ever answered this client
+        is most likely a wrong base URL (or no network): the error says where to look."""
+        if self._answered or not isinstance(exc.__cause__, aiohttp.ClientConnectorError):
+            return exc
+        return TransportError(
+            f"{exc.args[0]}; nothing answers at {self.config.base_url}: check"
+            " PIXVERSE_BASE_URL or --base-url (and the network)"
+        )
+
     def _record(self, response: aiohttp.ClientResponse, body: bytes) -> Exchange:
+        self._answered = True
         sent = response.request_info
         exchange = Exchange(
             method=sent.method,
@@ -534,6 +565,10 @@ class PixverseClient:
                 auto_decompress=False,  # per request since aiohttp 3.9 (aiohttp#7055)
             ) as response:
                 yield response
+
+
+def _ms(started: float) -> str:
+    return f"{(time.monotonic() - started) * 1000:.0f} ms"
 
 
 def _upload_name(path: Path, container: str | None) -> tuple[str, str]:

@@ -47,6 +47,15 @@ class Tts:
 
 
 @dataclass(frozen=True)
+class Dub:
+    """Where a fan-out job came from, so it can be written back as fan-out (`failed.yaml`)."""
+
+    entry: str  # the fan-out entry's place, e.g. "jobs[4]" or "job 'promo'"
+    entry_id: str | None  # the entry's own `id`, if it had one (job ids are `<id>-<lang>`)
+    lang: str  # the key under `dubs`
+
+
+@dataclass(frozen=True)
 class Job:
     """One lip-sync generation: exactly one video source and exactly one voice source."""
 
@@ -56,6 +65,7 @@ class Job:
     video_id: int | None = None
     audio: Path | None = None
     tts: Tts | None = None
+    dub: Dub | None = None  # set for the jobs of a `dubs:` fan-out
 
     def media_paths(self) -> list[Path]:
         return [p for p in (self.video, self.audio) if p is not None]
@@ -255,7 +265,8 @@ class _Parser:
             if (video is not None or video_id is not None) and (
                 audio is not None or tts is not None
             ):
-                jobs.append(Job(job_id, dub_where, video, video_id, audio, tts))
+                dub = Dub(where, explicit, lang)
+                jobs.append(Job(job_id, dub_where, video, video_id, audio, tts, dub))
         return jobs
 
     def _video(self, where: str, raw: Mapping[str, Any]) -> tuple[Path | None, int | None]:
@@ -321,6 +332,17 @@ class _Parser:
                     f"used by {len(same)} jobs ({places}), ids are unique ignoring case;"
                     " give these jobs explicit, different `id`s",
                 )
+
+
+def output_dir_of(path: Path) -> Path | None:
+    """The `output_dir` a manifest names, read even when the manifest does not load (so a run
+    stopped by a bad manifest still knows where its report goes); None if it names none."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    value = data.get("output_dir") if isinstance(data, dict) else None
+    return path.resolve().parent / value if isinstance(value, str) and value.strip() else None
 
 
 def _names(keys: Iterable[str]) -> str:

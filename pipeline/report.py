@@ -1,7 +1,14 @@
 """The run report: `report.json` and `report.csv` in the output folder, and the summary line.
 
 Written from the state file, so it tells the truth about every job of the manifest whatever
-happened during the run. Both files are replaced atomically.
+happened during the run, and at the end of every run that knows its output folder, even one
+stopped before it started (preflight, a signal): the morning never reads last night's report
+by mistake, since both files carry the run id. Both files are replaced atomically.
+
+Per job, besides the state: its inputs (paths relative to the manifest, with their sha256),
+the media ids they were uploaded as, the trace ids of its submissions, the result's duration
+and resolution (probed), the seconds spent in each state (from the event log, all runs
+together) and what made its error (class, ErrCode, ErrMsg).
 """
 
 from __future__ import annotations
@@ -10,14 +17,22 @@ import csv
 import io
 import json
 import os
+import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline import __version__
 from pipeline.errors import map_disk_errors
 from pipeline.jobstate import JobState
-from pipeline.state import JobRecord
+from pipeline.manifest import Job, Manifest
+from pipeline.media import MediaProbeError, probe
+from pipeline.state import Event, JobRecord, StateStore
+
+_SENDING = "sending trace id "  # `pipeline.submit`'s event detail before each send
+_FINAL = frozenset({JobState.DONE.value, JobState.FAILED.value})
 
 COLUMNS = (
     "id",
@@ -30,6 +45,17 @@ COLUMNS = (
     "attempts",
     "ambiguous_submissions",
     "error",
+    # added for nightly runs: after the columns above, which scripts may read by position
+    "run_id",
+    "error_class",
+    "err_code",
+    "err_msg",
+    "inputs",
+    "media_ids",
+    "trace_ids",
+    "duration",
+    "resolution",
+    "stage_seconds",
 )
 
 
@@ -45,6 +71,17 @@ class ReportRow:
     attempts: int
     ambiguous_submissions: int  # sends whose reply never came: check these for duplicates
     error: str | None
+    run_id: str | None = None
+    error_class: str | None = None  # the error tree's class (JobError, TransportError, ...)
+    err_code: int | None = None  # the API's ErrCode, when a reply gave one
+    err_msg: str | None = None
+    # [{"field": "video", "path": ..., "sha256": ...}, {"field": "tts", "speaker", "text"}, ...]
+    inputs: list[dict[str, object]] = field(default_factory=list)
+    media_ids: dict[str, int] = field(default_factory=dict)  # input field -> media id
+    trace_ids: list[str] = field(default_factory=list)  # of its submissions, oldest first
+    duration: float | None = None  # seconds of the result, probed
+    resolution: str | None = None  # "WIDTHxHEIGHT" of the result, probed
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # state -> seconds in it
 
     @classmethod
     def from_record(cls, record: JobRecord) -> ReportRow:
@@ -62,6 +99,9 @@ class ReportRow:
             attempts=record.attempts,
             ambiguous_submissions=record.ambiguous,
             error=record.error,
+            error_class=record.error_class,
+            err_code=record.err_code,
+            err_msg=record.err_msg,
         )
 
 
@@ -79,6 +119,141 @@ def build_rows(records: Sequence[JobRecord], stopped_by: str | None = None) -> l
     return rows
 
 
+def new_run_id(started: float) -> str:
+    """A run's id: its UTC start time, readable and sortable, and 6 random hex digits, e.g.
+    `20260114T023000Z-3f9a1c`."""
+    stamp = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def iso_time(timestamp: float) -> str:
+    """ISO 8601 in UTC, with its offset: `2026-01-14T02:30:00+00:00`."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def run_facts(
+    run_id: str, manifest: Path, output_dir: Path, started: float, finished: float
+) -> dict[str, object]:
+    """The first fields of report.json: which run, of what, when."""
+    return {
+        "run_id": run_id,
+        "version": __version__,
+        "manifest": str(manifest),
+        "output_dir": str(output_dir),
+        "started_at": iso_time(started),
+        "finished_at": iso_time(finished),
+    }
+
+
+def job_rows(
+    manifest: Manifest,
+    store: StateStore | None,
+    *,
+    run_id: str,
+    now: float,
+    hashes: Mapping[Path, str] | None = None,
+    media_scope: str | None = None,
+    stopped_by: str | None = None,
+    problems: Sequence[str] = (),
+    placeholder: str = "unfinished:pending",
+) -> list[ReportRow]:
+    """One full row a job of `manifest`, from `store` (None: no state file yet).
+
+    `hashes` are the checked inputs' sha256 (None when preflight did not finish); `media_scope`
+    names the account the media ids belong to. `problems` (preflight's one-line problems) become
+    the error of the job each names; `stopped_by` that of unfinished jobs without one; a job
+    without a record shows the `placeholder` state."""
+    base = manifest.path.resolve().parent
+    rows = []
+    for job in manifest.jobs:
+        record = store.find(job.id) if store is not None else None
+        if record is not None:
+            row = replace(ReportRow.from_record(record), run_id=run_id)
+        else:
+            row = ReportRow(job.id, placeholder, None, None, None, 0, False, 0, 0, None)
+            row = replace(row, run_id=run_id)
+        own = [p for p in problems if p.startswith(f"job '{job.id}'")]
+        if own:
+            row = replace(row, error="; ".join(own), error_class="ManifestError")
+        elif stopped_by and row.state.startswith("unfinished") and not row.error:
+            row = replace(row, error=f"not finished: {stopped_by}")
+        row = replace(row, inputs=_inputs(job, base, hashes or {}))
+        if store is not None and hashes is not None and media_scope is not None:
+            row = replace(row, media_ids=_media_ids(job, store, hashes, media_scope))
+        if store is not None and record is not None:
+            history = store.history(job.id)
+            row = replace(
+                row, trace_ids=_trace_ids(history), stage_seconds=_stage_seconds(history, now)
+            )
+        if row.state == JobState.DONE.value and row.output:
+            duration, resolution = _probed(Path(row.output))
+            row = replace(row, duration=duration, resolution=resolution)
+        rows.append(row)
+    return rows
+
+
+def _inputs(job: Job, base: Path, hashes: Mapping[Path, str]) -> list[dict[str, object]]:
+    """The video source, then the voice: files with their sha256 (None: not checked)."""
+
+    def file(name: str, path: Path) -> dict[str, object]:
+        return {"field": name, "path": os.path.relpath(path, base), "sha256": hashes.get(path)}
+
+    inputs: list[dict[str, object]] = []
+    if job.video is not None:
+        inputs.append(file("video", job.video))
+    if job.video_id is not None:
+        inputs.append({"field": "video_id", "video_id": job.video_id})
+    if job.audio is not None:
+        inputs.append(file("audio", job.audio))
+    if job.tts is not None:
+        inputs.append({"field": "tts", "speaker": job.tts.speaker, "text": job.tts.text})
+    return inputs
+
+
+def _media_ids(
+    job: Job, store: StateStore, hashes: Mapping[Path, str], scope: str
+) -> dict[str, int]:
+    ids = {}
+    for name, path in (("video", job.video), ("audio", job.audio)):
+        if path is not None and path in hashes:
+            media_id = store.media_id(hashes[path], scope)
+            if media_id is not None:
+                ids[name] = media_id
+    return ids
+
+
+def _trace_ids(history: Sequence[Event]) -> list[str]:
+    """Every trace id the job's submissions were sent with (`pipeline.submit` logs each send
+    as "sending trace id ID" before it leaves), oldest first, each once."""
+    found: dict[str, None] = {}
+    for event in history:
+        if event.detail.startswith(_SENDING):
+            found.setdefault(event.detail[len(_SENDING) :].split()[0], None)
+    return list(found)
+
+
+def _stage_seconds(history: Sequence[Event], now: float) -> dict[str, float]:
+    """Seconds spent in each state that is not final, over the job's whole history: from the
+    event that entered it to the next one (the last, still open, until `now`)."""
+    seconds: dict[str, float] = {}
+    for event, after in zip(history, [*history[1:], None], strict=True):
+        if event.to_state in _FINAL:
+            continue
+        until = after.at if after is not None else now
+        seconds[event.to_state] = seconds.get(event.to_state, 0.0) + max(0.0, until - event.at)
+    return {state: round(value, 1) for state, value in seconds.items()}
+
+
+def _probed(output: Path) -> tuple[float | None, str | None]:
+    """Duration and resolution of a result as FFmpeg reads it, or None when it cannot."""
+    try:
+        info = probe(output)
+    except MediaProbeError:
+        return None, None
+    resolution = f"{info.width}x{info.height}" if info.width and info.height else None
+    return round(info.duration, 3), resolution
+
+
 def write_report(
     output_dir: Path,
     rows: Sequence[ReportRow],
@@ -90,22 +265,39 @@ def write_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     document = {**extra, "summary": summary_counts(rows), "jobs": [asdict(r) for r in rows]}
     json_path = output_dir / "report.json"
-    _atomic_write(json_path, redact(json.dumps(document, indent=2, ensure_ascii=False) + "\n"))
+    atomic_write(json_path, redact(json.dumps(document, indent=2, ensure_ascii=False) + "\n"))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_value(v) for k, v in asdict(row).items()})
-    _atomic_write(output_dir / "report.csv", redact(buffer.getvalue()))
+        writer.writerow({k: _csv_value(k, v) for k, v in asdict(row).items()})
+    atomic_write(output_dir / "report.csv", redact(buffer.getvalue()))
     return json_path
 
 
-def _csv_value(value: object) -> object:
+def _csv_value(name: str, value: object) -> object:
+    """A spreadsheet-friendly cell: lists as `a b`, mappings as `k=v k=v`, inputs as
+    `video=media/intro.mp4@<sha256>`; report.json keeps the structure."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"  # as in report.json
+    if name == "inputs" and isinstance(value, list):
+        return " ".join(_input_cell(item) for item in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
     return value
+
+
+def _input_cell(item: Mapping[str, object]) -> str:
+    if "path" in item:
+        digest = item.get("sha256")
+        return f"{item['field']}={item['path']}" + (f"@{digest}" if digest else "")
+    if "video_id" in item:
+        return f"video_id={item['video_id']}"
+    return f"tts={item.get('speaker')}:{item.get('text')!r}"
 
 
 def summary_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
@@ -135,7 +327,7 @@ def summary_line(rows: Sequence[ReportRow]) -> str:
     return line
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Replace `path` with `text` whole, or leave it as it was (and no temporary behind)."""
     tmp = path.with_name(f".{path.name}.tmp")
     placed = False

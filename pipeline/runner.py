@@ -21,7 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from pipeline.errors import (
     TransientError,
     VideoGoneError,
 )
+from pipeline.failed import failed_this_run, write_failed_manifest
 from pipeline.jobstate import JobState
 from pipeline.limiter import SlotLimiter
 from pipeline.manifest import Job
@@ -56,7 +56,7 @@ from pipeline.plan import estimate_credits, generate_body
 from pipeline.preflight import Checked
 from pipeline.progress import LogProgress, ProgressSink
 from pipeline.reconcile import reconcile
-from pipeline.report import ReportRow, build_rows, summary_line, write_report
+from pipeline.report import ReportRow, job_rows, new_run_id, run_facts, summary_line, write_report
 from pipeline.retry import Sleep
 from pipeline.state import JobRecord, StateStore
 from pipeline.submit import Submitter, SubmitTries
@@ -94,6 +94,8 @@ class RunOptions:
     # busy replies to a possibly-processed trace id must last this long before the id counts
     # as pinned to "busy" by the gateway and is replaced (pipeline.submit)
     busy_pinned_after: float = 5.0
+    run_id: str | None = None  # names the run in its report (default: a new one)
+    started_at: float | None = None  # when the command started, before preflight (default: now)
 
 
 @dataclass
@@ -105,6 +107,9 @@ class RunOutcome:
     peak_slots: int
     slot_rejections: int
     report_path: Path
+    run_id: str = ""
+    credits_this_run: int = 0  # net: refunds this run took off are counted
+    failed_manifest: Path | None = None  # failed.yaml, when jobs failed this run
 
     @property
     def summary(self) -> str:
@@ -221,7 +226,9 @@ class _Run:
                 )
         else:
             for job_id, problem in unknown.items():
-                self.store.transition(job_id, JobState.FAILED, problem, error=problem)
+                self.store.transition(
+                    job_id, JobState.FAILED, problem, error=problem, error_class="ManifestError"
+                )
                 log.error("%s: held back: %s", job_id, problem)
             held = set(unknown)
         await check_balance(self.checked, [j for j in pending if j.id not in held], self.client)
@@ -289,6 +296,7 @@ class _Run:
         except (FatalError, StateError, DiskError) as exc:
             self._stop_run(exc)  # a disk error too: no paying for results that cannot be saved
         except TransientError as exc:
+            self.store.update(job_id, f"left unfinished: {exc}", **_error_facts(exc))
             log.warning("%s: left unfinished (resumable): %s", job_id, exc)
         except Exception:
             # A reply no one foresaw, or a bug: this job stops where its state says, the others
@@ -308,10 +316,10 @@ class _Run:
         ):
             # A paid generation is never given up on one odd reply: failing it would make
             # the next run pay again. It stays resumable; `--redo` starts it over on purpose.
-            self.store.update(job_id, f"left {state.value}: {reason}", error=reason)
+            self.store.update(job_id, f"left {state.value}: {reason}", **_error_facts(exc, reason))
             log.warning("%s: left %s (resumable): %s", job_id, state.value, reason)
             return
-        self.store.transition(job_id, JobState.FAILED, reason, error=reason)
+        self.store.transition(job_id, JobState.FAILED, reason, **_error_facts(exc, reason))
         log.warning("%s: failed: %s", job_id, reason)
 
     def _drop_slot(self, ticket: _Ticket) -> None:
@@ -552,7 +560,10 @@ class _Run:
         }[status]
         refund = refund if status != 6 else {}
         log.warning("%s: %s", job_id, reason)
-        return self.store.transition(job_id, JobState.FAILED, reason, error=reason, **refund)
+        kind = VideoGoneError if status == 6 else JobError  # the error tree's name for it
+        return self.store.transition(
+            job_id, JobState.FAILED, reason, error=reason, error_class=kind.__name__, **refund
+        )
 
     async def _download(self, job_id: str, record: JobRecord, dest: Path) -> JobRecord:
         assert record.video_id is not None
@@ -563,6 +574,17 @@ class _Run:
         return self.store.transition(
             job_id, JobState.DONE, "downloaded", output=str(dest), bytes=size, error=None
         )
+
+
+def _error_facts(exc: PipelineError, reason: str | None = None) -> dict[str, Any]:
+    """The state fields that say what made a job's error (see `state.py`, 0005)."""
+    code, message = (exc.err_code, exc.err_msg) if isinstance(exc, ApiError) else (None, None)
+    return {
+        "error": reason if reason is not None else str(exc),
+        "error_class": type(exc).__name__,
+        "err_code": code,
+        "err_msg": message,
+    }
 
 
 def _changed_file(path: Path) -> JobError:
@@ -587,7 +609,9 @@ async def run_batch(
     options.output_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(checked, store, client, options, sleep, wall)
     sink = progress if progress is not None else LogProgress(options.progress_every)
-    started = wall()
+    started = options.started_at if options.started_at is not None else wall()
+    run_id = options.run_id or new_run_id(started)
+    credits_before = store.total_credits()
     jobs = reconcile(checked, store, options.output_dir, options.redo)
     try:
         jobs = await run.prepare(jobs)
@@ -605,17 +629,30 @@ async def run_batch(
     sink.close()
     interrupted = scope.cancel_called
     stopped_by = str(run.problem) if run.problem else "interrupted" if interrupted else None
-    rows = build_rows([store.job(j.id) for j in checked.manifest.jobs], stopped_by)
+    rows = job_rows(
+        checked.manifest,
+        store,
+        run_id=run_id,
+        now=wall(),
+        hashes={path: facts.sha256 for path, facts in checked.media.items()},
+        media_scope=run.media_scope,
+        stopped_by=stopped_by,
+    )
     exit_code = _exit_code(rows, run.problem, interrupted)
+    failed = failed_this_run(store, checked.manifest, started)
+    failed_path = write_failed_manifest(options.output_dir, checked.manifest, failed, run_id)
+    spent = store.total_credits() - credits_before
     report_path = write_report(
         options.output_dir,
         rows,
         {
-            "manifest": str(checked.manifest.path),
-            "started_at": _iso(started),
-            "finished_at": _iso(wall()),
+            **run_facts(run_id, checked.manifest.path, options.output_dir, started, wall()),
             "exit_code": int(exit_code),
             "problem": str(run.problem) if run.problem else None,
+            "problem_class": type(run.problem).__name__ if run.problem else None,
+            "credits_this_run": spent,
+            "credits_total": sum(r.credits for r in rows),
+            "failed_manifest": str(failed_path) if failed_path else None,
             "interrupted": interrupted,
             "peak_slots": run.limiter.peak,
             "slot_rejections": run.limiter.rejections,
@@ -630,6 +667,9 @@ async def run_batch(
         peak_slots=run.limiter.peak,
         slot_rejections=run.limiter.rejections,
         report_path=report_path,
+        run_id=run_id,
+        credits_this_run=spent,
+        failed_manifest=failed_path,
     )
 
 
@@ -645,10 +685,6 @@ def _tell_progress(store: StateStore, checked: Checked, sink: ProgressSink) -> N
     ids = {j.id for j in checked.manifest.jobs}
     counts = Counter(r.state.value for r in store.jobs() if r.id in ids)
     sink.update(counts, len(ids))
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.errors import DiskError, LockedError, StateError
 from pipeline.jobstate import JobState, check_transition
@@ -97,6 +97,16 @@ MIGRATIONS: list[tuple[str, str]] = [
     # When busy replies to a possibly-processed trace id began (pipeline.submit: a pinned
     # "busy" is told from a proxy's passing one by how long it lasts, across runs too).
     ("0005_busy_since", "ALTER TABLE jobs ADD COLUMN busy_since REAL"),
+    (
+        # What made `error`, for reports and JSON logs: the error tree's class name, and the
+        # API's ErrCode and ErrMsg when a reply gave them. Cleared whenever `error` is.
+        "0006_error_facts",
+        """
+        ALTER TABLE jobs ADD COLUMN error_class TEXT;
+        ALTER TABLE jobs ADD COLUMN err_code INTEGER;
+        ALTER TABLE jobs ADD COLUMN err_msg TEXT;
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -125,8 +135,21 @@ _UPDATABLE = frozenset(
         "key_fp",
         "busy_since",
         "credits_estimated",
+        "error_class",
+        "err_code",
+        "err_msg",
     }
 )
+_ERROR_FACTS = ("error_class", "err_code", "err_msg")
+
+
+class Event(NamedTuple):
+    """One line of a job's history: a transition (or an update, `from_state == to_state`)."""
+
+    at: float
+    from_state: str | None
+    to_state: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -159,6 +182,9 @@ class JobRecord:
         return self.resend_after is not None
 
     credits_estimated: bool = False  # some of `credits` is the price model's, not the API's
+    error_class: str | None = None  # the error tree's class behind `error`, when one was
+    err_code: int | None = None  # the API's ErrCode behind `error`, when a reply gave one
+    err_msg: str | None = None  # the API's ErrMsg behind `error`
 
     @property
     def archived(self) -> bool:
@@ -169,7 +195,7 @@ class JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
         # `status` reads a file read-only, unmigrated: columns of later migrations may be missing
-        for name in ("sent_at", "resend_after", "key_fp", "busy_since"):
+        for name in ("sent_at", "resend_after", "key_fp", "busy_since", *_ERROR_FACTS):
             values.setdefault(name, None)
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))
         values["credits_estimated"] = bool(values.get("credits_estimated", 0))
@@ -302,8 +328,11 @@ class StateStore:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not job fields: {sorted(unknown)}")
-        if isinstance(fields.get("error"), str):
-            fields = {**fields, "error": self._redact(fields["error"])}
+        if "error" in fields and not any(name in fields for name in _ERROR_FACTS):
+            fields = {**fields, **dict.fromkeys(_ERROR_FACTS)}  # a new reason, facts unknown
+        for name in ("error", "err_msg"):
+            if isinstance(fields.get(name), str):
+                fields = {**fields, name: self._redact(fields[name])}
         assignments = ", ".join(f"{name} = ?" for name in fields)
         sets = "state = ?, updated_at = ?" + (", " + assignments if fields else "")
         sql = f"UPDATE jobs SET {sets} WHERE id = ?"  # names come from _UPDATABLE
@@ -360,6 +389,19 @@ class StateStore:
             else self._conn.execute(sql + " ORDER BY seq")
         ).fetchall()
         return [tuple(r) for r in rows]
+
+    def history(self, job_id: str) -> list[Event]:
+        """The job's events, oldest first, with their times (follows renames)."""
+        rows = self._conn.execute(
+            "SELECT at, from_state, to_state, detail FROM events WHERE job_id = ? ORDER BY seq",
+            (job_id,),
+        ).fetchall()
+        return [Event(float(r[0]), r[1], r[2], r[3] or "") for r in rows]
+
+    def total_credits(self) -> int:
+        """Net credits of every record, archived ones too: what all runs have cost."""
+        row = self._conn.execute("SELECT coalesce(sum(credits), 0) FROM jobs").fetchone()
+        return int(row[0])
 
     # media --------------------------------------------------------------------------------
 

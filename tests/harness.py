@@ -24,7 +24,7 @@ from pipeline.simulator.ledger import Ledger, UploadRecord
 from pipeline.state import StateStore
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "manifests" / "media"
+SAMPLES = REPO / "pipeline" / "examples" / "media"
 FAST_RETRY = RetryPolicy(attempts=4, max_elapsed=10, initial_wait=0.005, max_wait=0.02)
 STATE_NAME = ".pixverse-batch.sqlite"
 # A silent submission is re-sent only after this (plus 10 %): short, so lost replies cost

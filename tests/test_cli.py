@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +24,8 @@ from tests.harness import REPO, STATE_NAME, fast_sim, project, sim_in_thread, tt
 from tests.media_factory import make_audio, make_truncated, make_video
 
 SECRET = "sk-live-SECRET-0123456789abcdef"
+# a text log line: an ISO 8601 time with its UTC offset, then the level
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
 
 
 @pytest.fixture
@@ -99,7 +103,8 @@ def test_preflight_failures_exit_2_and_send_nothing(
     assert main(["run", str(manifest), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert any(fragment in line for line in err), err
-    assert all(line.startswith("error: ") for line in err)
+    # the run's start and end lines (dated) aside, one-line errors only: no traceback
+    assert all(line.startswith("error: ") for line in err if not LOG_LINE.match(line)), err
     assert sim_env.ledger.requests == []  # type: ignore[attr-defined]
     assert not (tmp_path / "out").exists()
 
@@ -126,7 +131,7 @@ jobs:
 def test_validate_accepts_the_example_and_sends_nothing(
     sim_env: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["validate", str(REPO / "manifests" / "example.yaml")]) == 0
+    assert main(["validate", str(REPO / "pipeline" / "examples" / "example.yaml")]) == 0
     out = capsys.readouterr().out
     assert "6 jobs" in out
     assert "about 52 credits" in out  # what the simulator's price model charges the demo
@@ -325,11 +330,26 @@ def test_kill_9_mid_run_then_rerun_pays_for_nothing_twice(tmp_path: Path) -> Non
         victim.kill()  # SIGKILL: no cleanup of any kind
         victim.wait(10)
         assert 3 <= len(sim.ledger.generations) < 8
+        assert not (out / "report.json").exists()  # killed: no report, nothing stale either
         again = _cli(*args, env=env)
         assert again.returncode == 0, again.stderr
         assert len(sim.ledger.generations) == 8
         assert sim.ledger.duplicate_bodies() == []
         assert len(list(out.glob("*.mp4"))) == 8
+    # the resumed run's report: its own id (from its start line), every job whole, each with
+    # the one trace id it was submitted with, and both runs' spend as the total
+    report = json.loads((out / "report.json").read_text())
+    started = re.search(r"INFO run (\S+) started: ", again.stderr)
+    assert started is not None
+    assert report["run_id"] == started.group(1)
+    assert report["exit_code"] == 0
+    assert report["credits_total"] == sim.ledger.credits_net
+    assert 0 < report["credits_this_run"] < report["credits_total"]  # the killed run paid too
+    traces = {g.video_id: g.trace_id for g in sim.ledger.generations.values()}
+    for job in report["jobs"]:
+        assert job["state"] == "done"
+        assert job["trace_ids"] == [traces[job["video_id"]]]
+        assert job["resolution"] == "160x90"
 
 
 def test_sigint_leaves_a_resumable_run_with_exit_75(tmp_path: Path) -> None:
@@ -349,6 +369,7 @@ def test_sigint_leaves_a_resumable_run_with_exit_75(tmp_path: Path) -> None:
         assert "unfinished" in stdout
         report = (out / "report.json").read_text()
         assert '"interrupted": true' in report
+        assert json.loads(report)["exit_code"] == 75
         again = _cli(*_run_args(manifest, out), env=env)
         assert again.returncode == 0
         assert len(sim.ledger.generations) == 4
@@ -387,7 +408,7 @@ def test_run_options_state_base_url_key_attempts_and_concurrency(
     assert state.exists()
     assert not (tmp_path / "out" / STATE_NAME).exists()
     capsys.readouterr()
-    assert main(["status", "--state", str(state)]) == 0
+    assert main(["status", "--state", str(state)]) == 1  # as run: some jobs failed
     status = capsys.readouterr().out
     assert status.count("failed") >= 2
     assert "attempts=2" in status
@@ -456,8 +477,17 @@ def test_a_signal_before_the_run_starts_exits_75_without_a_traceback(
     finally:
         silent.close()
     assert proc.returncode == 75
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr
     assert "run the same command again" in stderr
+    # stopped before its jobs ran, the run still leaves its report
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    started = re.search(r"INFO run (\S+) started: ", stderr)
+    assert started is not None
+    assert report["run_id"] == started.group(1)
+    assert report["exit_code"] == 75
+    assert report["problem"] == "interrupted"
+    assert [job["state"] for job in report["jobs"]] == ["unfinished:pending"]
+    assert report["jobs"][0]["error"] == "not finished: interrupted"
 
 
 def test_output_dir_from_the_manifest_and_out_overrides_it(

@@ -283,6 +283,8 @@ def test_a_read_only_output_folder_stops_before_any_request(
         assert sim.ledger.requests == []
         assert sim.ledger.generations == {}
     assert code == ExitCode.USAGE
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [
+        line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error: ")
+    ]
     assert len(err) == 1, err
     assert err[0].startswith(f"error: output folder {read_only_folder}: cannot write there")

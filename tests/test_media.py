@@ -13,7 +13,7 @@ import pytest
 from pipeline.media import MediaInfo, MediaProbeError, probe, sha256_file
 from tests.media_factory import make_audio, make_truncated, make_video
 
-SAMPLES = Path(__file__).resolve().parent.parent / "manifests" / "media"
+SAMPLES = Path(__file__).resolve().parent.parent / "pipeline" / "examples" / "media"
 
 
 def test_mp4_video_with_its_audio_track(tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def test_a_key_quoted_by_a_proxy_reaches_no_output(
 
 def test_the_log_filter_cleans_messages_and_tracebacks() -> None:
     """`log.exception` prints the exception's text too: the filter must clean it as well."""
-    from pipeline.cli import _RedactKey
+    from pipeline.logs import _RedactKey
 
     def fail() -> None:
         raise ValueError(f"unexpected reply quoting {KEY}")

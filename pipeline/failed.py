@@ -1,0 +1,107 @@
+"""`failed.yaml`: the jobs that failed this run, as a manifest that validates and runs as is.
+
+Written into the output folder at the end of every run that had failures, and removed by a run
+that had none, so it never lists an older night's failures. Paths are relative to the output
+folder (where the file is); jobs of a `dubs:` fan-out are written back as fan-out, under the
+same ids, so a fix made there and run carries over. Its own `output_dir` is `retry/` next to
+it: running it never touches the nightly folder's state (whose done jobs it would otherwise
+set aside as unwanted, see `pipeline.reconcile`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import map_disk_errors
+from pipeline.jobstate import JobState
+from pipeline.manifest import Job, Limits, Manifest
+from pipeline.report import atomic_write
+from pipeline.state import StateStore
+
+FAILED_NAME = "failed.yaml"
+RETRY_DIR = "retry"
+
+_HEADER = """\
+# The jobs that failed in run {run_id}, as a manifest: fix what their `error` in report.csv
+# names, then `pixverse-batch run {name}` (results go to {retry}/ next to this file, or --out).
+# Written by pixverse-batch at the end of the run; the next run replaces or removes it.
+"""
+
+
+def failed_this_run(store: StateStore, manifest: Manifest, since: float) -> list[Job]:
+    """The jobs of `manifest` that are failed now and became so at or after `since` (the
+    run's start): an older failure the run did not retry is not this run's."""
+    failed = []
+    for job in manifest.jobs:
+        record = store.find(job.id)
+        if record is None or record.state is not JobState.FAILED:
+            continue
+        history = store.history(job.id)
+        if any(e.to_state == JobState.FAILED.value and e.at >= since for e in history):
+            failed.append(job)
+    return failed
+
+
+def write_failed_manifest(
+    output_dir: Path, manifest: Manifest, failed: Sequence[Job], run_id: str
+) -> Path | None:
+    """Write `failed` as OUTPUT/failed.yaml, or remove the file when nothing failed; return
+    its path (None when removed). Raises DiskError."""
+    path = output_dir / FAILED_NAME
+    if not failed:
+        with map_disk_errors(f"cannot remove {path}"):
+            path.unlink(missing_ok=True)
+        return None
+    document = to_manifest(manifest, failed, output_dir.resolve())
+    text = _HEADER.format(run_id=run_id, name=FAILED_NAME, retry=RETRY_DIR)
+    text += yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    atomic_write(path, text)
+    return path
+
+
+def to_manifest(manifest: Manifest, jobs: Sequence[Job], folder: Path) -> dict[str, Any]:
+    """A version-1 manifest document of `jobs`, paths relative to `folder`."""
+    document: dict[str, Any] = {"version": 1, "output_dir": RETRY_DIR}
+    limits = _changed_limits(manifest.limits)
+    if limits:
+        document["limits"] = limits
+    entries: list[dict[str, Any]] = []
+    fan_outs: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        if job.dub is None:
+            entries.append({"id": job.id, **_video(job, folder), **_voice(job, folder)})
+            continue
+        entry = fan_outs.get(job.dub.entry)
+        if entry is None:
+            # ids come out the same: `<entry id>-<lang>`, or derived from the same file name
+            head = {"id": job.dub.entry_id} if job.dub.entry_id is not None else {}
+            entry = fan_outs[job.dub.entry] = {**head, **_video(job, folder), "dubs": {}}
+            entries.append(entry)
+        entry["dubs"][job.dub.lang] = _voice(job, folder)
+    document["jobs"] = entries
+    return document
+
+
+def _video(job: Job, folder: Path) -> dict[str, Any]:
+    if job.video is not None:
+        return {"video": os.path.relpath(job.video, folder)}
+    return {"video_id": job.video_id}
+
+
+def _voice(job: Job, folder: Path) -> dict[str, Any]:
+    if job.audio is not None:
+        return {"audio": os.path.relpath(job.audio, folder)}
+    assert job.tts is not None
+    # the speaker spelled out: `defaults:` are not carried over
+    return {"tts": {"text": job.tts.text, "speaker": job.tts.speaker}}
+
+
+def _changed_limits(limits: Limits) -> dict[str, Any]:
+    values, default = asdict(limits), asdict(Limits())
+    return {f.name: values[f.name] for f in fields(Limits) if values[f.name] != default[f.name]}
