@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +49,7 @@ class KillPlan:
     generation_seconds: float = 1.5
     request_timeout: float | None = 1.0  # None: leave the CLI's default (an older CLI)
     transfer_seconds: float = 0.0  # every upload and download takes this long
+    replays: bool = True  # False: a gateway without the reply cache (unanswered sends park)
     max_delay: float = 0.6  # a kill lands 0..max_delay s after the run's first request
     final_timeout: float = 120.0
 
@@ -65,26 +65,29 @@ class KillFigures:
     generations: int = 0
     duplicates: dict[str, int] = field(default_factory=dict)  # TTS script -> generations, > 1
     jobs_done: int = 0
+    jobs_unconfirmed: int = 0  # parked (a gateway that does not replay)
+    replays: bool = True
     bad_outputs: list[str] = field(default_factory=list)  # jobs whose mp4 is not served bytes
     slot_refusals: int = 0  # 500044 replies
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return (
-            not self.duplicates
-            and self.jobs_done == self.jobs
-            and not self.bad_outputs
-            and bool(self.exit_codes)
-            and self.exit_codes[-1] == 0
-        )
+        """Paid once, nothing lost: every job done, or (without replay) parked unconfirmed."""
+        if not self.exit_codes or self.duplicates or self.bad_outputs:
+            return False
+        if self.replays:
+            return self.jobs_done == self.jobs and self.exit_codes[-1] == 0
+        finished = self.jobs_done + self.jobs_unconfirmed == self.jobs
+        return finished and self.exit_codes[-1] == (0 if self.jobs_unconfirmed == 0 else 75)
 
     def line(self) -> str:
         return (
             f"seed {self.seed}: {self.kills} SIGKILLs ({self.kills_in_reply_window} while a"
             f" generate reply was pending), {self.runs} runs, {self.generations} generations"
             f" for {self.jobs} jobs, duplicates {self.duplicates or 0},"
-            f" {self.jobs_done} done, {len(self.bad_outputs)} bad mp4s,"
+            f" {self.jobs_done} done, {self.jobs_unconfirmed} unconfirmed,"
+            f" {len(self.bad_outputs)} bad mp4s,"
             f" {self.slot_refusals} x 500044, last exit {self.exit_codes[-1:] or '-'},"
             f" {self.seconds:.1f} s"
         )
@@ -118,12 +121,11 @@ def kill_and_resume(
     workdir: Path,
     plan: KillPlan,
     pipeline: Pipeline = Pipeline(),
-    on_kill: Callable[[int], None] | None = None,
 ) -> KillFigures:
     """Run the trial in `workdir` (a fresh folder); return its figures. Never raises on a
     broken invariant: the caller asserts on the figures (`KillFigures.ok`)."""
     rng = random.Random(f"killrun:{plan.seed}")
-    figures = KillFigures(plan.seed, plan.jobs)
+    figures = KillFigures(plan.seed, plan.jobs, replays=plan.replays)
     manifest = project(workdir, tts_manifest(plan.jobs))
     out = workdir / "out"
     logs = workdir / "logs"
@@ -134,6 +136,7 @@ def kill_and_resume(
         generate_reply_seconds=plan.reply_seconds / TIME_SCALE,
         transfer_seconds=plan.transfer_seconds / TIME_SCALE,
         seed=plan.seed,
+        reply_cache=plan.replays,
     )
     started = time.monotonic()
     with sim_in_thread(config) as sim:
@@ -159,13 +162,14 @@ def kill_and_resume(
                     proc.wait(30)
                     figures.kills += 1
                     figures.kills_in_reply_window += bool(pending)
-                    if on_kill is not None:
-                        on_kill(figures.kills)
                     continue
             figures.exit_codes.append(proc.returncode)
-            if proc.returncode == 0:
+            finished = proc.returncode == 0 or (not plan.replays and proc.returncode == 75)
+            if finished:  # nothing left to kill: all done, or the rest parked
                 break
-        if not figures.exit_codes or figures.exit_codes[-1] != 0:
+        else:
+            finished = False
+        if not finished:
             figures.runs += 1
             with (logs / "final.log").open("wb") as log:
                 final = subprocess.run(
@@ -184,6 +188,7 @@ def _count(figures: KillFigures, sim: Simulator, out: Path) -> None:
     figures.slot_refusals = outcome.slot_refusals
     figures.duplicates = outcome.duplicates
     figures.jobs_done = outcome.done
+    figures.jobs_unconfirmed = sum(1 for s in outcome.states.values() if s == "unconfirmed")
     figures.bad_outputs = outcome.bad_outputs
 
 
