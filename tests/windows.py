@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -135,8 +136,7 @@ def _states(out: Path) -> dict[str, str]:
 
 
 def _sent_at(out: Path) -> dict[str, float | None]:
-    import sqlite3
-
+    """trace id -> sent_at of every job that has a trace id."""
     conn = sqlite3.connect(f"file:{out / STATE_NAME}?mode=ro", uri=True)
     try:
         rows = conn.execute("SELECT trace_id, sent_at FROM jobs").fetchall()
