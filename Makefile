@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench reliability clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: lint typecheck unit
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_slots.py
+
+# The full reliability suite (SIGKILLs, chaos, two runs, disk full, no replay, the state
+# machine), figures printed; about 10 minutes on 2 cores. `make test` runs the fast versions.
+reliability: $(BIN)/.installed
+	$(BIN)/python -m tests.reliability --json out/reliability.json
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
