@@ -101,6 +101,9 @@ class _DyingOpen:
     def __init__(self, opening: Any, counter: _Counter) -> None:
         self._opening, self._counter = opening, counter
 
+    def __await__(self) -> Any:  # `out = await aiofiles.open(...)` as well as `async with`
+        return self.__aenter__().__await__()
+
     async def __aenter__(self) -> Any:
         file = await self._opening.__aenter__()
         counter = self._counter
