@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,6 +22,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from pipeline.jobstate import JobState
 from pipeline.state import JobRecord
@@ -65,12 +66,9 @@ def describe(counts: Mapping[str, int]) -> str:
 
 
 def details(snapshot: Snapshot) -> str:
-    """Everything after the done count, the same on a terminal and in a log line."""
-    cap = f" of {snapshot.cap}" if snapshot.cap is not None else ""
-    return (
-        f"{describe(snapshot.counts)}; slots {snapshot.slots_used}/{snapshot.slot_limit};"
-        f" {snapshot.credits}{cap} credits this run; ETA {format_eta(snapshot.eta)}"
-    )
+    """Everything after the done count, as the log line says it (the terminal shows the same
+    on two lines)."""
+    return f"{_detail_line(snapshot).strip()}; ETA {format_eta(snapshot.eta)}"
 
 
 def format_eta(seconds: float | None) -> str:
@@ -140,16 +138,29 @@ class LogProgress:
         """Nothing to undo: lines once written stay written."""
 
 
+class _TwoLines(Progress):
+    """The bar on one line, what the jobs are doing on the next: one line cropped the counts
+    away on an 80-column terminal (seen in tmux), and wrapping here loses nothing."""
+
+    detail: str = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.detail:
+            yield Text(self.detail, overflow="fold")
+
+
 class LiveProgress:
-    """A bar on the terminal: finished jobs of all, and what the rest are doing."""
+    """Two lines on the terminal: the bar with finished jobs of all, the ETA and the time
+    taken; under it jobs per stage, slots in use against the limit and this run's spend."""
 
     def __init__(self, console: Console, interval: float = 0.25) -> None:
         self.interval = interval
-        self._progress = Progress(
+        self._progress = _TwoLines(
             TextColumn("[bold]lip sync"),
-            BarColumn(bar_width=24),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
+            TextColumn("done, ETA {task.fields[eta]}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,
@@ -160,9 +171,20 @@ class LiveProgress:
         finished, total = _finished(snapshot), snapshot.total
         if self._task is None:
             self._progress.start()
-            self._task = self._progress.add_task("jobs", total=total, detail="")
-        self._progress.update(self._task, completed=finished, total=total, detail=details(snapshot))
+            self._task = self._progress.add_task("jobs", total=total, eta="learning")
+        self._progress.detail = _detail_line(snapshot)
+        self._progress.update(
+            self._task, completed=finished, total=total, eta=format_eta(snapshot.eta)
+        )
 
     def close(self) -> None:
         if self._task is not None:
             self._progress.stop()
+
+
+def _detail_line(snapshot: Snapshot) -> str:
+    cap = f" of {snapshot.cap}" if snapshot.cap is not None else ""
+    return (
+        f"  {describe(snapshot.counts)}; slots {snapshot.slots_used}/{snapshot.slot_limit};"
+        f" {snapshot.credits}{cap} credits this run"
+    )

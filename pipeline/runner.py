@@ -359,13 +359,16 @@ class _Run:
         while True:
             state = record.state
             if state is JobState.PENDING:
+                # the cap is asked first: a job it holds back uploads nothing, takes no slot
                 if self.stop_submitting.is_set() or not self.can_send:
+                    return
+                if not self._budget_allows(job, record):
                     return
                 await self._ensure_media(job)
                 if not ticket.slot:
                     await self.limiter.acquire()
                     ticket.slot = True
-                if self.stop_submitting.is_set() or not self._budget_allows(job, record):
+                if self.stop_submitting.is_set():
                     return
                 record = self.store.transition(
                     job.id,
@@ -639,6 +642,12 @@ class _Run:
         return result_problem(path, audio, video)
 
 
+def _invalid_note(checked: Checked) -> str | None:
+    if not checked.invalid:
+        return None
+    return f"--keep-going: {len(checked.invalid)} invalid jobs not run (see problems)"
+
+
 def _error_facts(exc: PipelineError, reason: str | None = None) -> dict[str, Any]:
     """The state fields that say what made a job's error (see `state.py`, 0005)."""
     code, message = (exc.err_code, exc.err_msg) if isinstance(exc, ApiError) else (None, None)
@@ -723,8 +732,13 @@ async def run_batch(
         {
             **run_facts(run_id, checked.manifest.path, options.output_dir, started, wall()),
             "exit_code": int(exit_code),
-            "problem": str(run.problem) if run.problem else None,
-            "problem_class": type(run.problem).__name__ if run.problem else None,
+            "problem": str(run.problem) if run.problem else _invalid_note(checked),
+            "problem_class": type(run.problem).__name__
+            if run.problem
+            else "ManifestError"
+            if checked.invalid
+            else None,
+            "problems": invalid_problems,
             "credits_this_run": spent,
             "credits_total": sum(r.credits for r in rows),
             "failed_manifest": str(failed_path) if failed_path else None,

@@ -81,6 +81,8 @@ def test_keep_going_runs_the_valid_jobs_and_reports_the_invalid_ones(
     failed = yaml.safe_load((out / FAILED_NAME).read_text(encoding="utf-8"))
     assert [job["id"] for job in failed["jobs"]] == ["missing", "too-long"]
     assert report["summary"]["failed"] == 2
+    assert report["problem"] == "--keep-going: 2 invalid jobs not run (see problems)"
+    assert [f"error: {p}" for p in report["problems"]] == stopped
 
 
 @pytest.mark.anyio
@@ -99,6 +101,14 @@ async def test_keep_going_leaves_an_invalid_jobs_paid_record_alone(tmp_path: Pat
         )
         outcome = await run_once(sim, manifest, out, keep_going=True)
         assert outcome.exit_code is ExitCode.JOBS_FAILED
+        store = StateStore.read_only(out / STATE_NAME)
+        try:  # not set aside as a result no job wants: the job is still there, only invalid
+            assert [(r.id, r.state.value) for r in store.jobs(archived=True)] == [
+                ("fine", "done"),
+                ("other", "done"),
+            ]
+        finally:
+            store.close()
         (tmp_path / "elsewhere.mp3").rename(moved)
         again = await run_once(sim, manifest, out)
     assert again.exit_code is ExitCode.OK

@@ -97,6 +97,15 @@ def test_dry_run_forecasts_each_job_sends_nothing_and_changes_nothing(
         assert lines["added"].split()[1] == "submit"
         assert "about 4 credits" in lines["added"]
         assert "about 8 credits to submit" in printed
+        assert (
+            main(["run", str(manifest), "--out", str(out), "--dry-run", "--max-credits", "4"]) == 0
+        )
+        capped = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+        assert capped["changed"].split()[1] == "resubmit"
+        assert capped["added"].split()[1] == "over-cap"
+        assert "would pass --max-credits 4" in capped["added"]
+        assert len(sim.ledger.requests) == sent
+        assert _dump(out / STATE_NAME) == before
 
         # the forecast holds: the run pays for exactly the two it named
         generates = len(sim.ledger.requests_to(GENERATE))
