@@ -690,7 +690,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             video = r.video_id if r.video_id is not None else "-"
             key = f" key={r.key_fp}" if r.key_fp and r.state is not JobState.DONE else ""
             print(
-                f"{r.id:<32} {r.state.value:<12} video={video} attempts={r.attempts}{key} {extra}"
+                f"{r.id:<32} {'suspect' if r.suspect else r.state.value:<12} video={video}"
+                f" attempts={r.attempts}{key} {extra}"
             )
         for job_id in missing:
             print(f"{job_id:<32} {'new':<12} not started")
