@@ -37,7 +37,8 @@ from pipeline.jobstate import JobState
 from pipeline.logs import LOG_FORMATS, logging_to_stderr
 from pipeline.manifest import Manifest, load_manifest, output_dir_of
 from pipeline.plan import estimate_credits
-from pipeline.preflight import Checked, preflight
+from pipeline.preflight import Checked, preflight, select
+from pipeline.preview import forecast, remaining_credits, render
 from pipeline.progress import LiveProgress
 from pipeline.report import ReportRow, build_rows, summary_counts, summary_line
 from pipeline.runner import ExitCode, RunOptions, exit_code_for
@@ -132,11 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "run a manifest (resumes a previous run of the same output)")
     run.add_argument("manifest", type=Path, help="the manifest (YAML)")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the run would do with each job and what it would cost; sends"
+        " nothing and changes nothing",
+    )
     _add_run_options(run)
     _add_api_options(run)
 
-    validate = command("validate", "check a manifest and its media; sends nothing")
+    validate = command(
+        "validate",
+        "check a manifest and its media; sends nothing. With a state file, estimates what is"
+        " left to pay for",
+    )
     validate.add_argument("manifest", type=Path, help="the manifest (YAML)")
+    validate.add_argument(
+        "--out", type=Path, help="the output folder whose state file says what is done"
+    )
+    validate.add_argument(
+        "--state", type=Path, help="the state file (default: OUT/" + STATE_NAME + ")"
+    )
     _add_json_option(validate)
 
     status = command("status", "job states from the state file; sends nothing")
@@ -251,6 +268,32 @@ def _add_run_options(
         help="start this job over even if it was paid for (repeatable)",
     )
     parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only these jobs (repeatable, or a comma-separated list); the others' records"
+        " are left as they are",
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every valid job and report the invalid ones, instead of running nothing",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also retry failures that would recur as they are (moderation, content rules,"
+        " 400xxx rejections, unknown speakers); status 8 and transient ones are always retried",
+    )
+    parser.add_argument(
+        "--max-credits",
+        type=_non_negative_int,
+        metavar="N",
+        help="never submit a job that would take this run's spend (estimated, or as replies"
+        " report it) past N; the rest stays pending and the run exits 75",
+    )
+    parser.add_argument(
         "--notify-url",
         metavar="URL",
         help="POST the run's summary as JSON here when it ends (a Slack-style webhook; the"
@@ -274,6 +317,13 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key", default=None, help="API key (default: $PIXVERSE_API_KEY; prefer the variable)"
     )
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -432,26 +482,97 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     jobs = checked.manifest.jobs
     estimates = {job.id: estimate_credits(job, checked.media) for job in jobs}
     credits = sum(estimates.values())
+    state_path = args.state or _output_dir(checked.manifest, args.out) / STATE_NAME
+    left = _credits_left(checked, state_path, _output_dir(checked.manifest, args.out))
     if args.json:
-        _print_json(
-            {
-                "manifest": str(args.manifest),
-                "ok": True,
-                "jobs": len(jobs),
-                "media_files": files,
-                "credits_estimate": credits,
-                "credits_estimate_per_job": estimates,
+        document: dict[str, Any] = {
+            "manifest": str(args.manifest),
+            "ok": True,
+            "jobs": len(jobs),
+            "media_files": files,
+            "credits_estimate": credits,
+            "credits_estimate_per_job": estimates,
+        }
+        if left is not None:
+            document |= {
+                "state_file": str(state_path),
+                "credits_left": sum(left.values()),
+                "credits_left_per_job": left,
             }
-        )
+        _print_json(document)
         return ExitCode.OK
     print(
         f"{args.manifest}: {len(jobs)} jobs, {files} media files: OK;"
         f" about {credits} credits at PixVerse's published prices"
     )
+    if left is not None:
+        for job_id, amount in left.items():
+            print(f"  {job_id:<32} {amount:>6} credits left")
+        print(
+            f"with {state_path}: about {sum(left.values())} credits left to pay for"
+            f" ({sum(1 for v in left.values() if v)} of {len(left)} jobs)"
+        )
+    return ExitCode.OK
+
+
+def _credits_left(checked: Checked, state_path: Path, output_dir: Path) -> dict[str, int] | None:
+    """Per job, what a run would still pay for given the state file (None: there is none)."""
+    if not state_path.exists():
+        return None
+    store = StateStore.read_only(state_path)
+    try:
+        records = store.jobs(archived=True)
+    finally:
+        store.close()
+    return remaining_credits(forecast(checked, records, output_dir))
+
+
+def _only(args: argparse.Namespace) -> list[str]:
+    """`--only` ids, repeatable or comma-separated, in order, each once."""
+    ids = [part.strip() for value in args.only for part in value.split(",")]
+    return list(dict.fromkeys(i for i in ids if i))
+
+
+def _check_ids(args: argparse.Namespace, manifest: Manifest) -> None:
+    """`--redo` and `--only` name jobs of the manifest, or nothing runs (exit 2)."""
+    problems = select(manifest, _only(args))
+    unknown = sorted(set(args.redo) - {job.id for job in manifest.jobs})
+    problems += [f"--redo: no job with id {job_id!r}" for job_id in unknown]
+    if problems:
+        raise ManifestError(problems)
+
+
+def _cmd_dry_run(args: argparse.Namespace) -> int:
+    """`run --dry-run`: the forecast, from the state file read as it is; nothing is sent."""
+    manifest = load_manifest(args.manifest)
+    _check_ids(args, manifest)
+    checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
+    output_dir = _output_dir(manifest, args.out)
+    state_path = args.state or output_dir / STATE_NAME
+    records: list[JobRecord] = []
+    if state_path.exists():
+        store = StateStore.read_only(state_path)
+        try:
+            records = store.jobs(archived=True)
+        finally:
+            store.close()
+    key = (args.api_key or os.environ.get("PIXVERSE_API_KEY", "")).strip()
+    steps = forecast(
+        checked,
+        records,
+        output_dir,
+        redo=frozenset(args.redo),
+        retry_failed=args.retry_failed,
+        key_fp=key_fingerprint(key) if key else None,
+        max_credits=args.max_credits,
+    )
+    print("\n".join(render(steps)))
     return ExitCode.OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _cmd_dry_run(args)
     session = RunSession(args.manifest, args.redact, args.context)
 
     def body() -> int:
@@ -468,10 +589,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # another run on this output folder: say so at once, before probing a single file
         assert session.state_path is not None
         StateStore.ensure_unlocked(session.state_path)
-        checked = preflight(manifest)
-        unknown = sorted(set(args.redo) - {job.id for job in manifest.jobs})
-        if unknown:
-            raise ManifestError([f"--redo: no job with id {job_id!r}" for job_id in unknown])
+        _check_ids(args, manifest)
+        checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
         config = _client_config(args)
         return anyio.run(_run_async, session, checked, config, args)
 
@@ -506,6 +625,8 @@ def _run_options(args: argparse.Namespace, session: RunSession) -> RunOptions:
         max_attempts=args.max_attempts,
         max_wait=args.max_wait,
         redo=frozenset(args.redo),
+        max_credits=args.max_credits,
+        retry_failed=args.retry_failed,
         handle_signals=True,
         run_id=session.run_id,
         started_at=session.started,
@@ -569,7 +690,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             video = r.video_id if r.video_id is not None else "-"
             key = f" key={r.key_fp}" if r.key_fp and r.state is not JobState.DONE else ""
             print(
-                f"{r.id:<32} {r.state.value:<12} video={video} attempts={r.attempts}{key} {extra}"
+                f"{r.id:<32} {'suspect' if r.suspect else r.state.value:<12} video={video}"
+                f" attempts={r.attempts}{key} {extra}"
             )
         for job_id in missing:
             print(f"{job_id:<32} {'new':<12} not started")
@@ -577,7 +699,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     counts = summary_counts(rows)
     if counts["unfinished"]:
         return ExitCode.UNFINISHED
-    return ExitCode.JOBS_FAILED if counts["failed"] else ExitCode.OK
+    return ExitCode.JOBS_FAILED if counts["failed"] or counts["suspect"] else ExitCode.OK
 
 
 def _status_json(record: JobRecord, now: float) -> dict[str, Any]:
@@ -594,6 +716,7 @@ def _status_json(record: JobRecord, now: float) -> dict[str, Any]:
         "error_class": record.error_class,
         "err_code": record.err_code,
         "key_fp": record.key_fp,
+        "suspect": record.suspect,
         "waiting": describe_wait(record, now),
     }
 
@@ -693,7 +816,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.manifest)
         session.locate(manifest, args.out, args.state)
         session.log_start(args.concurrency, "the bundled simulator", key_fingerprint("sim-key"))
-        checked = preflight(manifest)
+        _check_ids(args, manifest)
+        checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
 
         async def start() -> int:
             async with serve(sim_config) as sim:

@@ -172,3 +172,44 @@ def _ebml_doctype(path: Path) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def result_problem(
+    path: Path, audio_seconds: float | None, video_seconds: float | None = None
+) -> str | None:
+    """Why a downloaded result looks wrong although it is an mp4 with a video stream, or None.
+
+    Its first video frame must decode, and when the dub's audio length is known (None for TTS:
+    the spoken length is the server's), the result must cover it: not shorter than the audio,
+    nor longer than the longer of the audio and the source video (a lip sync may keep the
+    source's length), each within max(1 s, 10 %) of slack for encoders' padding."""
+    with _ffmpeg_errors() as logs:
+        try:
+            with av.open(str(path), metadata_errors="replace") as container:
+                videos = list(container.streams.video)
+                if not videos:
+                    return "no video stream"
+                duration = duration_of(container, [*videos, *container.streams.audio])
+                if _first_frame(container, videos[0]) is None:
+                    return "its first video frame does not decode"
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            detail = logs[-1][2] if logs else str(exc)
+            return f"its first video frame does not decode: {_one_line(detail)}"
+    if audio_seconds is None or duration is None:
+        return None
+    slack = max(1.0, 0.1 * audio_seconds)
+    longest = max(audio_seconds, video_seconds or 0.0)
+    if duration < audio_seconds - slack:
+        return f"{duration:.1f} s long, shorter than its {audio_seconds:.1f} s of audio"
+    if video_seconds is not None and duration > longest + slack:
+        return f"{duration:.1f} s long, longer than its sources ({longest:.1f} s)"
+    return None
+
+
+def _first_frame(container: InputContainer, stream: VideoStream) -> av.VideoFrame | None:
+    """The first decoded frame of `stream`, reading no further than needed (None: none)."""
+    for packet in container.demux(stream):
+        for frame in packet.decode():
+            if isinstance(frame, av.VideoFrame):
+                return frame
+    return None

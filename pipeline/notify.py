@@ -37,7 +37,7 @@ def payload(report: Mapping[str, Any], meaning: str) -> dict[str, Any]:
     failed = [
         {"id": job.get("id"), "error": job.get("error")}
         for job in jobs
-        if job.get("state") == "failed"
+        if job.get("state") in ("failed", "suspect")  # a suspect result wants a look too
     ]
     body["failed_jobs"] = failed[:MAX_FAILED_LISTED]
     counts = report.get("summary") or {}
@@ -47,6 +47,8 @@ def payload(report: Mapping[str, Any], meaning: str) -> dict[str, Any]:
         f" {counts.get('unfinished', 0)} unfinished; {report.get('credits_this_run', 0)} credits"
         " this run"
     )
+    if counts.get("suspect"):
+        text += f"; {counts['suspect']} suspect results"
     if report.get("problem"):
         text += f"; {report['problem']}"
     body["text"] = text

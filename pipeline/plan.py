@@ -29,6 +29,42 @@ def fingerprint(job: Job, media: Mapping[Path, MediaFile]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def input_facts(job: Job, media: Mapping[Path, MediaFile]) -> dict[str, str]:
+    """What the fingerprint is made of, field by field, as saved in a record's `inputs`: the
+    files' sha256, the video id, the TTS speaker and text. Only for telling a person which
+    input changed; `fingerprint` alone decides."""
+    facts: dict[str, str] = {}
+    if job.video is not None:
+        facts["video"] = media[job.video].sha256
+    if job.video_id is not None:
+        facts["video_id"] = str(job.video_id)
+    if job.audio is not None:
+        facts["audio"] = media[job.audio].sha256
+    if job.tts is not None:
+        facts["tts"] = json.dumps([job.tts.speaker, job.tts.text], ensure_ascii=False)
+    return facts
+
+
+def changed_inputs(job: Job, before: str | None, now: Mapping[str, str]) -> str:
+    """Which inputs differ from a record's saved `inputs` (JSON), for the log: `audio
+    (media/intro_es.mp3)`, `tts text or speaker`; "inputs" when the record predates them."""
+    try:
+        old = json.loads(before) if before else None
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        return "inputs"
+    names = []
+    order = ["video", "video_id", "audio", "tts"]
+    for name in sorted(set(old) | set(now), key=lambda n: order.index(n) if n in order else 9):
+        if old.get(name) == now.get(name):
+            continue
+        path = job.video if name == "video" else job.audio if name == "audio" else None
+        label = {"tts": "tts text or speaker", "video_id": "video_id"}.get(name, name)
+        names.append(f"{label} ({path.name})" if path is not None else label)
+    return ", ".join(names) or "inputs"
+
+
 def generate_body(job: Job, media_ids: Mapping[Path, int]) -> dict[str, Any]:
     """The JSON body of `POST /video/lip_sync/generate`; ids go out as JSON numbers."""
     body: dict[str, Any] = {}

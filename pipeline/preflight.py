@@ -6,7 +6,8 @@ however many jobs use it; the results travel on to the runner so nothing is read
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.errors import ManifestError
@@ -26,18 +27,44 @@ class MediaFile:
 
 @dataclass(frozen=True)
 class Checked:
-    """A manifest that passed preflight, with the facts about each media file it uses."""
+    """A manifest that passed preflight, with the facts about each media file it uses.
+
+    `manifest` holds the jobs to run. Under `--only` or `--keep-going` that is a part of
+    `whole` (the manifest as loaded): `invalid` maps each selected job that failed preflight
+    to its one-line problems, and `untouched` names the jobs of `whole` that are not run,
+    whose records a run must leave exactly as they are."""
 
     manifest: Manifest
     media: dict[Path, MediaFile]
+    invalid: dict[str, list[str]] = field(default_factory=dict)
+    untouched: frozenset[str] = frozenset()
+    whole: Manifest | None = None
+
+    @property
+    def full(self) -> Manifest:
+        return self.whole if self.whole is not None else self.manifest
 
 
-def preflight(manifest: Manifest) -> Checked:
-    """Check files, containers, limits and TTS text; raise ManifestError listing every problem."""
+def select(manifest: Manifest, only: Collection[str]) -> list[str]:
+    """The problems with `--only` ids: one line for each id no job has."""
+    ids = {job.id for job in manifest.jobs}
+    return [f"--only: no job with id {job_id!r}" for job_id in sorted(set(only) - ids)]
+
+
+def preflight(
+    manifest: Manifest, *, only: Collection[str] = (), keep_going: bool = False
+) -> Checked:
+    """Check files, containers, limits and TTS text of every job (of the `only` ones, when
+    given); raise ManifestError listing every problem. With `keep_going`, only a manifest
+    without a single valid job raises: the others go on, the invalid ones in `invalid`."""
+    wanted = set(only)
+    chosen = [job for job in manifest.jobs if not wanted or job.id in wanted]
     problems: list[str] = []
     media: dict[Path, MediaFile] = {}
     failed: dict[Path, str] = {}
-    for job in manifest.jobs:
+    invalid: dict[str, list[str]] = {}
+    for job in chosen:
+        before = len(problems)
         label = f"job '{job.id}'" + ("" if job.where == f"job '{job.id}'" else f" ({job.where})")
         for fld, path in (("video", job.video), ("audio", job.audio)):
             if path is None:
@@ -57,9 +84,20 @@ def preflight(manifest: Manifest) -> Checked:
         problems.extend(
             f"{label} field 'tts.text': {p}" for p in _tts_problems(job, manifest.limits)
         )
-    if problems:
+        if len(problems) > before:
+            invalid[job.id] = problems[before:]
+    if problems and (not keep_going or len(invalid) == len(chosen)):
         raise ManifestError(problems)
-    return Checked(manifest=manifest, media=media)
+    if not invalid and len(chosen) == len(manifest.jobs):
+        return Checked(manifest=manifest, media=media)
+    runnable = [job for job in chosen if job.id not in invalid]
+    return Checked(
+        manifest=replace(manifest, jobs=tuple(runnable)),
+        media={p: m for p, m in media.items() if any(p in j.media_paths() for j in runnable)},
+        invalid=invalid,
+        untouched=frozenset(j.id for j in manifest.jobs) - {j.id for j in runnable},
+        whole=manifest,
+    )
 
 
 def _inspect(path: Path) -> MediaFile:

@@ -23,6 +23,8 @@ committed. Each run starts by finding files an interrupted run left behind (`_re
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,25 +32,107 @@ from pathlib import Path
 from pipeline.jobstate import PAID_STATES, JobState
 from pipeline.manifest import Job
 from pipeline.outputs import SUPERSEDED, archive_path, place, result_path, staging_path
-from pipeline.plan import fingerprint
+from pipeline.plan import changed_inputs, estimate_credits, fingerprint, input_facts
 from pipeline.preflight import Checked
 from pipeline.state import ARCHIVE_MARK, JobRecord, StateStore
 
+log = logging.getLogger("pipeline.reconcile")
+
 # which of several paid records with the same inputs a job takes: the one furthest along
 _PREFERENCE = {JobState.DONE: 0, JobState.DOWNLOADING: 1, JobState.GENERATING: 2}
+# ErrCodes of failures the same inputs meet again however often they are sent
+# (pixverse-api.md, "Error codes"): input moderation; 400xxx are rejections of the body
+_PERMANENT_CODES = frozenset({500054, 500063})
+_ACCOUNT_CODES = frozenset({400012})  # a bad key is the account's problem, not the job's
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a run does with one job's record: `skip` (done, or held back), `download` (done,
+    file missing), `restart` (start over: pays again), `resume` (go on from its state),
+    `parked` (unconfirmed), `held` (a permanent failure not retried)."""
+
+    action: str
+    detail: str
+
+
+def permanent_failure(record: JobRecord) -> str | None:
+    """Why a failed record would fail the same way if sent again, or None when a retry may
+    succeed (status 8, a transport problem, a deleted video: each retried by the next run).
+
+    Permanent: input moderation (500054, 500063), any 400xxx rejection of the body (a content
+    rule, an unknown media or speaker id), an unknown speaker found before sending, and status
+    7 (content moderation of the result: the same inputs meet the same rule)."""
+    if record.state is not JobState.FAILED:
+        return None
+    code = record.err_code
+    rejected = code is not None and 400000 <= code < 500000 and code not in _ACCOUNT_CODES
+    if code is not None and (code in _PERMANENT_CODES or rejected):
+        return f"ErrCode {code}"
+    if record.error_class == "ManifestError":
+        return "a problem in the manifest"
+    if (record.error or "").startswith("status 7:"):  # `runner._terminal`'s wording
+        return "status 7, content moderation"
+    return None
+
+
+def decide(
+    job_id: str,
+    record: JobRecord,
+    fp: str,
+    *,
+    intact: bool,
+    redo: frozenset[str],
+    retry_failed: bool,
+    changed: str = "inputs",
+) -> Decision:
+    """What to do with a job's record (the one `plan_records` gave it); `intact`: its result
+    file is in place; `changed`: which inputs differ, for the reason. Pure: `reconcile`
+    carries the decision out, `preview` only tells it."""
+    if job_id in redo:
+        return Decision("restart", "--redo: start over")
+    if record.fingerprint != fp:
+        return Decision("restart", f"{changed} changed: redo")
+    if record.state is JobState.DONE:
+        if intact:
+            return Decision("skip", "suspect result kept" if record.suspect else "done")
+        return Decision("download", "output missing: download again")
+    if record.state is JobState.FAILED:
+        why = permanent_failure(record)
+        if why is not None and not retry_failed:
+            return Decision(
+                "held",
+                f"failed for good ({why}): not retried; change its inputs, or"
+                f" --retry-failed, or --redo {job_id}",
+            )
+        return Decision("restart", "failed before: retry")
+    if record.state is JobState.UNCONFIRMED:
+        # parked: re-sending could pay twice; only --redo submits it again
+        return Decision("parked", "unconfirmed: only --redo sends it again")
+    return Decision("resume", record.state.value)
 
 
 def reconcile(
-    checked: Checked, store: StateStore, output_dir: Path, redo: frozenset[str] = frozenset()
+    checked: Checked,
+    store: StateStore,
+    output_dir: Path,
+    redo: frozenset[str] = frozenset(),
+    *,
+    retry_failed: bool = False,
 ) -> list[Job]:
     """Bring the state file in line with the manifest; return the jobs with work left, in the
     order that keeps slots busy: running generations first, then ambiguous submissions, then
-    downloads, then new work."""
+    downloads, then new work.
+
+    Records of `checked.untouched` ids (jobs left out by `--only`, or invalid under
+    `--keep-going`) are left exactly as they are: never archived, restarted or taken over."""
     jobs = checked.manifest.jobs
     fps = {job.id: fingerprint(job, checked.media) for job in jobs}
+    facts = {job.id: input_facts(job, checked.media) for job in jobs}
     _recover(store, output_dir)
-    plan = _plan({r.id: r for r in store.jobs(archived=True)}, jobs, fps, redo)
-    _take_over(store, plan, output_dir, jobs, fps)
+    before = {r.id: r for r in store.jobs(archived=True) if r.id not in checked.untouched}
+    plan = plan_records(before, jobs, fps, redo)
+    _take_over(store, plan, output_dir, jobs, fps, facts)
     order = {
         JobState.GENERATING: 0,
         JobState.SUBMITTING: 1,
@@ -59,23 +143,42 @@ def reconcile(
     for index, job in enumerate(jobs):
         fp = fps[job.id]
         record = store.job(job.id)
-        # by now a record of another fingerprint, or one to redo, is never a paid one (_plan)
-        if job.id in redo and job.id not in plan.fresh:
-            record = _restart(store, record, fp, "--redo: start over")
-        elif record.fingerprint != fp:
-            record = _restart(store, record, fp, "inputs changed: redo")
-        elif record.state is JobState.DONE:
-            if _intact(record, result_path(output_dir, job.id)):
-                continue
-            record = store.transition(
-                job.id, JobState.DOWNLOADING, "output missing: download again"
-            )
-        elif record.state is JobState.FAILED:
-            record = _restart(store, record, fp, "failed before: retry")
-        elif record.state is JobState.UNCONFIRMED:
-            continue  # parked: re-sending could pay twice; only --redo submits it again
+        if job.id in plan.fresh and job.id in before:
+            # its paid record was set aside just now (other inputs, or --redo): paying again
+            why = "--redo" if job.id in redo else _changed(job, before[job.id], facts)
+            _log_resubmission(job, checked, why)
+        decision = decide(
+            job.id,
+            record,
+            fp,
+            intact=intact(record, result_path(output_dir, job.id)),
+            # a job whose paid record was just set aside starts fresh already
+            redo=redo - plan.fresh.keys(),
+            retry_failed=retry_failed,
+            changed=changed_inputs(job, record.inputs, facts[job.id]),
+        )
+        if decision.action == "restart":
+            _log_resubmission(job, checked, decision.detail)
+            record = _restart(store, record, fp, decision.detail, facts[job.id])
+        elif decision.action == "download":
+            record = store.transition(job.id, JobState.DOWNLOADING, decision.detail)
+        elif decision.action == "held":
+            log.info("%s: %s", job.id, decision.detail)
+            continue
+        elif decision.action in ("skip", "parked"):
+            continue
         todo.append((order[record.state], index, job))
     return [job for _, _, job in sorted(todo, key=lambda t: (t[0], t[1]))]
+
+
+def _changed(job: Job, record: JobRecord, facts: Mapping[str, Mapping[str, str]]) -> str:
+    return changed_inputs(job, record.inputs, facts[job.id]) + " changed"
+
+
+def _log_resubmission(job: Job, checked: Checked, why: str) -> None:
+    """Every job that will be paid for again says why and what it will cost."""
+    cost = estimate_credits(job, checked.media)
+    log.info("%s: submitting again (%s): about %d credits", job.id, why, cost)
 
 
 @dataclass
@@ -85,7 +188,7 @@ class _Plan:
     fresh: dict[str, str] = field(default_factory=dict)  # job id -> fingerprint, new records
 
 
-def _plan(
+def plan_records(
     records: Mapping[str, JobRecord],
     jobs: Sequence[Job],
     fps: Mapping[str, str],
@@ -149,7 +252,12 @@ def _archive_id(record: JobRecord, names: set[str]) -> str:
 
 
 def _take_over(
-    store: StateStore, plan: _Plan, output_dir: Path, jobs: Sequence[Job], fps: Mapping[str, str]
+    store: StateStore,
+    plan: _Plan,
+    output_dir: Path,
+    jobs: Sequence[Job],
+    fps: Mapping[str, str],
+    facts: Mapping[str, Mapping[str, str]],
 ) -> None:
     """Carry out `plan`: ids, then files, each step durable before the next (see the module
     docstring); a crash between any two is repaired by the next run's `_recover`."""
@@ -166,7 +274,7 @@ def _take_over(
     if plan.renames:
         store.reassign(plan.renames, plan.details, staged)
     if plan.fresh:
-        store.add_jobs(plan.fresh)
+        store.add_jobs(plan.fresh, {i: json.dumps(facts[i], sort_keys=True) for i in plan.fresh})
     records = {r.id: r for r in store.jobs(archived=True)}
     # archived results standing where this manifest's jobs put theirs (or left at a staging
     # name by an interrupted run) go to superseded/
@@ -205,14 +313,14 @@ def _recover(store: StateStore, output_dir: Path) -> None:
     name, or at its home (`<job id>.mp4`, or superseded/<archive id>.mp4), with its length and
     no other record's claim. What is found nowhere is downloaded again (never regenerated)."""
     records = store.jobs(archived=True)
-    claimed = {r.output for r in records if r.output and _intact(r)}
+    claimed = {r.output for r in records if r.output and intact(r)}
     found: dict[str, str] = {}
     for record in records:
-        if record.state is not JobState.DONE or record.video_id is None or _intact(record):
+        if record.state is not JobState.DONE or record.video_id is None or intact(record):
             continue
         home = (archive_path if record.archived else result_path)(output_dir, record.id)
         for candidate in (str(staging_path(output_dir, record.video_id)), str(home)):
-            if candidate not in claimed and _intact(record, Path(candidate)):
+            if candidate not in claimed and intact(record, Path(candidate)):
                 found[record.id] = candidate
                 claimed.add(candidate)
                 break
@@ -220,9 +328,13 @@ def _recover(store: StateStore, output_dir: Path) -> None:
         store.save_outputs(found, "found its file after an interrupted move")
 
 
-def _restart(store: StateStore, record: JobRecord, fp: str, detail: str) -> JobRecord:
+def _restart(
+    store: StateStore, record: JobRecord, fp: str, detail: str, facts: Mapping[str, str]
+) -> JobRecord:
     fields = {
         "fingerprint": fp,
+        "inputs": json.dumps(facts, sort_keys=True),
+        "suspect": None,
         "attempts": 0,
         "trace_id": None,
         "video_id": None,
@@ -248,11 +360,11 @@ def _movable(record: JobRecord, output_dir: Path) -> bool:
         record.state is JobState.DONE
         and record.output is not None
         and Path(record.output).parent in (output_dir, output_dir / SUPERSEDED)
-        and _intact(record)
+        and intact(record)
     )
 
 
-def _intact(record: JobRecord, path: Path | None = None) -> bool:
+def intact(record: JobRecord, path: Path | None = None) -> bool:
     """Is the record's file (or `path`) there with the record's length?"""
     where = path if path is not None else (Path(record.output) if record.output else None)
     try:

@@ -33,6 +33,7 @@ from pipeline.state import Event, JobRecord, StateStore
 
 _SENDING = "sending trace id "  # `pipeline.submit`'s event detail before each send
 _FINAL = frozenset({JobState.DONE.value, JobState.FAILED.value})
+SUSPECT = "suspect"  # a done job whose result failed its probe (kept, paid for, flagged)
 
 COLUMNS = (
     "id",
@@ -86,11 +87,15 @@ class ReportRow:
     @classmethod
     def from_record(cls, record: JobRecord) -> ReportRow:
         done = record.state is JobState.DONE
+        if done and record.suspect:
+            state = SUSPECT
+        elif record.state in (JobState.DONE, JobState.FAILED):
+            state = record.state.value
+        else:
+            state = f"unfinished:{record.state.value}"
         return cls(
             id=record.id,
-            state=record.state.value
-            if record.state in (JobState.DONE, JobState.FAILED)
-            else f"unfinished:{record.state.value}",
+            state=state,
             video_id=record.video_id,
             output=record.output if done else None,
             bytes=record.bytes if done else None,
@@ -156,13 +161,15 @@ def job_rows(
     stopped_by: str | None = None,
     problems: Sequence[str] = (),
     placeholder: str = "unfinished:pending",
+    invalid: frozenset[str] = frozenset(),
 ) -> list[ReportRow]:
     """One full row a job of `manifest`, from `store` (None: no state file yet).
 
     `hashes` are the checked inputs' sha256 (None when preflight did not finish); `media_scope`
     names the account the media ids belong to. `problems` (preflight's one-line problems) become
     the error of the job each names; `stopped_by` that of unfinished jobs without one; a job
-    without a record shows the `placeholder` state."""
+    without a record shows the `placeholder` state. Jobs named in `invalid` (not run under
+    `--keep-going`) show as failed, whatever their record says."""
     base = manifest.path.resolve().parent
     rows = []
     for job in manifest.jobs:
@@ -175,6 +182,8 @@ def job_rows(
         own = [p for p in problems if p.startswith(f"job '{job.id}'")]
         if own:
             row = replace(row, error="; ".join(own), error_class="ManifestError")
+            if job.id in invalid:
+                row = replace(row, state=JobState.FAILED.value)
         elif stopped_by and row.state.startswith("unfinished") and not row.error:
             row = replace(row, error=f"not finished: {stopped_by}")
         row = replace(row, inputs=_inputs(job, base, hashes or {}))
@@ -185,7 +194,7 @@ def job_rows(
             row = replace(
                 row, trace_ids=_trace_ids(history), stage_seconds=_stage_seconds(history, now)
             )
-        if row.state == JobState.DONE.value and row.output:
+        if row.state in (JobState.DONE.value, SUSPECT) and row.output:
             duration, resolution = _probed(Path(row.output))
             row = replace(row, duration=duration, resolution=resolution)
         rows.append(row)
@@ -306,6 +315,7 @@ def summary_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
         "jobs": len(rows),
         "done": counts["done"],
         "failed": counts["failed"],
+        "suspect": counts[SUSPECT],
         "unfinished": counts["unfinished"],
         "credits": sum(r.credits for r in rows),
         "credits_estimated_jobs": sum(r.credits_estimated for r in rows),
@@ -322,6 +332,8 @@ def summary_line(rows: Sequence[ReportRow]) -> str:
         f"{c['jobs']} jobs: {c['done']} done, {c['failed']} failed, {c['unfinished']} unfinished;"
         f" {credits}"
     )
+    if c[SUSPECT]:
+        line += f"; {c[SUSPECT]} suspect results (kept; see report)"
     if c["ambiguous_submissions"]:
         line += f"; {c['ambiguous_submissions']} ambiguous submissions (see report)"
     return line

@@ -27,8 +27,10 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from pipeline.account import check_balance, unknown_speakers
+from pipeline.budget import Budget
 from pipeline.client import PixverseClient, VideoStatus, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
@@ -51,10 +53,11 @@ from pipeline.failed import failed_this_run, write_failed_manifest
 from pipeline.jobstate import JobState
 from pipeline.limiter import SlotLimiter
 from pipeline.manifest import Job
+from pipeline.media import result_problem
 from pipeline.outputs import archive_path, result_path
 from pipeline.plan import estimate_credits, generate_body
 from pipeline.preflight import Checked
-from pipeline.progress import LogProgress, ProgressSink
+from pipeline.progress import LogProgress, ProgressSink, Snapshot, Tracker
 from pipeline.reconcile import reconcile
 from pipeline.report import ReportRow, job_rows, new_run_id, run_facts, summary_line, write_report
 from pipeline.retry import Sleep
@@ -96,6 +99,8 @@ class RunOptions:
     busy_pinned_after: float = 5.0
     run_id: str | None = None  # names the run in its report (default: a new one)
     started_at: float | None = None  # when the command started, before preflight (default: now)
+    max_credits: int | None = None  # `--max-credits`: this run's spend never passes it
+    retry_failed: bool = False  # `--retry-failed`: failures that would recur are sent again
 
 
 @dataclass
@@ -167,9 +172,12 @@ class _Run:
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
     _scope: anyio.CancelScope = field(init=False)
     started: float = field(init=False)
+    budget: Budget = field(init=False)
 
     def __post_init__(self) -> None:
         self.started = self.wall()
+        before = self.store.total_credits()
+        self.budget = Budget(self.options.max_credits, lambda: self.store.total_credits() - before)
         # nothing is re-sent until the probe says the gateway replays (see `prepare`)
         self.submitter = Submitter(
             self.store, self.client, self.sleep, self.wall, self.options.busy_pinned_after
@@ -305,6 +313,7 @@ class _Run:
         finally:
             self._drop_slot(ticket)
             self._leave_admission(ticket)
+            self._settle(job_id)
 
     def _fail(self, job_id: str, exc: JobError) -> None:
         reason = (
@@ -350,7 +359,10 @@ class _Run:
         while True:
             state = record.state
             if state is JobState.PENDING:
+                # the cap is asked first: a job it holds back uploads nothing, takes no slot
                 if self.stop_submitting.is_set() or not self.can_send:
+                    return
+                if not self._budget_allows(job, record):
                     return
                 await self._ensure_media(job)
                 if not ticket.slot:
@@ -370,19 +382,50 @@ class _Run:
                     key_fp=self.submitter.key_fp,
                 )
             elif state is JobState.SUBMITTING:
-                if not self.can_send:
+                # a re-send from an earlier run may pay too, if the first never arrived
+                if not self.can_send or not self._budget_allows(job, record):
                     return
                 record = await self._submit(job, record, ticket)
+                self._settle(job.id)
             elif state is JobState.GENERATING:
                 record = await self._await_generation(job.id, record, ticket, poll_first=resumed)
                 resumed = False
             elif state is JobState.DOWNLOADING:
                 self._leave_admission(ticket)
                 record = await self._download(
-                    job.id, record, result_path(self.options.output_dir, job.id)
+                    job.id, record, result_path(self.options.output_dir, job.id), job
                 )
             else:
                 return
+
+    def _budget_allows(self, job: Job, record: JobRecord) -> bool:
+        """Ask the budget before a send that may be charged; log the cost of a resubmission."""
+        cost = estimate_credits(job, self.checked.media)
+        if not self.budget.ask(job.id, cost):
+            log.warning(
+                "%s: not submitted: about %d credits would take this run past --max-credits %d"
+                " (%d spent or held); it stays pending",
+                job.id,
+                cost,
+                self.budget.cap,
+                self.budget.committed,
+            )
+            return False
+        if record.state is JobState.PENDING and record.attempts:
+            log.info(
+                "%s: submitting again (attempt %d; the last ended without a result):"
+                " about %d credits",
+                job.id,
+                record.attempts + 1,
+                cost,
+            )
+        return True
+
+    def _settle(self, job_id: str) -> None:
+        """Tell the budget a submission's outcome is recorded, unless it is still unknown."""
+        record = self.store.find(job_id)
+        if record is None or record.state not in (JobState.SUBMITTING, JobState.UNCONFIRMED):
+            self.budget.settle(job_id)
 
     async def _ensure_media(self, job: Job) -> dict[Path, int]:
         ids: dict[Path, int] = {}
@@ -565,15 +608,44 @@ class _Run:
             job_id, JobState.FAILED, reason, error=reason, error_class=kind.__name__, **refund
         )
 
-    async def _download(self, job_id: str, record: JobRecord, dest: Path) -> JobRecord:
+    async def _download(
+        self, job_id: str, record: JobRecord, dest: Path, job: Job | None = None
+    ) -> JobRecord:
         assert record.video_id is not None
         link = self._links.pop(job_id, Link(None, None))
         async with self.downloads:
             size = await download_result(self.client, record.video_id, dest, link, sleep=self.sleep)
         log.info("%s: downloaded %s (%d bytes)", job_id, dest, size)
+        suspect = await anyio.to_thread.run_sync(self._suspect, job, dest)
+        if suspect is not None:
+            # paid for: kept where it is, flagged, never regenerated without --redo
+            log.warning("%s: suspect result, kept as %s: %s", job_id, dest, suspect)
         return self.store.transition(
-            job_id, JobState.DONE, "downloaded", output=str(dest), bytes=size, error=None
+            job_id,
+            JobState.DONE,
+            f"downloaded; suspect: {suspect}" if suspect else "downloaded",
+            output=str(dest),
+            bytes=size,
+            error=f"suspect result: {suspect}" if suspect else None,
+            suspect=suspect,
         )
+
+    def _suspect(self, job: Job | None, path: Path) -> str | None:
+        """Why the downloaded result at `path` looks wrong (`media.result_problem`), or None.
+        The audio's length is the yardstick; for TTS (or an archived record) only the frame."""
+        media = self.checked.media
+        audio = video = None
+        if job is not None and job.audio is not None and job.audio in media:
+            audio = media[job.audio].info.duration
+        if job is not None and job.video is not None and job.video in media:
+            video = media[job.video].info.duration
+        return result_problem(path, audio, video)
+
+
+def _invalid_note(checked: Checked) -> str | None:
+    if not checked.invalid:
+        return None
+    return f"--keep-going: {len(checked.invalid)} invalid jobs not run (see problems)"
 
 
 def _error_facts(exc: PipelineError, reason: str | None = None) -> dict[str, Any]:
@@ -612,35 +684,47 @@ async def run_batch(
     started = options.started_at if options.started_at is not None else wall()
     run_id = options.run_id or new_run_id(started)
     credits_before = store.total_credits()
-    jobs = reconcile(checked, store, options.output_dir, options.redo)
+    jobs = reconcile(
+        checked, store, options.output_dir, options.redo, retry_failed=options.retry_failed
+    )
+    for job_id, problems in checked.invalid.items():
+        log.error("%s: not run (--keep-going): %s", job_id, "; ".join(problems))
     try:
         jobs = await run.prepare(jobs)
     except FatalError as exc:
         run.problem = exc
+    tracker = Tracker(wall, started=run.started)
     with anyio.CancelScope() as scope:
         if not isinstance(run.problem, FatalError):
             async with anyio.create_task_group() as tg:
                 if options.handle_signals:
                     tg.start_soon(_cancel_on_signal, scope)
-                tg.start_soon(_sample_progress, store, checked, sink, sleep)
+                tg.start_soon(_sample_progress, run, tracker, sink)
                 await run.execute(jobs)
                 tg.cancel_scope.cancel()
-    _tell_progress(store, checked, sink)  # the final picture
+    _tell_progress(run, tracker, sink)  # the final picture
     sink.close()
     interrupted = scope.cancel_called
+    if run.budget.why_refused() is not None:
+        run._note_problem(TransientError(str(run.budget.why_refused())))
     stopped_by = str(run.problem) if run.problem else "interrupted" if interrupted else None
+    invalid_problems = [p for problems in checked.invalid.values() for p in problems]
     rows = job_rows(
-        checked.manifest,
+        checked.full,
         store,
         run_id=run_id,
         now=wall(),
         hashes={path: facts.sha256 for path, facts in checked.media.items()},
         media_scope=run.media_scope,
         stopped_by=stopped_by,
+        problems=invalid_problems,
+        invalid=frozenset(checked.invalid),
     )
-    exit_code = _exit_code(rows, run.problem, interrupted)
+    considered = {j.id for j in checked.manifest.jobs} | set(checked.invalid)
+    exit_code = _exit_code([r for r in rows if r.id in considered], run.problem, interrupted)
     failed = failed_this_run(store, checked.manifest, started)
-    failed_path = write_failed_manifest(options.output_dir, checked.manifest, failed, run_id)
+    failed += [job for job in checked.full.jobs if job.id in checked.invalid]
+    failed_path = write_failed_manifest(options.output_dir, checked.full, failed, run_id)
     spent = store.total_credits() - credits_before
     report_path = write_report(
         options.output_dir,
@@ -648,8 +732,13 @@ async def run_batch(
         {
             **run_facts(run_id, checked.manifest.path, options.output_dir, started, wall()),
             "exit_code": int(exit_code),
-            "problem": str(run.problem) if run.problem else None,
-            "problem_class": type(run.problem).__name__ if run.problem else None,
+            "problem": str(run.problem) if run.problem else _invalid_note(checked),
+            "problem_class": type(run.problem).__name__
+            if run.problem
+            else "ManifestError"
+            if checked.invalid
+            else None,
+            "problems": invalid_problems,
             "credits_this_run": spent,
             "credits_total": sum(r.credits for r in rows),
             "failed_manifest": str(failed_path) if failed_path else None,
@@ -673,18 +762,32 @@ async def run_batch(
     )
 
 
-async def _sample_progress(
-    store: StateStore, checked: Checked, sink: ProgressSink, sleep: Sleep
-) -> None:
+async def _sample_progress(run: _Run, tracker: Tracker, sink: ProgressSink) -> None:
     while True:
-        await sleep(sink.interval)
-        _tell_progress(store, checked, sink)
+        await run.sleep(sink.interval)
+        _tell_progress(run, tracker, sink)
 
 
-def _tell_progress(store: StateStore, checked: Checked, sink: ProgressSink) -> None:
-    ids = {j.id for j in checked.manifest.jobs}
-    counts = Counter(r.state.value for r in store.jobs() if r.id in ids)
-    sink.update(counts, len(ids))
+def _tell_progress(run: _Run, tracker: Tracker, sink: ProgressSink) -> None:
+    """Sample the state file: jobs per stage, slots against the limit, this run's spend, and
+    the ETA the tracker learns from the generations it saw finish."""
+    ids = {j.id for j in run.checked.manifest.jobs}
+    records = [r for r in run.store.jobs() if r.id in ids]
+    counts = Counter(
+        "suspect" if r.suspect and r.state is JobState.DONE else r.state.value for r in records
+    )
+    limiter = run.limiter
+    sink.update(
+        Snapshot(
+            counts=counts,
+            total=len(ids),
+            slots_used=limiter.held,
+            slot_limit=limiter.limit,
+            credits=run.budget.spent,
+            cap=run.options.max_credits,
+            eta=tracker.observe(records, limiter.limit),
+        )
+    )
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
@@ -715,6 +818,6 @@ def _exit_code(rows: list[ReportRow], problem: PipelineError | None, interrupted
         return exit_code_for(problem)
     if interrupted or any(r.state.startswith("unfinished") for r in rows):
         return ExitCode.UNFINISHED
-    if any(r.state == "failed" for r in rows):
+    if any(r.state in ("failed", "suspect") for r in rows):
         return ExitCode.JOBS_FAILED
     return ExitCode.OK

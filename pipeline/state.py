@@ -107,6 +107,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN err_msg TEXT;
         """,
     ),
+    (
+        # `inputs`: what the job's fingerprint was made of (`plan.input_facts`, JSON), so a
+        # restart can say which input changed. `suspect`: why a downloaded result looks wrong
+        # (too short, no decodable frame); the job stays done (paid, kept) but flagged.
+        "0007_inputs_and_suspect",
+        """
+        ALTER TABLE jobs ADD COLUMN inputs TEXT;
+        ALTER TABLE jobs ADD COLUMN suspect TEXT;
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -138,6 +148,8 @@ _UPDATABLE = frozenset(
         "error_class",
         "err_code",
         "err_msg",
+        "inputs",
+        "suspect",
     }
 )
 _ERROR_FACTS = ("error_class", "err_code", "err_msg")
@@ -185,6 +197,8 @@ class JobRecord:
     error_class: str | None = None  # the error tree's class behind `error`, when one was
     err_code: int | None = None  # the API's ErrCode behind `error`, when a reply gave one
     err_msg: str | None = None  # the API's ErrMsg behind `error`
+    inputs: str | None = None  # JSON of `plan.input_facts` when the record was (re)started
+    suspect: str | None = None  # a done result that failed its probe: why (kept, flagged)
 
     @property
     def archived(self) -> bool:
@@ -195,7 +209,15 @@ class JobRecord:
         values = dict(row)
         values["state"] = JobState(values["state"])
         # `status` reads a file read-only, unmigrated: columns of later migrations may be missing
-        for name in ("sent_at", "resend_after", "key_fp", "busy_since", *_ERROR_FACTS):
+        for name in (
+            "sent_at",
+            "resend_after",
+            "key_fp",
+            "busy_since",
+            *_ERROR_FACTS,
+            "inputs",
+            "suspect",
+        ):
             values.setdefault(name, None)
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))
         values["credits_estimated"] = bool(values.get("credits_estimated", 0))
@@ -299,13 +321,22 @@ class StateStore:
             self._event(job_id, None, JobState.PENDING, "new job")
         return self.job(job_id)
 
-    def add_jobs(self, jobs: Mapping[str, str]) -> None:
-        """`add_job` for many (job id -> fingerprint), in one transaction."""
+    def add_jobs(self, jobs: Mapping[str, str], inputs: Mapping[str, str] | None = None) -> None:
+        """`add_job` for many (job id -> fingerprint, with `inputs[job id]` saved as the
+        record's `inputs` where given), in one transaction."""
+        inputs = inputs or {}
         with self._write():
             for job_id, fingerprint in jobs.items():
                 self._conn.execute(
-                    "INSERT INTO jobs (id, fingerprint, state, updated_at) VALUES (?, ?, ?, ?)",
-                    (job_id, fingerprint, JobState.PENDING.value, self._clock()),
+                    "INSERT INTO jobs (id, fingerprint, state, updated_at, inputs)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        fingerprint,
+                        JobState.PENDING.value,
+                        self._clock(),
+                        inputs.get(job_id),
+                    ),
                 )
                 self._event(job_id, None, JobState.PENDING, "new job")
 

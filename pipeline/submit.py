@@ -106,6 +106,15 @@ def describe_wait(record: JobRecord, now: float) -> str | None:
     return f"no reply to trace id {record.trace_id} sent {sent}; re-sent by the next run"
 
 
+def foreign_key(record: JobRecord, key_fp: str) -> bool:
+    """Was `record` submitted (or maybe submitted) with a key other than `key_fp`'s? A trace id
+    that never left belongs to no key yet."""
+    if record.key_fp is None or record.key_fp == key_fp:
+        return False
+    never_sent = record.sent_at is None and not record.trace_ambiguous
+    return not (record.state is JobState.SUBMITTING and never_sent)
+
+
 @dataclass
 class Submitter:
     store: StateStore
@@ -124,12 +133,8 @@ class Submitter:
         return self.client.config.key_fingerprint
 
     def foreign_key(self, record: JobRecord) -> bool:
-        """Submitted (or maybe submitted) with another API key: not ours to send or poll. A
-        trace id that never left belongs to no key yet."""
-        if record.key_fp is None or record.key_fp == self.key_fp:
-            return False
-        never_sent = record.sent_at is None and not record.trace_ambiguous
-        return not (record.state is JobState.SUBMITTING and never_sent)
+        """Submitted (or maybe submitted) with another API key: not ours to send or poll."""
+        return foreign_key(record, self.key_fp)
 
     def resumed(self, record: JobRecord) -> JobRecord:
         """A SUBMITTING job found at the start of a run: an unanswered send is ambiguous."""

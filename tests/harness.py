@@ -88,10 +88,12 @@ async def run_once(
     api_key: str = "sim-key",
     base_url: str | None = None,
     request_timeout: float = REQUEST_TIMEOUT,
+    only: tuple[str, ...] = (),
+    keep_going: bool = False,
     **options: object,
 ) -> RunOutcome:
     """One `pixverse-batch run`, in-process: preflight, lock the state, run, report."""
-    checked = preflight(load_manifest(manifest))
+    checked = preflight(load_manifest(manifest), only=only, keep_going=keep_going)
     run_options = replace(RunOptions(output_dir=out, poll_interval=0.02), **options)  # type: ignore[arg-type]
     store = StateStore.open(out / STATE_NAME)
     try:

@@ -594,7 +594,8 @@ async def test_a_live_progress_bar_for_a_terminal(tmp_path: Path) -> None:
     assert outcome.exit_code is ExitCode.OK
     shown = screen.getvalue()
     assert "lip sync" in shown
-    assert "2/2 0 failed, 0 generating, 0 downloading, 0 pending" in shown
+    assert "2/2 done, ETA" in shown
+    assert "0 failed, 0 generating, 0 downloading, 0 pending; slots 0/5" in shown
 
 
 async def test_chaos_keeps_every_invariant(tmp_path: Path) -> None:

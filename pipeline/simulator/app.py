@@ -13,6 +13,7 @@ Routes (pixverse-api.md, "Endpoints"):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from pipeline.simulator.envelope import (
     Reply,
     success,
 )
-from pipeline.simulator.faults import take_truncation
+from pipeline.simulator.faults import take_flaw, take_truncation
 from pipeline.simulator.gateway import ApiHandler, Call, Handler, api, recorded
 from pipeline.simulator.ledger import Ledger, RequestRecord, TransferRecord
 from pipeline.simulator.links import DOWNLOAD_PREFIX, download_path
@@ -240,7 +241,8 @@ async def _result_video(state: SimState, video_id: int) -> bytes:
     script = generation.record.body.get("lip_sync_tts_content") if generation else None
     if audio is None and isinstance(script, str):
         audio = await anyio.to_thread.run_sync(speech_for, script)
-    return await anyio.to_thread.run_sync(state.videos.get, video_id, video, audio)
+    flaw = functools.partial(take_flaw, state.config)
+    return await anyio.to_thread.run_sync(state.videos.get, video_id, video, audio, flaw)
 
 
 def _signed_url(request: web.Request, state: SimState, video_id: int) -> str:

@@ -246,7 +246,7 @@ class Backend:
                 raise ApiError(PARAM_INVALID, not_found_message("source_video_id"))
         elif request.video_media_id is not None:
             self._media_of(request.video_media_id, "video_media_id", "video")
-        credits = self.price(request)
+        credits = self.price(request) * config.price_multiplier
         account = self.account(api_key)
         if self.running_count(account) >= config.concurrency_limit:
             raise ApiError(CONCURRENCY_LIMIT, "concurrent generation limit reached")

@@ -50,6 +50,7 @@ class SimConfig:
     # the speaker-list paths served; one left out answers a plain 404, like an unknown route
     speaker_paths: frozenset[str] = frozenset({TTS_LIST, TTS_SPEAKER})
     send_credits: bool = False  # generate replies carry `credits` (the lip-sync docs show none)
+    price_multiplier: int = 1  # the account charges this many times the published prices
     size_units: Literal["bytes", "kb"] = "bytes"  # the status `size` (unit undocumented)
     # The content rule the simulator enforces on TTS scripts (case-insensitive substrings).
     tts_banned_words: frozenset[str] = frozenset({"forbidden"})
@@ -66,6 +67,11 @@ class SimConfig:
     rate_limit_errors: int = 0  # next N API requests: HTTP 429 with Retry-After: 1
     truncate_downloads: int = 0  # next N downloads: full Content-Length, half the bytes
     transfer_seconds: float = 0.0  # simulated time every upload and download takes (slow links)
+    # the next N result videos made are flawed for good (every download of them is the same):
+    # cut to their first frame, without sound; or with every picture packet garbled (still an
+    # mp4 with a video stream, but no frame decodes). For testing the client's result probe.
+    short_results: int = 0
+    garbled_results: int = 0
     # uploads (by file name) whose content moderation refuses: generate answers 500054
     moderated_filenames: frozenset[str] = frozenset()
     # videos the account's owner deleted: status 6, and their links answer 404

@@ -51,3 +51,14 @@ def take_truncation(config: SimConfig) -> bool:
         config.truncate_downloads -= 1
         return True
     return False
+
+
+def take_flaw(config: SimConfig) -> str | None:
+    """The flaw of a result video being made now: "short", "garbled" or None."""
+    if config.short_results > 0:
+        config.short_results -= 1
+        return "short"
+    if config.garbled_results > 0:
+        config.garbled_results -= 1
+        return "garbled"
+    return None

@@ -130,6 +130,30 @@ def stamp(master: bytes, video_id: int) -> bytes:
     return output.getvalue()
 
 
+def spoil(data: bytes, how: str) -> bytes:
+    """A result that still probes as an mp4 with a video stream but is wrong: "short" keeps
+    only the first picture packet (no sound), "garbled" keeps every packet with its bytes
+    replaced by a pattern no decoder makes a frame of."""
+    output = io.BytesIO()
+    with (
+        av.open(io.BytesIO(data), mode="r") as source,
+        av.open(output, mode="w", format="mp4") as target,
+    ):
+        picture = source.streams.video[0]
+        stream = target.add_stream_from_template(picture)
+        for index, packet in enumerate(source.demux(picture)):
+            if packet.dts is None or (how == "short" and index > 0):
+                continue
+            out: av.Packet[Any] = packet
+            if how == "garbled":
+                out = av.Packet(bytes(packet.size))  # zeros: no NAL unit starts in them
+                out.pts, out.dts, out.duration = packet.pts, packet.dts, packet.duration
+                out.time_base, out.is_keyframe = packet.time_base, packet.is_keyframe
+            out.stream = stream
+            target.mux(out)
+    return output.getvalue()
+
+
 def _copy_packets(
     source: av.container.InputContainer,
     streams: dict[int, Any],
@@ -191,13 +215,23 @@ class ResultVideos:
         self._cache: dict[int, tuple[bytes, tuple[int, int]]] = {}
         self._lock = threading.Lock()
 
-    def get(self, video_id: int, video: bytes | None = None, audio: bytes | None = None) -> bytes:
-        """Blocking: call from a worker thread. `video`/`audio` are the uploaded sources."""
+    def get(
+        self,
+        video_id: int,
+        video: bytes | None = None,
+        audio: bytes | None = None,
+        flaw: Callable[[], str | None] = lambda: None,
+    ) -> bytes:
+        """Blocking: call from a worker thread. `video`/`audio` are the uploaded sources;
+        `flaw` is asked once, when the video's bytes are made (see `spoil`)."""
         with self._lock:
             cached = self._cache.get(video_id)
         if cached is not None:
             return cached[0]
         data = stamp(self._master(video or self._base, audio), video_id)
+        how = flaw()
+        if how is not None:
+            data = spoil(data, how)
         entry = (data, _frame_size(data))
         with self._lock:
             return self._cache.setdefault(video_id, entry)[0]
