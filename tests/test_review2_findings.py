@@ -420,3 +420,33 @@ async def test_s6_a_failing_probe_is_not_rerun_by_every_job(tmp_path: Path) -> N
     assert len(probe_uploads) <= 2 * FAST_RETRY.attempts, (
         f"{len(probe_uploads)} probe uploads in one run"
     )
+
+
+# S7 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="S7: the record set aside by --redo of an unconfirmed job is adopted back (paid"
+    " states include UNCONFIRMED) as soon as the redone attempt fails: parked again",
+)
+async def test_s7_a_redone_unconfirmed_job_is_not_parked_again(tmp_path: Path) -> None:
+    """Gateway without replay. Run 1: `a`'s reply is lost, so it is parked as unconfirmed.
+    The user checks the console (nothing there) and runs with --redo a: the parked record is
+    archived and `a` is submitted afresh; that generation fails content moderation (status 7,
+    refunded). The next night `a` should simply be retried like any failed job. Instead its
+    own failed record is unpaid, so the archived unconfirmed record (UNCONFIRMED counts as
+    paid) is adopted back by fingerprint and `a` is parked again with the old advice: each
+    failure of a redone job needs another human --redo."""
+    manifest = project(tmp_path, tts_jobs({"a": "line a"}))
+    out = tmp_path / "out"
+    async with serve(fast_sim(reply_cache=False)) as sim:
+        sim.config.drop_generate_replies = 1
+        first = await run_with(sim, manifest, out, request_timeout=0.5)
+        assert first.rows[0].state == "unfinished:unconfirmed", first.rows[0]
+        sim.config.moderation_probability = 1.0
+        second = await run_with(sim, manifest, out, redo=frozenset({"a"}))
+        assert second.rows[0].state == "failed", second.rows[0]
+        sim.config.moderation_probability = 0.0
+        third = await run_with(sim, manifest, out)
+    assert third.rows[0].state == "done", third.rows[0]
