@@ -364,7 +364,8 @@ class PixverseClient:
         is most likely a wrong base URL (or no network): the error says where to look."""
         if self._answered or not isinstance(exc.__cause__, aiohttp.ClientConnectorError):
             return exc
-        return TransportError(
+        # the same class: a refused connection sent nothing, whatever the hint says
+        return type(exc)(
             f"{exc.args[0]}; nothing answers at {self.config.base_url}: check"
             " PIXVERSE_BASE_URL or --base-url (and the network)"
         )

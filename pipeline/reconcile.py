@@ -204,7 +204,10 @@ def plan_records(
     kept = {i for i in same if records[i].state in PAID_STATES}
     paid: dict[str, list[JobRecord]] = {}
     for record in sorted(records.values(), key=lambda r: (_PREFERENCE.get(r.state, 3), r.id)):
-        if record.id not in kept and record.state in PAID_STATES:
+        # a parked submission once set aside (by --redo, changed inputs, its job removed) is
+        # not taken back: the job has moved on, and adopting it would park the job again
+        set_aside = record.archived and record.state is JobState.UNCONFIRMED
+        if record.id not in kept and record.state in PAID_STATES and not set_aside:
             paid.setdefault(record.fingerprint, []).append(record)
     for job in jobs:
         if job.id in kept or job.id in redo:

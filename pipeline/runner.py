@@ -215,14 +215,14 @@ class _Run:
         ]
         if to_send:
             await self._check_gateway()
-        if not self.can_send or not pending:
+        if not self.sending_allowed or not pending:
             return jobs
         held: set[str] = set()
         try:
             unknown = await unknown_speakers(pending, self.client)
-        except FatalError:
-            raise
         except ApiError as exc:  # transient, or a refusal of the list itself: not the jobs'
+            if _key_rejected(exc):
+                raise
             held = {j.id for j in pending if j.tts is not None}
             if held:
                 self._note_problem(TransientError(f"cannot list the TTS speakers: {exc}"))
@@ -252,8 +252,21 @@ class _Run:
             self.can_send = False
             self._note_problem(TransientError(f"{exc}: nothing was submitted; paid work went on"))
             log.error("replay probe failed: %s; nothing is submitted this run", exc)
+        except FatalError as exc:
+            if _key_rejected(exc):
+                raise
+            # e.g. no permission to upload: nothing can be submitted, but what was paid for
+            # is still polled and fetched
+            self.can_send = False
+            self._note_problem(exc)
+            log.error("replay probe refused: %s; nothing is submitted this run", exc)
 
-    def _note_problem(self, problem: TransientError) -> None:
+    @property
+    def sending_allowed(self) -> bool:
+        """False once the gateway's replay could not be checked (before or during the run)."""
+        return self.can_send and self.submitter.probe_failed is None
+
+    def _note_problem(self, problem: TransientError | FatalError) -> None:
         if self.problem is None:
             self.problem = problem
 
@@ -360,7 +373,7 @@ class _Run:
             state = record.state
             if state is JobState.PENDING:
                 # the cap is asked first: a job it holds back uploads nothing, takes no slot
-                if self.stop_submitting.is_set() or not self.can_send:
+                if self.stop_submitting.is_set() or not self.sending_allowed:
                     return
                 if not self._budget_allows(job, record):
                     return
@@ -383,7 +396,7 @@ class _Run:
                 )
             elif state is JobState.SUBMITTING:
                 # a re-send from an earlier run may pay too, if the first never arrived
-                if not self.can_send or not self._budget_allows(job, record):
+                if not self.sending_allowed or not self._budget_allows(job, record):
                     return
                 record = await self._submit(job, record, ticket)
                 self._settle(job.id)
@@ -664,6 +677,11 @@ def _changed_file(path: Path) -> JobError:
         f"{path.name} changed during the run (its content is not what was checked);"
         " the next run checks it again"
     )
+
+
+def _key_rejected(exc: ApiError) -> bool:
+    """The key itself is refused: no call can work, polls included, so the run stops."""
+    return isinstance(exc, AuthError) and (exc.http_status == 401 or exc.err_code == 400012)
 
 
 async def run_batch(

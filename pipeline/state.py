@@ -94,8 +94,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
     # A take-over renames a job's history: without this every rename scanned the whole table.
     ("0004_events_job_index", "CREATE INDEX events_job_id ON events (job_id, seq)"),
-    # When busy replies to a possibly-processed trace id began (pipeline.submit: a pinned
-    # "busy" is told from a proxy's passing one by how long it lasts, across runs too).
+    # When busy replies to a possibly-processed trace id began. No longer read: a pinned "busy"
+    # is now told from a proxy's passing one within one run (pipeline.submit, review S2).
     ("0005_busy_since", "ALTER TABLE jobs ADD COLUMN busy_since REAL"),
     (
         # What made `error`, for reports and JSON logs: the error tree's class name, and the

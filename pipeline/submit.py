@@ -54,6 +54,9 @@ log = logging.getLogger("pipeline.submit")
 PINNED_BUSY = 3  # busy replies in a row to a possibly-processed id before it is replaced
 # The gateway's replay is re-probed after this long (the contract's replay window is 24 h).
 REPLAY_CHECK_MAX_AGE = 24 * 3600.0
+# The gateway replays a trace id's reply for 24 h (pixverse-api.md): a re-send later than this
+# after the id's first send could be a new paid request, so it is never made automatically.
+REPLAY_WINDOW_SAFE = 23 * 3600.0
 # A silent send counts as over after the request timeout plus this share of it: room for the
 # server to finish a request whose client gave up (clock steps, a slow gateway).
 RESEND_MARGIN = 0.1
@@ -76,6 +79,7 @@ class SubmitTries:
 
     failures: int = 0  # sends that ended in no reply or a busy reply
     busy_in_row: int = 0  # busy replies in a row to a possibly-processed trace id
+    busy_first_at: float | None = None  # when the first of them came
     first_at: float | None = None
 
 
@@ -83,11 +87,16 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def unconfirmed_advice(record: JobRecord) -> str:
+def unconfirmed_advice(record: JobRecord, *, window_passed: bool = False) -> str:
     sent = iso(record.sent_at) if record.sent_at is not None else "an unknown time"
+    why = (
+        "the gateway's 24 h replay window has passed since"
+        if window_passed
+        else "this gateway does not replay trace ids"
+    )
     return (
-        f"unconfirmed: trace id {record.trace_id} was sent at {sent} and no reply came; this"
-        " gateway does not replay trace ids, so it is not re-sent (that could pay twice)."
+        f"unconfirmed: trace id {record.trace_id} was sent at {sent} and no reply came; {why},"
+        " so it is not re-sent (that could pay twice)."
         " Check the PixVerse console for a lip-sync video created then; to submit again,"
         f" run with --redo {record.id}"
     )
@@ -126,6 +135,8 @@ class Submitter:
     pinned_busy_after: float = 5.0
     replays: bool | None = None  # the gateway's replay, as last probed (None: not known)
     _probed: bool = False  # probed in this run: fresh enough to re-send on
+    # the probe failed in this run: nothing more is sent, and it is not tried again
+    probe_failed: TransientError | None = None
     _probe_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
@@ -149,6 +160,8 @@ class Submitter:
         REPLAY_CHECK_MAX_AGE will do. Raises TransientError when the probe cannot run: never
         assumed either way."""
         async with self._probe_lock:
+            if self.probe_failed is not None:
+                raise self.probe_failed  # once a run: no probe storm into an outage
             if self._probed or (not fresh and self.replays is not None):
                 assert self.replays is not None
                 return self.replays
@@ -162,9 +175,10 @@ class Submitter:
             except FatalError:
                 raise
             except ApiError as exc:  # transient, or the probe's upload refused: unknown
-                raise TransientError(
+                self.probe_failed = TransientError(
                     f"cannot tell whether the gateway replays trace ids: {exc}"
-                ) from exc
+                )
+                raise self.probe_failed from exc
             self.store.save_gateway_check(base_url, self.key_fp, found.replays, found.detail)
             log.info("trace-id replay probe (key %s): %s", self.key_fp, found.detail)
             if not found.replays:
@@ -191,7 +205,9 @@ class Submitter:
         assert record.trace_id is not None
         if record.trace_ambiguous or record.awaiting_reply:
             # a re-send of an id that may have been processed: safe only on a gateway that
-            # replays, as probed in this run
+            # replays, as probed in this run, and within its replay window
+            if self._past_replay_window(record):
+                return self._park(record, slot, unconfirmed_advice(record, window_passed=True))
             if not await self.verdict(fresh=True):
                 return self._park(record, slot)
             await self._wait_out(record, slot)
@@ -210,6 +226,7 @@ class Submitter:
         now = self.wall()
         tries.first_at = now if tries.first_at is None else tries.first_at
         timeout = self.client.config.request_timeout * (1 + RESEND_MARGIN)
+        before = record
         record = self.store.update(
             record.id,
             f"sending trace id {record.trace_id}",
@@ -223,14 +240,23 @@ class Submitter:
         try:
             return await self.client.generate(body, trace_id)
         except NotSentError as exc:
-            # no connection was made: nothing can have been processed, nothing to wait for
+            # no connection was made: nothing can have been processed, nothing to wait for;
+            # the send facts go back to what they were (an id that never left has no key)
             tries.failures += 1
-            record = self.store.update(record.id, f"not sent: {exc}", resend_after=None)
+            tries.busy_in_row, tries.busy_first_at = 0, None
+            record = self.store.update(
+                record.id,
+                f"not sent: {exc}",
+                resend_after=None,
+                sent_at=before.sent_at,
+                key_fp=before.key_fp,
+            )
             self._give_up_if_tried_enough(record, tries, exc)
             await self.sleep(backoff(self.client.config.retry, tries.failures - 1))
             return record
         except TransportError as exc:
             tries.failures += 1
+            tries.busy_in_row, tries.busy_first_at = 0, None
             record = self._no_reply(record, f"no reply: {exc}")
             log.info(
                 "%s: no reply to trace id %s (%s); it may have been processed",
@@ -271,33 +297,37 @@ class Submitter:
     async def _busy(self, record: JobRecord, tries: SubmitTries, exc: ServerBusyError) -> JobRecord:
         now = self.wall()
         record = self.store.update(record.id, f"busy: {exc}", resend_after=None)
-        if record.trace_ambiguous and exc.http_status != 429:
-            # 429 is a rate limiter in front (it never pins a replay): it does not count
+        if exc.http_status == 429:
+            # a rate limiter in front: it never pins a replay, and it breaks a streak
+            tries.busy_in_row, tries.busy_first_at = 0, None
+        elif record.trace_ambiguous:
             tries.busy_in_row += 1
-            if record.busy_since is None:
-                record = self.store.update(record.id, "busy since", busy_since=now)
-        if not record.trace_ambiguous or self._pinned(record, tries, now):
+            tries.busy_first_at = now if tries.busy_first_at is None else tries.busy_first_at
+        if not record.trace_ambiguous or self._pinned(tries, now):
             # a definitive answer, replayed for this id from now on: the next try needs a new one
-            tries.busy_in_row = 0
+            tries.busy_in_row, tries.busy_first_at = 0, None
             record = self.store.update(
                 record.id,
                 "definitive busy reply: new trace id",
                 trace_id=new_trace_id(),
                 sent_at=None,
                 trace_ambiguous=0,
-                busy_since=None,
                 key_fp=None,
             )
         self._give_up_if_tried_enough(record, tries, exc)
         await self.sleep(backoff(self.client.config.retry, tries.failures - 1, exc.retry_after))
         return record
 
-    def _pinned(self, record: JobRecord, tries: SubmitTries, now: float) -> bool:
-        """Busy replies to a possibly-processed id, sent after its deadline, several in a row
-        and over `pinned_busy_after` seconds: the gateway stored "busy" as the id's first reply
-        (had the first send been processed, its video id would come back instead)."""
-        lasted = now - (record.busy_since if record.busy_since is not None else now)
-        return tries.busy_in_row >= PINNED_BUSY and lasted >= self.pinned_busy_after
+    def _pinned(self, tries: SubmitTries, now: float) -> bool:
+        """Busy replies to a possibly-processed id, sent after its deadline, `PINNED_BUSY` in a
+        row within this run, from the first to the last lasting `pinned_busy_after` seconds:
+        the gateway stored "busy" as the id's first reply (had the first send been processed,
+        its video id would come back instead). Nothing else may come between them."""
+        first = tries.busy_first_at if tries.busy_first_at is not None else now
+        return tries.busy_in_row >= PINNED_BUSY and now - first >= self.pinned_busy_after
+
+    def _past_replay_window(self, record: JobRecord) -> bool:
+        return record.sent_at is not None and self.wall() - record.sent_at >= REPLAY_WINDOW_SAFE
 
     def _no_reply(self, record: JobRecord, detail: str) -> JobRecord:
         if record.trace_ambiguous:
@@ -306,10 +336,10 @@ class Submitter:
             record.id, detail, trace_ambiguous=1, ambiguous=record.ambiguous + 1
         )
 
-    def _park(self, record: JobRecord, slot: Slot) -> JobRecord:
+    def _park(self, record: JobRecord, slot: Slot, advice: str | None = None) -> JobRecord:
         if slot.held:
             slot.release()
-        advice = unconfirmed_advice(record)
+        advice = advice or unconfirmed_advice(record)
         log.warning("%s: %s", record.id, advice)
         return self.store.transition(record.id, JobState.UNCONFIRMED, advice, error=advice)
 

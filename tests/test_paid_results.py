@@ -5,6 +5,7 @@ between the real client and the real simulator."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,8 @@ async def test_a_submission_resumed_after_a_crash_is_counted_as_ambiguous(tmp_pa
     store.add_job(job.id, fingerprint(job, checked.media))
     store.transition(job.id, JobState.SUBMITTING, "intent", trace_id="trace-1")
     # the send left (its deadline long past) and the run died before the reply was saved
-    store.update(job.id, "crashed after this", sent_at=1.0, resend_after=34.0)
+    sent = time.time() - 60  # within the gateway's 24 h replay window
+    store.update(job.id, "crashed after this", sent_at=sent, resend_after=sent + 33)
     store.close()
     async with serve(fast_sim()) as sim:
         outcome = await run_once(sim, manifest, out)

@@ -2,8 +2,8 @@
 
 Each test demonstrates one finding (ids S1, S2, ...) against real HTTP over loopback: the
 bundled simulator, the simulator behind `tests.gateway_proxy`, or behind a listener that can
-be closed and reopened on the same port (a gateway that is down for a while). Each is a strict
-xfail: it fails on the code under review and is to turn green with the fix.
+be closed and reopened on the same port (a gateway that is down for a while). Each failed on
+the code under review and turned green with the fix.
 """
 
 from __future__ import annotations
@@ -154,11 +154,6 @@ async def switchable_proxy(upstream: str, hook: Hook = passthrough) -> AsyncIter
 # S1 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S1: an unanswered submission is re-sent with its trace id after the gateway's"
-    " 24 h replay window has passed: the re-send is a new paid generation",
-)
 async def test_s1_a_resend_after_the_replay_window_does_not_pay_twice(tmp_path: Path) -> None:
     """The contract: the gateway replays the first reply of a trace id "for 24 hours". Run 1
     sends job `a`; the generation is made and charged, the reply is lost, and the run ends
@@ -210,11 +205,6 @@ def lose_first_then_busy(busy: frozenset[int], rate_limited: frozenset[int] = fr
     return hook
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S2: 'busy lasting busy_pinned_after' is measured from the first busy to now, so"
-    " 429s (which 'never count') supply the duration and the id is replaced: paid twice",
-)
 async def test_s2_rate_limited_replies_do_not_make_quick_busy_replies_pinned(
     tmp_path: Path,
 ) -> None:
@@ -240,11 +230,6 @@ async def test_s2_rate_limited_replies_do_not_make_quick_busy_replies_pinned(
     assert generations_for(sim, "line a") == 1, "job a was paid for twice"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S2: busy_since stored across runs makes three quick busy replies in the next run"
-    " 'last' the whole gap between the runs: the id is replaced, paid twice",
-)
 async def test_s2_quick_busy_replies_in_two_runs_are_not_a_pinned_replay(tmp_path: Path) -> None:
     """Run 1: the first send is processed and its reply lost; the re-sends get three quick
     500069s from a load balancer (not lasting: kept, R2), and the run's tries are spent. The
@@ -257,7 +242,6 @@ async def test_s2_quick_busy_replies_in_two_runs_are_not_a_pinned_replay(tmp_pat
     async with serve(fast_sim()) as sim, gateway_proxy(sim.url, hook) as proxy:
         first = await run_with(sim, manifest, out, base_url=proxy.url, request_timeout=0.5)
         assert first.rows[0].state == "unfinished:submitting", first.rows[0]
-        assert job_record(out, "a").busy_since is not None
         await run_with(sim, manifest, out, base_url=proxy.url, request_timeout=0.5, wall=later(1))
     assert generations_for(sim, "line a") == 1, "job a was paid for twice"
 
@@ -265,11 +249,6 @@ async def test_s2_quick_busy_replies_in_two_runs_are_not_a_pinned_replay(tmp_pat
 # S3 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S3: a speaker list that 404s on both paths raises EndpointError (fatal) in"
-    " prepare: the run stops before polling or downloading paid generations (exit 2)",
-)
 async def test_s3_an_unserved_speaker_list_does_not_strand_paid_generations(
     tmp_path: Path,
 ) -> None:
@@ -306,12 +285,6 @@ def busy_while(flag: list[bool]) -> Hook:
     return hook
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S4: a refused connection on the client's first request is re-raised as a plain"
-    " TransportError (the base-URL hint), so a generate that never left counts as maybe"
-    " processed: parked as unconfirmed on a gateway that does not replay",
-)
 async def test_s4_a_refused_first_request_does_not_park_a_submission(tmp_path: Path) -> None:
     """Gateway without replay. Run 1: every generate answers 500069 (definitive: the id is
     replaced), so `a` is left SUBMITTING with an id that never left (as in R7). Run 2: the
@@ -344,11 +317,6 @@ async def test_s4_a_refused_first_request_does_not_park_a_submission(tmp_path: P
 # S5 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S5: a NotSentError keeps the sent_at the refused try wrote, so an id that never"
-    " left belongs to the key (R7 left open): another key never submits the job",
-)
 async def test_s5_a_refused_submission_is_not_held_for_the_key_that_tried_it(
     tmp_path: Path,
 ) -> None:
@@ -385,11 +353,6 @@ async def test_s5_a_refused_submission_is_not_held_for_the_key_that_tried_it(
 # S6 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S6: a replay probe that fails mid-run is run again, in full, by every job whose"
-    " reply is lost (serialised on the probe lock), and new jobs keep being submitted",
-)
 async def test_s6_a_failing_probe_is_not_rerun_by_every_job(tmp_path: Path) -> None:
     """A recorded verdict lets run 2 start without probing. Then the gateway fails: every
     generate and every upload gets a 502 page. Each of the ten jobs sends its generate, loses
@@ -425,16 +388,11 @@ async def test_s6_a_failing_probe_is_not_rerun_by_every_job(tmp_path: Path) -> N
 # S7 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S7: the record set aside by --redo of an unconfirmed job is adopted back (paid"
-    " states include UNCONFIRMED) as soon as the redone attempt fails: parked again",
-)
 async def test_s7_a_redone_unconfirmed_job_is_not_parked_again(tmp_path: Path) -> None:
     """Gateway without replay. Run 1: `a`'s reply is lost, so it is parked as unconfirmed.
     The user checks the console (nothing there) and runs with --redo a: the parked record is
-    archived and `a` is submitted afresh; that generation fails content moderation (status 7,
-    refunded). The next night `a` should simply be retried like any failed job. Instead its
+    archived and `a` is submitted afresh; that generation fails (status 8, refunded). The next
+    night `a` should simply be retried like any failed job. Instead its
     own failed record is unpaid, so the archived unconfirmed record (UNCONFIRMED counts as
     paid) is adopted back by fingerprint and `a` is parked again with the old advice: each
     failure of a redone job needs another human --redo."""
@@ -444,9 +402,9 @@ async def test_s7_a_redone_unconfirmed_job_is_not_parked_again(tmp_path: Path) -
         sim.config.drop_generate_replies = 1
         first = await run_with(sim, manifest, out, request_timeout=0.5)
         assert first.rows[0].state == "unfinished:unconfirmed", first.rows[0]
-        sim.config.moderation_probability = 1.0
-        second = await run_with(sim, manifest, out, redo=frozenset({"a"}))
+        sim.config.fail_probability = 1.0  # status 8: refunded, retried by the next run
+        second = await run_with(sim, manifest, out, redo=frozenset({"a"}), max_attempts=1)
         assert second.rows[0].state == "failed", second.rows[0]
-        sim.config.moderation_probability = 0.0
+        sim.config.fail_probability = 0.0
         third = await run_with(sim, manifest, out)
     assert third.rows[0].state == "done", third.rows[0]
