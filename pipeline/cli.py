@@ -43,7 +43,7 @@ from pipeline.report import build_rows, summary_line
 from pipeline.runner import ExitCode, RunOptions, exit_code_for, run_batch
 from pipeline.secrets import Redactor
 from pipeline.state import StateStore
-from pipeline.submit import describe_wait
+from pipeline.submit import describe_wait, iso
 
 log = logging.getLogger("pipeline.cli")
 
@@ -419,6 +419,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     store = StateStore.read_only(state_path)
     try:
         records = store.jobs()
+        ceilings = store.slot_ceilings()
     finally:
         store.close()
     if manifest is not None:  # only this manifest's jobs, in its order
@@ -430,6 +431,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         video = r.video_id if r.video_id is not None else "-"
         key = f" key={r.key_fp}" if r.key_fp and r.state is not JobState.DONE else ""
         print(f"{r.id:<32} {r.state.value:<12} video={video} attempts={r.attempts}{key} {extra}")
+    for base_url, key_fp, ceiling, concurrency, learned_at in ceilings:
+        print(
+            f"slot ceiling {ceiling} (--concurrency {concurrency}) for {base_url} key {key_fp},"
+            f" learned from 500044 at {iso(learned_at)}"
+        )
     print(summary_line(build_rows(records)))
     return ExitCode.OK
 

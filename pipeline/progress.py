@@ -27,17 +27,18 @@ log = logging.getLogger("pipeline.progress")
 class ProgressSink(Protocol):
     interval: float  # seconds between samples
 
-    def update(self, counts: Mapping[str, int], total: int) -> None: ...
+    def update(self, counts: Mapping[str, int], total: int, slots: str = "") -> None: ...
 
     def close(self) -> None: ...
 
 
-def describe(counts: Mapping[str, int]) -> str:
+def describe(counts: Mapping[str, int], slots: str = "") -> str:
+    """`slots`: the limiter's own words (slots in use / the learned ceiling), if any."""
     generating = counts.get("generating", 0) + counts.get("submitting", 0)
     return (
         f"{counts.get('failed', 0)} failed, {generating} generating,"
         f" {counts.get('downloading', 0)} downloading, {counts.get('pending', 0)} pending"
-    )
+    ) + (f", {slots}" if slots else "")
 
 
 class LogProgress:
@@ -46,8 +47,8 @@ class LogProgress:
     def __init__(self, interval: float = 30.0) -> None:
         self.interval = interval
 
-    def update(self, counts: Mapping[str, int], total: int) -> None:
-        log.info("progress: %d/%d done, %s", counts.get("done", 0), total, describe(counts))
+    def update(self, counts: Mapping[str, int], total: int, slots: str = "") -> None:
+        log.info("progress: %d/%d done, %s", counts.get("done", 0), total, describe(counts, slots))
 
     def close(self) -> None:
         """Nothing to undo: lines once written stay written."""
@@ -69,12 +70,14 @@ class LiveProgress:
         )
         self._task: TaskID | None = None
 
-    def update(self, counts: Mapping[str, int], total: int) -> None:
+    def update(self, counts: Mapping[str, int], total: int, slots: str = "") -> None:
         finished = counts.get("done", 0) + counts.get("failed", 0)
         if self._task is None:
             self._progress.start()
             self._task = self._progress.add_task("jobs", total=total, detail="")
-        self._progress.update(self._task, completed=finished, total=total, detail=describe(counts))
+        self._progress.update(
+            self._task, completed=finished, total=total, detail=describe(counts, slots)
+        )
 
     def close(self) -> None:
         if self._task is not None:

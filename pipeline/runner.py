@@ -7,7 +7,8 @@ Concurrency model (all tasks live in one anyio task group):
   means 10,000 live tasks, and uploads run a bounded distance ahead of submissions.
 * Uploads and downloads run under their own capacity limiters and never hold a generation
   slot, so a free slot never waits for a file transfer.
-* `SlotLimiter` holds a slot from submission to terminal status; 500044 shrinks it (AIMD).
+* `SlotLimiter` holds a slot from submission to terminal status: slow start, a ceiling learned
+  from 500044, one probe at a time while someone else fills the account (`pipeline.limiter`).
 
 Every state change goes through `StateStore` and is committed before the next request.
 """
@@ -48,7 +49,7 @@ from pipeline.errors import (
     VideoGoneError,
 )
 from pipeline.jobstate import JobState
-from pipeline.limiter import SlotLimiter
+from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
 from pipeline.manifest import Job
 from pipeline.plan import estimate_credits, generate_body
 from pipeline.preflight import Checked
@@ -93,6 +94,10 @@ class RunOptions:
     redo: frozenset[str] = frozenset()  # job ids to start over even if paid (`--redo`)
     handle_signals: bool = False  # SIGINT/SIGTERM stop the run cleanly (CLI only: main thread)
     progress_every: float = 30.0  # seconds between progress log lines
+    # while the account refuses (someone else's load), probes start this far apart and back
+    # off to `poll_interval`; one try above the learned ceiling at most this often
+    probe_backoff: float = 1.0
+    ceiling_probe_every: float = 120.0
 
 
 @dataclass
@@ -115,9 +120,8 @@ class _Ticket:
     """What one job's task holds right now; released in `finally` whatever happens."""
 
     admitted: bool = True
-    slot: bool = False
+    permit: Permit | None = None  # the generation slot, while held
     reuploaded: bool = False
-    rejections: int = 0
     tries: SubmitTries = field(default_factory=SubmitTries)
 
 
@@ -129,11 +133,10 @@ class _SlotHandle:
 
     @property
     def held(self) -> bool:
-        return self._ticket.slot
+        return self._ticket.permit is not None
 
     async def acquire(self) -> None:
-        await self._run.limiter.acquire()
-        self._ticket.slot = True
+        self._ticket.permit = await self._run.limiter.acquire()
 
     def release(self) -> None:
         self._run._drop_slot(self._ticket)
@@ -161,13 +164,19 @@ class _Run:
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
     _scope: anyio.CancelScope = field(init=False)
     started: float = field(init=False)
+    _saved_ceiling: int | None = None
 
     def __post_init__(self) -> None:
         self.started = self.wall()
         # nothing is re-sent until the probe says the gateway replays (see `prepare`)
         self.submitter = Submitter(self.store, self.client, self.sleep, self.wall, replays=False)
         o = self.options
-        self.limiter = SlotLimiter(o.concurrency)
+        timing = LimiterTiming(
+            probe_first=o.probe_backoff,
+            probe_max=o.poll_interval,
+            above_every=o.ceiling_probe_every,
+        )
+        self.limiter = SlotLimiter(o.concurrency, timing, sleep=self.sleep)
         self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
         self.uploads = anyio.CapacityLimiter(o.upload_concurrency)
         self.downloads = anyio.CapacityLimiter(o.download_concurrency)
@@ -313,9 +322,17 @@ class _Run:
         log.warning("%s: failed: %s", job.id, reason)
 
     def _drop_slot(self, ticket: _Ticket) -> None:
-        if ticket.slot:
-            ticket.slot = False
-            self.limiter.release()
+        if ticket.permit is not None:
+            permit, ticket.permit = ticket.permit, None
+            self.limiter.release(permit)
+
+    def _save_ceiling(self) -> None:
+        """Record a newly learned ceiling for `status` (after the limiter has moved on)."""
+        ceiling = self.limiter.ceiling
+        if ceiling is not None and ceiling != self._saved_ceiling:
+            self._saved_ceiling = ceiling
+            key_fp = self.submitter.key_fp
+            self.store.save_slot_ceiling(self.base_url, key_fp, ceiling, self.options.concurrency)
 
     def _leave_admission(self, ticket: _Ticket) -> None:
         if ticket.admitted:
@@ -343,9 +360,8 @@ class _Run:
                 if self.stop_submitting.is_set() or not self.can_send:
                     return
                 await self._ensure_media(job)
-                if not ticket.slot:
-                    await self.limiter.acquire()
-                    ticket.slot = True
+                if ticket.permit is None:
+                    ticket.permit = await self.limiter.acquire()
                 if self.stop_submitting.is_set():
                     return
                 record = self.store.transition(
@@ -404,12 +420,12 @@ class _Run:
         try:
             sent = await self.submitter.step(record, body, _SlotHandle(self, ticket), ticket.tries)
         except SlotLimitError:
-            self.limiter.on_rejected()
-            self._drop_slot(ticket)
-            ticket.rejections += 1
+            # no backoff of its own: the limiter decides when this job (or any) sends again
+            if ticket.permit is not None:
+                permit, ticket.permit = ticket.permit, None
+                self.limiter.rejected(permit)
             record = self.store.transition(job.id, JobState.PENDING, "500044: waiting for a slot")
-            cap = min(60.0, self.options.poll_interval * 2 ** min(ticket.rejections, 6))
-            await self.limiter.wait_for_change(random.uniform(0.1 * cap, cap))
+            self._save_ceiling()
             return record
         except StaleMediaError:
             self._drop_slot(ticket)
@@ -453,6 +469,9 @@ class _Run:
             submitted_at=record.sent_at if replayed else self.wall(),
             resend_after=None,
         )
+        if ticket.permit is not None:
+            self.limiter.accepted(ticket.permit)
+            self._save_ceiling()
         log.info("%s: submitted as video %s (attempt %d)", job.id, sent.video_id, record.attempts)
         return record
 
@@ -460,9 +479,8 @@ class _Run:
         self, job: Job, record: JobRecord, ticket: _Ticket, *, poll_first: bool
     ) -> JobRecord:
         assert record.video_id is not None
-        if not ticket.slot:  # resumed: the generation already occupies an account slot
-            await self.limiter.acquire()
-            ticket.slot = True
+        if ticket.permit is None:  # resumed: the generation already occupies an account slot
+            ticket.permit = self.limiter.adopt()
         first = poll_first
         while True:
             if not first:
@@ -473,7 +491,7 @@ class _Run:
             # the wait is counted per run: a resumed run gives a slow generation its own
             # --max-wait, not only what is left of the first run's
             waited = now - max(record.submitted_at or 0, self.started)
-            if ticket.slot and running_for > self.options.slot_release_after:
+            if ticket.permit is not None and running_for > self.options.slot_release_after:
                 # the account no longer counts it either: let the next job in
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
@@ -487,7 +505,6 @@ class _Run:
                     )
                 continue
             self._drop_slot(ticket)
-            self.limiter.on_finished()
             return self._terminal(job, record, status.status, Link(status.url, status.size))
 
     def _started_at(self, record: JobRecord, status: VideoStatus) -> JobRecord:
@@ -564,10 +581,10 @@ async def run_batch(
             async with anyio.create_task_group() as tg:
                 if options.handle_signals:
                     tg.start_soon(_cancel_on_signal, scope)
-                tg.start_soon(_sample_progress, store, checked, sink, sleep)
+                tg.start_soon(_sample_progress, run, sink)
                 await run.execute(jobs)
                 tg.cancel_scope.cancel()
-    _tell_progress(store, checked, sink)  # the final picture
+    _tell_progress(run, sink)  # the final picture
     sink.close()
     interrupted = scope.cancel_called
     stopped_by = str(run.problem) if run.problem else "interrupted" if interrupted else None
@@ -585,6 +602,7 @@ async def run_batch(
             "interrupted": interrupted,
             "peak_slots": run.limiter.peak,
             "slot_rejections": run.limiter.rejections,
+            "slot_ceiling": run.limiter.ceiling,
         },
         redact=client.redact,
     )
@@ -599,18 +617,16 @@ async def run_batch(
     )
 
 
-async def _sample_progress(
-    store: StateStore, checked: Checked, sink: ProgressSink, sleep: Sleep
-) -> None:
+async def _sample_progress(run: _Run, sink: ProgressSink) -> None:
     while True:
-        await sleep(sink.interval)
-        _tell_progress(store, checked, sink)
+        await run.sleep(sink.interval)
+        _tell_progress(run, sink)
 
 
-def _tell_progress(store: StateStore, checked: Checked, sink: ProgressSink) -> None:
-    ids = {j.id for j in checked.manifest.jobs}
-    counts = Counter(r.state.value for r in store.jobs() if r.id in ids)
-    sink.update(counts, len(ids))
+def _tell_progress(run: _Run, sink: ProgressSink) -> None:
+    ids = {j.id for j in run.checked.manifest.jobs}
+    counts = Counter(r.state.value for r in run.store.jobs() if r.id in ids)
+    sink.update(counts, len(ids), run.limiter.describe())
 
 
 def _iso(timestamp: float) -> str:
