@@ -9,6 +9,8 @@ Concurrency model (all tasks live in one anyio task group):
   slot, so a free slot never waits for a file transfer.
 * `SlotLimiter` holds a slot from submission to terminal status: slow start, a ceiling learned
   from 500044, one probe at a time while someone else fills the account (`pipeline.limiter`).
+* One `Poller` task polls every generating job when its end is likely (`pipeline.poller`);
+  the reply that shows a terminal status commits it and frees the slot in the same step.
 
 Every state change goes through `StateStore` and is committed before the next request.
 """
@@ -16,7 +18,6 @@ Every state change goes through `StateStore` and is committed before the next re
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import time
 from collections import Counter
@@ -51,7 +52,8 @@ from pipeline.errors import (
 from pipeline.jobstate import JobState
 from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
 from pipeline.manifest import Job
-from pipeline.plan import estimate_credits, generate_body
+from pipeline.plan import WorkQueue, estimate_credits, generate_body, input_seconds
+from pipeline.poller import Poller
 from pipeline.preflight import Checked
 from pipeline.progress import LogProgress, ProgressSink
 from pipeline.reconcile import reconcile
@@ -151,6 +153,7 @@ class _Run:
     sleep: Sleep
     wall: Callable[[], float]
     limiter: SlotLimiter = field(init=False)
+    poller: Poller = field(init=False)
     admission: anyio.Semaphore = field(init=False)
     uploads: anyio.CapacityLimiter = field(init=False)
     downloads: anyio.CapacityLimiter = field(init=False)
@@ -177,6 +180,7 @@ class _Run:
             above_every=o.ceiling_probe_every,
         )
         self.limiter = SlotLimiter(o.concurrency, timing, sleep=self.sleep)
+        self.poller = Poller(self.client.status, o.poll_interval, sleep=self.sleep)
         self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
         self.uploads = anyio.CapacityLimiter(o.upload_concurrency)
         self.downloads = anyio.CapacityLimiter(o.download_concurrency)
@@ -265,16 +269,23 @@ class _Run:
             self.problem = problem
 
     async def execute(self, jobs: list[Job]) -> None:
-        async with anyio.create_task_group() as tg:
-            self._scope = tg.cancel_scope
-            for job in jobs:
-                if (
-                    self.stop_submitting.is_set()
-                    and self.store.job(job.id).state is JobState.PENDING
-                ):
-                    continue
-                await self.admission.acquire()
-                tg.start_soon(self._job_task, job)
+        async with anyio.create_task_group() as polling:
+            polling.start_soon(self.poller.run)
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                queue = WorkQueue(jobs, self.checked.media)
+                while queue:
+                    await self.admission.acquire()
+                    # once generation times are seen to follow the input, longest first
+                    job = queue.pop(longest_first=self.poller.size_predicts())
+                    if (
+                        self.stop_submitting.is_set()
+                        and self.store.job(job.id).state is JobState.PENDING
+                    ):
+                        self.admission.release()
+                        continue
+                    tg.start_soon(self._job_task, job)
+            polling.cancel_scope.cancel()
 
     def _stop_run(self, problem: FatalError | StateError | DiskError) -> None:
         if self.problem is None:
@@ -478,34 +489,45 @@ class _Run:
     async def _await_generation(
         self, job: Job, record: JobRecord, ticket: _Ticket, *, poll_first: bool
     ) -> JobRecord:
-        assert record.video_id is not None
+        """Until a terminal status, polled by the run's poller; the reply that shows it is
+        committed and frees the slot before anything else runs."""
+        video_id = record.video_id
+        assert video_id is not None
         if ticket.permit is None:  # resumed: the generation already occupies an account slot
             ticket.permit = self.limiter.adopt()
-        first = poll_first
-        while True:
-            if not first:
-                await self.sleep(self.options.poll_interval * random.uniform(0.8, 1.2))
-            first = False
+        latest = record
+
+        def on_status(status: VideoStatus) -> bool:
+            nonlocal latest
             now = self.wall()
-            running_for = now - (record.submitted_at or 0)
+            latest = self._started_at(latest, status)
+            running_for = now - (latest.submitted_at or 0)
             # the wait is counted per run: a resumed run gives a slow generation its own
             # --max-wait, not only what is left of the first run's
-            waited = now - max(record.submitted_at or 0, self.started)
+            waited = now - max(latest.submitted_at or 0, self.started)
             if ticket.permit is not None and running_for > self.options.slot_release_after:
                 # the account no longer counts it either: let the next job in
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
-            status = await self.client.status(record.video_id)
-            record = self._started_at(record, status)
             if status.status == 5 or status.status not in (1, 6, 7, 8):
                 if waited > self.options.max_wait:
                     raise TransientError(
-                        f"video {record.video_id} still generating after {running_for:.0f} s;"
+                        f"video {video_id} still generating after {running_for:.0f} s;"
                         " left for the next run"
                     )
-                continue
+                return False
             self._drop_slot(ticket)
-            return self._terminal(job, record, status.status, Link(status.url, status.size))
+            latest = self._terminal(job, latest, status.status, Link(status.url, status.size))
+            return True
+
+        await self.poller.watch(
+            video_id,
+            on_status,
+            elapsed=max(0.0, self.wall() - (record.submitted_at or self.wall())),
+            size=input_seconds(job, self.checked.media),
+            poll_now=poll_first,
+        )
+        return latest
 
     def _started_at(self, record: JobRecord, status: VideoStatus) -> JobRecord:
         """Move `submitted_at` back to the server's `create_time` when it is earlier, never

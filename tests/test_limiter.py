@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from anyio import wait_all_tasks_blocked
 
 from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
-from tests.fake_time import FakeTime
+from tests.fake_time import FakeTime, wait_all_tasks_blocked
 
 pytestmark = pytest.mark.anyio
 
