@@ -49,6 +49,7 @@ from pipeline.errors import (
     TransientError,
     VideoGoneError,
 )
+from pipeline.generating import is_terminal, settle, started_at
 from pipeline.jobstate import JobState
 from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
 from pipeline.manifest import Job
@@ -96,10 +97,8 @@ class RunOptions:
     redo: frozenset[str] = frozenset()  # job ids to start over even if paid (`--redo`)
     handle_signals: bool = False  # SIGINT/SIGTERM stop the run cleanly (CLI only: main thread)
     progress_every: float = 30.0  # seconds between progress log lines
-    # while the account refuses (someone else's load), probes start this far apart and back
-    # off to `poll_interval`; one try above the learned ceiling at most this often
-    probe_backoff: float = 1.0
-    ceiling_probe_every: float = 120.0
+    probe_backoff: float = 1.0  # first wait between probes of a busy account (pipeline.limiter)
+    ceiling_probe_every: float = 120.0  # seconds between tries above the learned ceiling
 
 
 @dataclass
@@ -119,29 +118,26 @@ class RunOutcome:
 
 @dataclass
 class _Ticket:
-    """What one job's task holds right now; released in `finally` whatever happens."""
+    """What one job's task holds right now; released in `finally` whatever happens. It is
+    also the job's generation slot as `pipeline.submit` sees it (`held`, `acquire`, `release`)."""
 
+    limiter: SlotLimiter
     admitted: bool = True
     permit: Permit | None = None  # the generation slot, while held
     reuploaded: bool = False
     tries: SubmitTries = field(default_factory=SubmitTries)
 
-
-class _SlotHandle:
-    """A job's generation slot as `pipeline.submit` sees it."""
-
-    def __init__(self, run: _Run, ticket: _Ticket) -> None:
-        self._run, self._ticket = run, ticket
-
     @property
     def held(self) -> bool:
-        return self._ticket.permit is not None
+        return self.permit is not None
 
     async def acquire(self) -> None:
-        self._ticket.permit = await self._run.limiter.acquire()
+        self.permit = await self.limiter.acquire()
 
     def release(self) -> None:
-        self._run._drop_slot(self._ticket)
+        if self.permit is not None:
+            permit, self.permit = self.permit, None
+            self.limiter.release(permit)
 
 
 @dataclass
@@ -174,11 +170,7 @@ class _Run:
         # nothing is re-sent until the probe says the gateway replays (see `prepare`)
         self.submitter = Submitter(self.store, self.client, self.sleep, self.wall, replays=False)
         o = self.options
-        timing = LimiterTiming(
-            probe_first=o.probe_backoff,
-            probe_max=o.poll_interval,
-            above_every=o.ceiling_probe_every,
-        )
+        timing = LimiterTiming(o.probe_backoff, o.poll_interval, above_every=o.ceiling_probe_every)
         self.limiter = SlotLimiter(o.concurrency, timing, sleep=self.sleep)
         self.poller = Poller(self.client.status, o.poll_interval, sleep=self.sleep)
         self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
@@ -278,14 +270,14 @@ class _Run:
                     await self.admission.acquire()
                     # once generation times are seen to follow the input, longest first
                     job = queue.pop(longest_first=self.poller.size_predicts())
-                    if (
-                        self.stop_submitting.is_set()
-                        and self.store.job(job.id).state is JobState.PENDING
-                    ):
+                    if self.stop_submitting.is_set() and self._is_new(job):
                         self.admission.release()
                         continue
                     tg.start_soon(self._job_task, job)
             polling.cancel_scope.cancel()
+
+    def _is_new(self, job: Job) -> bool:
+        return self.store.job(job.id).state is JobState.PENDING
 
     def _stop_run(self, problem: FatalError | StateError | DiskError) -> None:
         if self.problem is None:
@@ -294,7 +286,7 @@ class _Run:
         self._scope.cancel()
 
     async def _job_task(self, job: Job) -> None:
-        ticket = _Ticket()
+        ticket = _Ticket(self.limiter)
         try:
             await self._drive(job, ticket)
         except JobError as exc:
@@ -333,17 +325,14 @@ class _Run:
         log.warning("%s: failed: %s", job.id, reason)
 
     def _drop_slot(self, ticket: _Ticket) -> None:
-        if ticket.permit is not None:
-            permit, ticket.permit = ticket.permit, None
-            self.limiter.release(permit)
+        ticket.release()
 
     def _save_ceiling(self) -> None:
         """Record a newly learned ceiling for `status` (after the limiter has moved on)."""
-        ceiling = self.limiter.ceiling
-        if ceiling is not None and ceiling != self._saved_ceiling:
+        if (ceiling := self.limiter.ceiling) not in (None, self._saved_ceiling):
             self._saved_ceiling = ceiling
-            key_fp = self.submitter.key_fp
-            self.store.save_slot_ceiling(self.base_url, key_fp, ceiling, self.options.concurrency)
+            key_fp, concurrency = self.submitter.key_fp, self.options.concurrency
+            self.store.save_slot_ceiling(self.base_url, key_fp, ceiling, concurrency)
 
     def _leave_admission(self, ticket: _Ticket) -> None:
         if ticket.admitted:
@@ -371,8 +360,8 @@ class _Run:
                 if self.stop_submitting.is_set() or not self.can_send:
                     return
                 await self._ensure_media(job)
-                if ticket.permit is None:
-                    ticket.permit = await self.limiter.acquire()
+                if not ticket.held:
+                    await ticket.acquire()
                 if self.stop_submitting.is_set():
                     return
                 record = self.store.transition(
@@ -429,7 +418,7 @@ class _Run:
             return generate_body(job, await self._ensure_media(job))
 
         try:
-            sent = await self.submitter.step(record, body, _SlotHandle(self, ticket), ticket.tries)
+            sent = await self.submitter.step(record, body, ticket, ticket.tries)
         except SlotLimitError:
             # no backoff of its own: the limiter decides when this job (or any) sends again
             if ticket.permit is not None:
@@ -489,8 +478,7 @@ class _Run:
     async def _await_generation(
         self, job: Job, record: JobRecord, ticket: _Ticket, *, poll_first: bool
     ) -> JobRecord:
-        """Until a terminal status, polled by the run's poller; the reply that shows it is
-        committed and frees the slot before anything else runs."""
+        """Until a terminal status, which the poller's reply commits and frees the slot for."""
         video_id = record.video_id
         assert video_id is not None
         if ticket.permit is None:  # resumed: the generation already occupies an account slot
@@ -500,7 +488,7 @@ class _Run:
         def on_status(status: VideoStatus) -> bool:
             nonlocal latest
             now = self.wall()
-            latest = self._started_at(latest, status)
+            latest = started_at(self.store, latest, status)
             running_for = now - (latest.submitted_at or 0)
             # the wait is counted per run: a resumed run gives a slow generation its own
             # --max-wait, not only what is left of the first run's
@@ -509,7 +497,7 @@ class _Run:
                 # the account no longer counts it either: let the next job in
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
-            if status.status == 5 or status.status not in (1, 6, 7, 8):
+            if not is_terminal(status):
                 if waited > self.options.max_wait:
                     raise TransientError(
                         f"video {video_id} still generating after {running_for:.0f} s;"
@@ -517,7 +505,9 @@ class _Run:
                     )
                 return False
             self._drop_slot(ticket)
-            latest = self._terminal(job, latest, status.status, Link(status.url, status.size))
+            if status.status == 1:
+                self._links[job.id] = Link(status.url, status.size)
+            latest = settle(self.store, latest, status.status, self.options.max_attempts)
             return True
 
         await self.poller.watch(
@@ -528,35 +518,6 @@ class _Run:
             poll_now=poll_first,
         )
         return latest
-
-    def _started_at(self, record: JobRecord, status: VideoStatus) -> JobRecord:
-        """Move `submitted_at` back to the server's `create_time` when it is earlier, never
-        before the trace id's first send (a clock that differs from ours cannot push it out
-        of the window in which the generation really started)."""
-        created, first_sent, submitted = status.created_at, record.sent_at, record.submitted_at
-        if created is None or first_sent is None or submitted is None:
-            return record
-        started = min(max(created, first_sent), submitted)
-        if submitted - started < 1.0:
-            return record
-        return self.store.update(record.id, "started per create_time", submitted_at=started)
-
-    def _terminal(self, job: Job, record: JobRecord, status: int, link: Link) -> JobRecord:
-        if status == 1:
-            self._links[job.id] = link
-            return self.store.transition(job.id, JobState.DOWNLOADING, "status 1: succeeded")
-        refund = {"credits": record.credits - record.last_credits, "last_credits": 0}
-        if status == 8 and record.attempts < self.options.max_attempts:
-            log.info("%s: generation failed (status 8), resubmitting", job.id)
-            return self.store.transition(job.id, JobState.PENDING, "status 8: resubmit", **refund)
-        reason = {
-            6: "status 6: the video was deleted",
-            7: "status 7: content moderation rejected the result (credits refunded)",
-            8: f"status 8: generation failed {record.attempts} times (credits refunded)",
-        }[status]
-        refund = refund if status != 6 else {}
-        log.warning("%s: %s", job.id, reason)
-        return self.store.transition(job.id, JobState.FAILED, reason, error=reason, **refund)
 
     async def _download(self, job: Job, record: JobRecord) -> JobRecord:
         assert record.video_id is not None
