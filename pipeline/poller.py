@@ -41,7 +41,7 @@ from pipeline.client import VideoStatus
 
 MIN_SAMPLES = 3  # generations seen to end before the schedule follows them
 WINDOW = 200  # the most recent generations the schedule learns from
-FIRST_SHARE = 0.05  # the first poll: when this share of generations has ended
+FIRST_SHARE = 0.1  # the first poll: when this share of generations has ended
 STEP_SHARE = 0.3  # each next poll: when this share of those still running would have ended
 MIN_GAP_SHARE = 0.2  # of poll_interval: the shortest gap between two polls of one job
 POLLS_AT_ONCE = 8  # status calls in flight at once (they are small; this bounds a burst)
@@ -63,7 +63,7 @@ class _Watch:
 
 @dataclass(frozen=True)
 class _Sample:
-    low: float  # seconds after the start: still running then (0 if never seen running)
+    low: float  # seconds after the start: still running then (if never seen: see `_poll`)
     high: float  # seen ended by then
     size: float | None
 
@@ -149,8 +149,13 @@ class Poller:
             return  # its task was cancelled meanwhile
         if ended:
             if watch.learn:
-                low = watch.last_running if watch.last_running is not None else 0.0
-                self._learn(_Sample(low, max(low, self._clock() - watch.started), watch.size))
+                high = self._clock() - watch.started
+                # never seen running: it ended before its first poll, which came when few were
+                # expected to have ended; taking it as "anywhere since the start" would drag
+                # every later first poll early, so it counts as one gap wide, like the others
+                low = watch.last_running
+                low = max(0.0, high - self.poll_interval) if low is None else min(low, high)
+                self._learn(_Sample(low, high, watch.size))
             self.polls_per_job.append(watch.polls)
             watch.done.set()
             return
