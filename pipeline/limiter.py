@@ -24,8 +24,12 @@ Contract (every number is "generations of this run on the account"):
   the probe's acceptance, which ends the refusal and restarts slow start from there.
 * Above the ceiling, rarely: after `above_after` generations finished while at the ceiling, or
   `above_every` seconds, one submission above it. Accepted, the ceiling grows by one; refused,
-  both intervals double. The ceiling never shrinks within a run (someone else's load is not
-  our limit); `on_ceiling` hears every new value (the runner records it for `status`).
+  both intervals double. Someone else's load never lowers the ceiling.
+* Counted, not guessed: "running" is what this run knows, and a generation may have ended
+  since its last poll. So a ceiling learned from a refusal, or grown by an acceptance, counts
+  only the generations seen still running (`seen_running`) after that answer; one seen ended
+  first may have ended before it, and is not counted (the ceiling errs low, never high: too
+  high, every refusal below it would read as someone else's load).
 
 No HTTP here: the clock and the sleep are injected, so tests drive it with fake time.
 """
@@ -60,6 +64,16 @@ class Permit:
 
 
 @dataclass(eq=False)
+class _Evidence:
+    """An answer that sets (`refused`) or raises the ceiling to `value`, counting `unsure`:
+    generations not yet seen running after the answer."""
+
+    raise_: bool
+    value: int
+    unsure: set[Permit]
+
+
+@dataclass(eq=False)
 class _Waiter:
     event: anyio.Event
     permit: Permit | None = None
@@ -73,16 +87,17 @@ class SlotLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-        on_ceiling: Callable[[int], None] | None = None,
     ) -> None:
         if maximum < 1:
             raise ValueError("the slot maximum must be at least 1")
         self.maximum = maximum
         self.timing = timing or LimiterTiming()
-        self._clock, self._sleep, self._on_ceiling = clock, sleep, on_ceiling
+        self._clock, self._sleep = clock, sleep
         self.ceiling: int | None = None  # most running when the account refused one more
         self._cap = 1  # slots that may be held without probing (slow start begins at one)
         self._running = 0  # accepted generations holding a slot
+        self._runs: set[Permit] = set()  # their permits
+        self._evidence: list[_Evidence] = []
         self._sending = 0  # granted submissions without an answer yet
         self._waiters: deque[_Waiter] = deque()
         self.refusing = False  # someone else's load fills the account: probes only
@@ -168,7 +183,15 @@ class SlotLimiter:
         self._running += 1
         self._cap = max(self._cap, min(self._target(), self._running))
         self.peak = max(self.peak, self.held)
-        return Permit(running=True)
+        permit = Permit(running=True)
+        self._runs.add(permit)
+        return permit
+
+    def seen_running(self, permit: Permit) -> None:
+        """A poll saw this generation still running: it counts for what was learned before."""
+        for evidence in list(self._evidence):
+            evidence.unsure.discard(permit)
+            self._settle(evidence)
 
     # the account's answers --------------------------------------------------------------------
 
@@ -178,6 +201,8 @@ class SlotLimiter:
         permit.running = True
         self._sending -= 1
         self._running += 1
+        others = set(self._runs)
+        self._runs.add(permit)
         if permit.probe or permit.above:
             self._probe_out = False
         if permit.probe:
@@ -185,7 +210,7 @@ class SlotLimiter:
         if permit.above:
             self._above_reset(self._above_after, self._above_every)
         if self.ceiling is not None and self._running > self.ceiling:
-            self._set_ceiling(self._running)
+            self._learn(_Evidence(raise_=True, value=self._running, unsure=others))
         if not self.refusing:  # while refusing, only the probe's acceptance opens up
             self._cap = max(self._cap, min(self._target(), self._running + 1))
         self._dispatch()
@@ -202,7 +227,8 @@ class SlotLimiter:
         if permit.above:
             self._above_reset(2 * self._above_after, 2 * self._above_every)
         if self.ceiling is None and running > 0:
-            self._set_ceiling(running)
+            self.ceiling = running  # at most: see `_settle`
+            self._learn(_Evidence(raise_=False, value=running, unsure=set(self._runs)))
         if self.ceiling is not None and running >= self.ceiling:
             self._cap = self.ceiling  # our own limit: the next release lets the next job in
             return
@@ -226,6 +252,12 @@ class SlotLimiter:
             if self.ceiling is not None and self._running >= self.ceiling:
                 self._finished_at_ceiling += 1
             self._running -= 1
+            self._runs.discard(permit)
+            for evidence in list(self._evidence):
+                if permit in evidence.unsure:  # it may have ended before that answer
+                    evidence.unsure.discard(permit)
+                    evidence.value -= 1
+                    self._settle(evidence)
         else:
             self._sending -= 1
             if permit.probe or permit.above:
@@ -237,10 +269,22 @@ class SlotLimiter:
     def _target(self) -> int:
         return self.maximum if self.ceiling is None else min(self.maximum, self.ceiling)
 
-    def _set_ceiling(self, value: int) -> None:
-        self.ceiling = value
-        if self._on_ceiling is not None:
-            self._on_ceiling(value)
+    def _learn(self, evidence: _Evidence) -> None:
+        self._evidence.append(evidence)
+        self._settle(evidence)
+
+    def _settle(self, evidence: _Evidence) -> None:
+        """Apply what is sure of `evidence` so far; drop it once nothing is unsure."""
+        if not evidence.raise_ and self.ceiling is not None:
+            self.ceiling = max(1, min(self.ceiling, evidence.value))
+            self._cap = min(self._cap, self._target())
+        if evidence.raise_ and (self.ceiling is None or evidence.value <= self.ceiling):
+            evidence.unsure.clear()  # nothing left to raise
+        if evidence.unsure:
+            return
+        self._evidence.remove(evidence)
+        if evidence.raise_ and self.ceiling is not None and evidence.value > self.ceiling:
+            self.ceiling = evidence.value
 
     def _above_reset(self, after: int, every: float) -> None:
         self._above_after, self._above_every = after, every

@@ -498,6 +498,8 @@ class _Run:
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
             if not is_terminal(status):
+                if ticket.permit is not None:
+                    self.limiter.seen_running(ticket.permit)
                 if waited > self.options.max_wait:
                     raise TransientError(
                         f"video {video_id} still generating after {running_for:.0f} s;"

@@ -36,6 +36,12 @@ def limiter_on(time: FakeTime, maximum: int, timing: LimiterTiming = TIMING) -> 
     return SlotLimiter(maximum, timing, clock=time.clock, sleep=time.sleep)
 
 
+def polled(limiter: SlotLimiter, permits: list[Permit]) -> None:
+    """A poll saw each of these generations still running."""
+    for permit in permits:
+        limiter.seen_running(permit)
+
+
 async def fill(limiter: SlotLimiter, running: int) -> list[Permit]:
     """Slow-start `running` accepted generations, one submission at a time."""
     permits = []
@@ -90,6 +96,7 @@ async def test_someone_elses_load_keeps_the_ceiling_and_probes_one_at_a_time() -
     limiter = limiter_on(time, 5)
     running = await fill(limiter, 3)
     limiter.rejected(await limiter.acquire())
+    polled(limiter, running)  # all three were really running when the account refused
     assert limiter.ceiling == 3
     for permit in running:
         limiter.release(permit)  # our generations end; someone else takes every slot
@@ -128,6 +135,7 @@ async def test_a_release_while_refusing_lets_one_job_in() -> None:
     limiter = limiter_on(time, 5)
     running = await fill(limiter, 3)
     limiter.rejected(await limiter.acquire())  # ceiling 3
+    polled(limiter, running)
     limiter.release(running[0])
     limiter.rejected(await limiter.acquire())  # refused at 2 < 3: someone else took it
     assert limiter.refusing
@@ -147,6 +155,7 @@ async def test_above_the_ceiling_rarely_and_less_often_after_each_refusal() -> N
     limiter = limiter_on(time, 4)
     permits = await fill(limiter, 2)
     limiter.rejected(await limiter.acquire())
+    polled(limiter, permits)
     assert limiter.ceiling == 2
 
     async def finish_one() -> Permit:
@@ -155,6 +164,7 @@ async def test_above_the_ceiling_rarely_and_less_often_after_each_refusal() -> N
         permit = await limiter.acquire()
         limiter.accepted(permit)
         permits.append(permit)
+        polled(limiter, permits)
         return permit
 
     for _ in range(TIMING.above_after - 1):
@@ -174,9 +184,43 @@ async def test_above_the_ceiling_rarely_and_less_often_after_each_refusal() -> N
     second = await try_acquire(limiter)
     assert second is not None
     assert second.above
-    limiter.accepted(second)  # the account took a third: the ceiling grows
+    limiter.accepted(second)  # the account took a third ...
+    assert limiter.ceiling == 2  # ... if the other two were still running then
+    polled(limiter, permits)
     assert limiter.ceiling == 3
     assert limiter.rejections == 2
+
+
+async def test_a_generation_seen_ended_after_a_refusal_is_not_counted() -> None:
+    """A generation may end unseen between polls: counted at a 500044, it would make the
+    ceiling too high, and every later refusal would read as someone else's load."""
+    limiter = SlotLimiter(6)
+    running = await fill(limiter, 3)
+    limiter.rejected(await limiter.acquire())  # 3 running, as far as this run knows
+    assert limiter.ceiling == 3
+    polled(limiter, running[:2])
+    limiter.release(running[2])  # seen ended first: maybe before the refusal
+    assert limiter.ceiling == 2
+    limiter.seen_running(running[0])
+    assert limiter.ceiling == 2  # settled: later polls change nothing
+
+
+async def test_an_acceptance_above_the_ceiling_counts_only_generations_seen_running() -> None:
+    limiter = SlotLimiter(6, LimiterTiming(above_after=1, above_every=1000.0))
+    running = await fill(limiter, 2)
+    limiter.rejected(await limiter.acquire())
+    polled(limiter, running)
+    limiter.release(running.pop())  # one finished at the ceiling: one try above it is due
+    replacement = await limiter.acquire()
+    limiter.accepted(replacement)
+    running.append(replacement)
+    above = await try_acquire(limiter)
+    assert above is not None
+    assert above.above
+    limiter.accepted(above)  # three accepted, as far as this run knows ...
+    limiter.release(running[0])  # ... but one is seen ended first: maybe before the answer
+    limiter.seen_running(running[1])
+    assert limiter.ceiling == 2
 
 
 async def try_acquire(limiter: SlotLimiter) -> Permit | None:
