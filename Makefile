@@ -27,7 +27,7 @@ unit: $(BIN)/.installed
 test: lint typecheck unit
 
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/bench_slots.py
+	$(BIN)/python benchmarks/bench_slots.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

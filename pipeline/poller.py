@@ -43,7 +43,7 @@ MIN_SAMPLES = 3  # generations seen to end before the schedule follows them
 WINDOW = 200  # the most recent generations the schedule learns from
 FIRST_SHARE = 0.1  # the first poll: when this share of generations has ended
 STEP_SHARE = 0.3  # each next poll: when this share of those still running would have ended
-MIN_GAP_SHARE = 0.2  # of poll_interval: the shortest gap between two polls of one job
+MIN_GAP_SHARE = 0.1  # of poll_interval: the shortest gap between two polls of one job
 POLLS_AT_ONCE = 8  # status calls in flight at once (they are small; this bounds a burst)
 
 
