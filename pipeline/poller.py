@@ -20,7 +20,8 @@ Contract:
   come more often where finishing is likely. Between two polls of one job there is never
   more than `poll_interval` (nor less than `MIN_GAP_SHARE` of it); only the first poll may
   come later than that after the submission, and never later than the quantile says.
-* A job resumed from an earlier run is polled at once (`poll_now`).
+* A job resumed from an earlier run is polled at once (`poll_now`), and every job is polled
+  by its `poll_by` moment (the 10-minute slot rule), whatever the schedule says.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class _Watch:
     size: float | None
     on_status: Callable[[VideoStatus], bool]
     learn: bool  # its finish may teach the schedule (watched from its start, in this run)
+    poll_by: float | None = None  # the poller's clock: a poll no later than this
     due: float = 0.0
     last_running: float | None = None  # elapsed at the last poll that saw it still running
     polls: int = 0
@@ -110,10 +112,14 @@ class Poller:
         elapsed: float = 0.0,
         size: float | None = None,
         poll_now: bool = False,
+        poll_by: float | None = None,
     ) -> None:
-        """Until `on_status` says the generation is over; `elapsed`: how long it has run."""
+        """Until `on_status` says the generation is over; `elapsed`: how long it has run;
+        `poll_by`: seconds after its start by which it is polled at least once."""
         now = self._clock()
         watch = _Watch(video_id, now - elapsed, size, on_status, learn=not poll_now)
+        if poll_by is not None:
+            watch.poll_by = watch.started + poll_by
         self._schedule(watch, now if poll_now else self._next_poll(watch, now))
         try:
             await watch.done.wait()
@@ -164,6 +170,8 @@ class Poller:
         self._schedule(watch, self._next_poll(watch, now))
 
     def _schedule(self, watch: _Watch, due: float) -> None:
+        if watch.poll_by is not None and self._clock() < watch.poll_by < due:
+            due = watch.poll_by
         watch.due = due
         heapq.heappush(self._heap, (due, next(self._order), watch))
         if self._wake is not None and self._heap[0][2] is watch:

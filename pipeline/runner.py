@@ -518,6 +518,7 @@ class _Run:
             elapsed=max(0.0, self.wall() - (record.submitted_at or self.wall())),
             size=input_seconds(job, self.checked.media),
             poll_now=poll_first,
+            poll_by=self.options.slot_release_after,
         )
         return latest
 

@@ -149,3 +149,28 @@ async def test_a_resumed_generation_is_polled_at_once() -> None:
         await poller.watch(1, account.on_status(1), elapsed=300.0, poll_now=True)  # type: ignore[arg-type]
         tg.cancel_scope.cancel()
     assert account.polls[1] == [0.0]
+
+
+async def test_a_generation_is_polled_by_its_poll_by_moment_whatever_the_schedule() -> None:
+    """The 10-minute slot rule: the runner frees the slot at the first reply past it, so the
+    learned schedule must not put that reply off."""
+    time = FakeTime()
+    account = Account(time)
+    poller = Poller(account.status, 60.0, clock=time.clock, sleep=time.sleep)
+    for video_id in range(3):  # three generations of 900 s teach the schedule
+        account.ends[video_id] = 900.0
+    account.ends[3] = 2000.0
+    finished = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poller.run)
+        tg.start_soon(time.run_until, finished)
+        async with anyio.create_task_group() as first:
+            for video_id in range(3):
+                first.start_soon(poller.watch, video_id, account.on_status(video_id))
+        start = time.now
+        account.ends[3] = start + 900.0
+        await poller.watch(3, account.on_status(3), poll_by=600.0)  # type: ignore[arg-type]
+        finished.set()
+        tg.cancel_scope.cancel()
+    first_poll = account.polls[3][0] - start
+    assert first_poll == 600.0  # the schedule alone would wait for about 890 s
