@@ -187,8 +187,10 @@ class SlotLimiter:
         self._runs.add(permit)
         return permit
 
-    def seen_running(self, permit: Permit) -> None:
+    def seen_running(self, permit: Permit | None) -> None:
         """A poll saw this generation still running: it counts for what was learned before."""
+        if permit is None:
+            return
         for evidence in list(self._evidence):
             evidence.unsure.discard(permit)
             self._settle(evidence)

@@ -118,8 +118,7 @@ class RunOutcome:
 
 @dataclass
 class _Ticket:
-    """What one job's task holds right now; released in `finally` whatever happens. It is
-    also the job's generation slot as `pipeline.submit` sees it (`held`, `acquire`, `release`)."""
+    """What one job's task holds, released in `finally`; its slot as `pipeline.submit` sees it."""
 
     limiter: SlotLimiter
     admitted: bool = True
@@ -268,7 +267,6 @@ class _Run:
                 queue = WorkQueue(jobs, self.checked.media)
                 while queue:
                     await self.admission.acquire()
-                    # once generation times are seen to follow the input, longest first
                     job = queue.pop(longest_first=self.poller.size_predicts())
                     if self.stop_submitting.is_set() and self._is_new(job):
                         self.admission.release()
@@ -498,8 +496,7 @@ class _Run:
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
             if not is_terminal(status):
-                if ticket.permit is not None:
-                    self.limiter.seen_running(ticket.permit)
+                self.limiter.seen_running(ticket.permit)
                 if waited > self.options.max_wait:
                     raise TransientError(
                         f"video {video_id} still generating after {running_for:.0f} s;"
