@@ -45,7 +45,7 @@ from pipeline.runner import ExitCode, RunOptions, exit_code_for
 from pipeline.secrets import Redactor
 from pipeline.session import STATE_NAME, RunSession
 from pipeline.state import JobRecord, StateStore
-from pipeline.submit import describe_wait
+from pipeline.submit import describe_wait, iso
 
 log = logging.getLogger("pipeline.cli")
 
@@ -663,6 +663,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     store = StateStore.read_only(state_path)
     try:
         records = store.jobs()
+        ceilings = store.slot_ceilings()
     finally:
         store.close()
     missing: list[str] = []
@@ -695,6 +696,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
             )
         for job_id in missing:
             print(f"{job_id:<32} {'new':<12} not started")
+        for base_url, key_fp, ceiling, concurrency, learned_at in ceilings:
+            print(
+                f"slot ceiling {ceiling} (--concurrency {concurrency}) for {base_url} key"
+                f" {key_fp}, learned from 500044 at {iso(learned_at)}"
+            )
         print(summary_line(rows))
     counts = summary_counts(rows)
     if counts["unfinished"]:

@@ -1,66 +1,337 @@
-"""The generation-slot limiter: at most `limit` generations in flight, limit learned by AIMD.
+"""The generation-slot limiter: how many generations this run may have in flight, learned from
+500044 without hammering the account.
 
-A job holds a slot from the moment it submits until its generation reaches a terminal status.
-The account's real limit is unknown (a plan setting, shared with anything else using the key):
-a 500044 cuts the limit to what was actually running (multiplicative decrease), and every
-generation that finishes lets it creep back by 1/limit (additive increase) up to `maximum`.
+Contract (every number is "generations of this run on the account"):
+
+* A job asks for a slot (`acquire`) before each submission and gets a `Permit`. It reports the
+  reply: `accepted` (a video id: the permit now stands for a running generation), `rejected`
+  (500044: the permit is gone) or `release` (the generation ended, passed the 10-minute slot
+  rule, or the submission did not happen or got another answer). A generation found running
+  at the start of a run is counted with `adopt`, which never waits.
+* Slow start: the run may hold one slot, and one more per accepted submission, up to
+  `maximum` (`--concurrency`) or the learned ceiling, so a run never opens with a burst of
+  refusals. Slots given back are refilled at once up to that level.
+* A 500044 never wakes a waiting job. It is read against the ceiling, the most generations
+  this run had running when the account refused one more:
+  - with no ceiling known yet and some running, the running count becomes the ceiling: the
+    account's limit as this run sees it;
+  - while holding at least the ceiling, it only confirms the ceiling;
+  - while holding fewer than the ceiling (or none), someone else is using the account (another
+    client, a nightly run's old generations): the ceiling stays, and the account is "refusing".
+* While refusing, nothing is submitted above what was running, except one probe at a time:
+  the first waiting job submits after a backoff that starts at `probe_first` and doubles up to
+  `probe_max` (the poll interval). Every other job waits for a slot this run gives back or for
+  the probe's acceptance, which ends the refusal and restarts slow start from there.
+* Above the ceiling, rarely: after `above_after` generations finished while at the ceiling, or
+  `above_every` seconds, one submission above it. Accepted, the ceiling grows by one; refused,
+  both intervals double. Someone else's load never lowers the ceiling.
+* Counted, not guessed: "running" is what this run knows, and a generation may have ended
+  since its last poll. So a ceiling learned from a refusal, or grown by an acceptance, counts
+  only the generations seen still running (`seen_running`) after that answer; one seen ended
+  first may have ended before it, and is not counted (the ceiling errs low, never high: too
+  high, every refusal below it would read as someone else's load).
+
+No HTTP here: the clock and the sleep are injected, so tests drive it with fake time.
 """
 
 from __future__ import annotations
 
-import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import anyio
 
 
+@dataclass(frozen=True)
+class LimiterTiming:
+    probe_first: float = 1.0  # seconds before the first probe while the account refuses
+    probe_max: float = 5.0  # the probe backoff grows to this (the poll interval)
+    above_after: int = 20  # generations finished at the ceiling before one try above it
+    above_every: float = 120.0  # or this many seconds, whichever comes first
+
+
+@dataclass(eq=False)
+class Permit:
+    """One slot as a job holds it: a submission on its way, or (once `accepted`) a running
+    generation. `probe` and `above` say why it was granted beyond the current level."""
+
+    running: bool = False
+    probe: bool = False
+    above: bool = False
+    active: bool = True
+
+
+@dataclass(eq=False)
+class _Evidence:
+    """An answer that sets (`refused`) or raises the ceiling to `value`, counting `unsure`:
+    generations not yet seen running after the answer."""
+
+    raise_: bool
+    value: int
+    unsure: set[Permit]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    event: anyio.Event
+    permit: Permit | None = None
+
+
 class SlotLimiter:
-    def __init__(self, maximum: int) -> None:
+    def __init__(
+        self,
+        maximum: int,
+        timing: LimiterTiming | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
         if maximum < 1:
             raise ValueError("the slot maximum must be at least 1")
         self.maximum = maximum
-        self._limit = float(maximum)
-        self._held = 0
-        self._changed = anyio.Event()
-        self.peak = 0  # most slots ever held at once (benchmarks and tests read it)
+        self.timing = timing or LimiterTiming()
+        self._clock, self._sleep = clock, sleep
+        self.ceiling: int | None = None  # most running when the account refused one more
+        self._cap = 1  # slots that may be held without probing (slow start begins at one)
+        self._running = 0  # accepted generations holding a slot
+        self._runs: set[Permit] = set()  # their permits
+        self._evidence: list[_Evidence] = []
+        self._sending = 0  # granted submissions without an answer yet
+        self._waiters: deque[_Waiter] = deque()
+        self.refusing = False  # someone else's load fills the account: probes only
+        self._backoff = 0.0
+        self._probe_at = 0.0
+        self._probe_out = False  # a probe (refusing) or an above-ceiling try is in flight
+        self._prober: anyio.CancelScope | None = None  # the waiter sleeping until `_probe_at`
+        self._prober_waiter: _Waiter | None = None
+        self._finished_at_ceiling = 0
+        self._above_after = self.timing.above_after
+        self._above_every = self.timing.above_every
+        self._above_since = clock()
+        self.peak = 0  # most slots held at once (reports, benchmarks and tests read it)
         self.rejections = 0
 
     @property
-    def limit(self) -> int:
-        return max(1, math.floor(self._limit))
+    def held(self) -> int:
+        return self._running + self._sending
 
     @property
-    def held(self) -> int:
-        return self._held
+    def running(self) -> int:
+        return self._running
 
-    async def acquire(self) -> None:
-        while self._held >= self.limit:
-            await self._changed.wait()
-        self._held += 1
-        self.peak = max(self.peak, self._held)
+    @property
+    def limit(self) -> int:
+        """Slots this run may fill right now without a probe."""
+        return self._cap
 
-    def release(self) -> None:
-        if self._held <= 0:
-            raise RuntimeError("release() without a matching acquire()")
-        self._held -= 1
-        self._notify()
+    def describe(self) -> str:
+        """For the progress line: slots in use / the ceiling (or the maximum, not yet met)."""
+        if self.ceiling is None:
+            return f"slots {self._running}/{self.maximum}"
+        refusing = ", account busy elsewhere" if self.refusing else ""
+        return f"slots {self._running}/{self.ceiling} (learned ceiling{refusing})"
 
-    def on_rejected(self) -> None:
-        """500044 while holding `held` slots (the rejected job's included): the account lets
-        us run at most the others. Never below one, so progress resumes when the account frees."""
+    # asking ---------------------------------------------------------------------------------
+
+    async def acquire(self) -> Permit:
+        """Wait for a slot; FIFO among waiters. While the account refuses, the first waiter
+        with no probe out sleeps the backoff and then submits as the probe."""
+        waiter = _Waiter(anyio.Event())
+        self._waiters.append(waiter)
+        try:
+            self._dispatch()
+            while waiter.permit is None:
+                if self._may_probe(waiter):
+                    await self._wait_to_probe(waiter)
+                else:
+                    await waiter.event.wait()
+                    waiter.event = anyio.Event()
+        except BaseException:
+            if waiter.permit is not None:
+                self.release(waiter.permit)
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+                self._dispatch()  # a prober that leaves hands the role on
+            raise
+        return waiter.permit
+
+    def _may_probe(self, waiter: _Waiter) -> bool:
+        return (
+            self.refusing
+            and not self._probe_out
+            and self._prober is None
+            and bool(self._waiters)
+            and self._waiters[0] is waiter
+        )
+
+    async def _wait_to_probe(self, waiter: _Waiter) -> None:
+        with anyio.CancelScope() as scope:
+            self._prober, self._prober_waiter = scope, waiter
+            try:
+                await self._sleep(max(0.0, self._probe_at - self._clock()))
+            finally:
+                self._prober = self._prober_waiter = None
+        if scope.cancel_called or waiter.permit is not None:
+            return  # granted meanwhile, or the refusal ended: look again
+        if self.refusing and not self._probe_out and self._clock() >= self._probe_at:
+            self._grant(waiter, probe=True)
+
+    def adopt(self) -> Permit:
+        """A generation already running on the account (a resumed run): counted, never waits."""
+        self._running += 1
+        self._cap = max(self._cap, min(self._target(), self._running))
+        self.peak = max(self.peak, self.held)
+        permit = Permit(running=True)
+        self._runs.add(permit)
+        return permit
+
+    def seen_running(self, permit: Permit | None) -> None:
+        """A poll saw this generation still running: it counts for what was learned before."""
+        if permit is None:
+            return
+        for evidence in list(self._evidence):
+            evidence.unsure.discard(permit)
+            self._settle(evidence)
+
+    # the account's answers --------------------------------------------------------------------
+
+    def accepted(self, permit: Permit) -> None:
+        """The submission got a video id: its slot now holds a running generation."""
+        _check_sending(permit)
+        permit.running = True
+        self._sending -= 1
+        self._running += 1
+        others = set(self._runs)
+        self._runs.add(permit)
+        if permit.probe or permit.above:
+            self._probe_out = False
+        if permit.probe:
+            self.refusing = False  # the account took one more: slow start again from here
+        if permit.above:
+            self._above_reset(self._above_after, self._above_every)
+        if self.ceiling is not None and self._running > self.ceiling:
+            self._learn(_Evidence(raise_=True, value=self._running, unsure=others))
+        if not self.refusing:  # while refusing, only the probe's acceptance opens up
+            self._cap = max(self._cap, min(self._target(), self._running + 1))
+        self._dispatch()
+
+    def rejected(self, permit: Permit) -> None:
+        """500044: the permit is gone. Wakes no one (see the module docstring)."""
+        _check_sending(permit)
+        permit.active = False
+        self._sending -= 1
         self.rejections += 1
-        self._limit = float(max(1, self._held - 1))
+        if permit.probe or permit.above:
+            self._probe_out = False
+        running = self._running
+        if permit.above:
+            self._above_reset(2 * self._above_after, 2 * self._above_every)
+        if self.ceiling is None and running > 0:
+            self.ceiling = running  # at most: see `_settle`
+            self._learn(_Evidence(raise_=False, value=running, unsure=set(self._runs)))
+        if self.ceiling is not None and running >= self.ceiling:
+            self._cap = self.ceiling  # our own limit: the next release lets the next job in
+            return
+        # someone else's load: hold what runs, probe with a growing backoff
+        self._cap = running
+        if not self.refusing or permit.probe:
+            first = min(self.timing.probe_first, self.timing.probe_max)
+            grown = min(self.timing.probe_max, self._backoff * 2)
+            self._backoff = first if not self.refusing else max(first, grown)
+            self._probe_at = self._clock() + self._backoff
+        self.refusing = True
+        self._wake_prober()  # a timer, not a submission: it sends when the backoff is over
 
-    def on_finished(self) -> None:
-        """A generation reached a terminal status: probe one step closer to the maximum."""
-        if self._limit < self.maximum:
-            self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
-            self._notify()
+    def release(self, permit: Permit) -> None:
+        """The slot is free: a generation ended (or stopped counting), or a submission that
+        holds it will not be sent or got an answer other than a video id or 500044."""
+        if not permit.active:
+            return
+        permit.active = False
+        if permit.running:
+            if self.ceiling is not None and self._running >= self.ceiling:
+                self._finished_at_ceiling += 1
+            self._running -= 1
+            self._runs.discard(permit)
+            for evidence in list(self._evidence):
+                if permit in evidence.unsure:  # it may have ended before that answer
+                    evidence.unsure.discard(permit)
+                    evidence.value -= 1
+                    self._settle(evidence)
+        else:
+            self._sending -= 1
+            if permit.probe or permit.above:
+                self._probe_out = False
+        self._dispatch()
 
-    async def wait_for_change(self, timeout: float) -> None:
-        """Sleep until a slot is released or the limit grows, or `timeout` passes."""
-        with anyio.move_on_after(timeout):
-            await self._changed.wait()
+    # internals ------------------------------------------------------------------------------
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+    def _target(self) -> int:
+        return self.maximum if self.ceiling is None else min(self.maximum, self.ceiling)
+
+    def _learn(self, evidence: _Evidence) -> None:
+        self._evidence.append(evidence)
+        self._settle(evidence)
+
+    def _settle(self, evidence: _Evidence) -> None:
+        """Apply what is sure of `evidence` so far; drop it once nothing is unsure."""
+        if not evidence.raise_ and self.ceiling is not None:
+            self.ceiling = max(1, min(self.ceiling, evidence.value))
+            self._cap = min(self._cap, self._target())
+        if evidence.raise_ and (self.ceiling is None or evidence.value <= self.ceiling):
+            evidence.unsure.clear()  # nothing left to raise
+        if evidence.unsure:
+            return
+        self._evidence.remove(evidence)
+        if evidence.raise_ and self.ceiling is not None and evidence.value > self.ceiling:
+            self.ceiling = evidence.value
+
+    def _above_reset(self, after: int, every: float) -> None:
+        self._above_after, self._above_every = after, every
+        self._finished_at_ceiling = 0
+        self._above_since = self._clock()
+
+    def _above_due(self) -> bool:
+        return (
+            self.ceiling is not None
+            and not self.refusing
+            and not self._probe_out
+            and self.ceiling < self.maximum
+            and self._running >= self.ceiling
+            and (
+                self._finished_at_ceiling >= self._above_after
+                or self._clock() - self._above_since >= self._above_every
+            )
+        )
+
+    def _dispatch(self) -> None:
+        """Grant waiting jobs, oldest first, whatever fits; wake a new prober if one is due."""
+        while self._waiters and self.held < self._cap:
+            self._grant(self._waiters[0])
+        if self._waiters and self._above_due():
+            self._grant(self._waiters[0], above=True)
+        self._wake_prober()
+        if self._prober is not None and (not self.refusing or self.held < self._cap):
+            self._prober.cancel()
+
+    def _wake_prober(self) -> None:
+        if self._waiters and self.refusing and not self._probe_out and self._prober is None:
+            self._waiters[0].event.set()  # it becomes the prober (sleeps, then probes)
+
+    def _grant(self, waiter: _Waiter, *, probe: bool = False, above: bool = False) -> None:
+        self._waiters.remove(waiter)
+        self._sending += 1
+        self.peak = max(self.peak, self.held)
+        if probe or above:
+            self._probe_out = True
+        waiter.permit = Permit(probe=probe, above=above)
+        waiter.event.set()
+        if self._prober is not None and self._prober_waiter is waiter:
+            self._prober.cancel()
+
+
+def _check_sending(permit: Permit) -> None:
+    if not permit.active or permit.running:
+        raise RuntimeError("an answer for a permit that is not a submission on its way (a bug)")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from pipeline.preflight import MediaFile
 CREDITS_PER_AUDIO_SECOND = 4
 CREDITS_PER_TTS_CHUNK = 4
 TTS_CHUNK_BYTES = 15
+# Speech runs at about 15 characters a second: a TTS script's length in seconds, roughly.
+TTS_CHARS_PER_SECOND = 15.0
 
 
 def fingerprint(job: Job, media: Mapping[Path, MediaFile]) -> str:
@@ -80,6 +84,41 @@ def generate_body(job: Job, media_ids: Mapping[Path, int]) -> dict[str, Any]:
         body["lip_sync_tts_speaker_id"] = job.tts.speaker
         body["lip_sync_tts_content"] = job.tts.text
     return body
+
+
+def input_seconds(job: Job, media: Mapping[Path, MediaFile]) -> float:
+    """How long the job's voice is (the audio, or the script spoken): what a generation's
+    time may follow. The runner submits longest first and the poller learns from it."""
+    if job.audio is not None:
+        return media[job.audio].info.duration
+    if job.tts is not None:
+        return len(job.tts.text) / TTS_CHARS_PER_SECOND
+    return 0.0
+
+
+class WorkQueue:
+    """Jobs to admit, in the order given (reconcile's: paid work first), until asked for the
+    longest first: then the rest by `input_seconds`, longest first, so that where generation
+    times follow the input the run does not end with one long job alone."""
+
+    def __init__(self, jobs: Sequence[Job], media: Mapping[Path, MediaFile]) -> None:
+        self._media = media
+        self._in_order: deque[Job] = deque(jobs)
+        self._longest: list[tuple[float, int, Job]] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self._in_order or self._longest)
+
+    def pop(self, *, longest_first: bool = False) -> Job:
+        if longest_first and self._longest is None:
+            self._longest = [
+                (-input_seconds(job, self._media), n, job) for n, job in enumerate(self._in_order)
+            ]
+            heapq.heapify(self._longest)
+            self._in_order.clear()
+        if self._longest is not None:
+            return heapq.heappop(self._longest)[2]
+        return self._in_order.popleft()
 
 
 def estimate_credits(job: Job, media: Mapping[Path, MediaFile]) -> int:

@@ -54,7 +54,8 @@ class ProgressSink(Protocol):
     def close(self) -> None: ...
 
 
-def describe(counts: Mapping[str, int]) -> str:
+def describe(counts: Mapping[str, int], slots: str = "") -> str:
+    """`slots`: the limiter's own words (slots in use / the learned ceiling), if any."""
     generating = counts.get("generating", 0) + counts.get("submitting", 0)
     text = (
         f"{counts.get('failed', 0)} failed, {generating} generating,"

@@ -7,7 +7,10 @@ Concurrency model (all tasks live in one anyio task group):
   means 10,000 live tasks, and uploads run a bounded distance ahead of submissions.
 * Uploads and downloads run under their own capacity limiters and never hold a generation
   slot, so a free slot never waits for a file transfer.
-* `SlotLimiter` holds a slot from submission to terminal status; 500044 shrinks it (AIMD).
+* `SlotLimiter` holds a slot from submission to terminal status: slow start, a ceiling learned
+  from 500044, one probe at a time while someone else fills the account (`pipeline.limiter`).
+* One `Poller` task polls every generating job when its end is likely (`pipeline.poller`);
+  the reply that shows a terminal status commits it and frees the slot in the same step.
 
 Every state change goes through `StateStore` and is committed before the next request.
 """
@@ -15,7 +18,6 @@ Every state change goes through `StateStore` and is committed before the next re
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import time
 from collections import Counter
@@ -50,12 +52,14 @@ from pipeline.errors import (
     VideoGoneError,
 )
 from pipeline.failed import failed_this_run, write_failed_manifest
+from pipeline.generating import is_terminal, settle, started_at
 from pipeline.jobstate import JobState
-from pipeline.limiter import SlotLimiter
+from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
 from pipeline.manifest import Job
 from pipeline.media import result_problem
 from pipeline.outputs import archive_path, result_path
-from pipeline.plan import estimate_credits, generate_body
+from pipeline.plan import WorkQueue, estimate_credits, generate_body, input_seconds
+from pipeline.poller import Poller
 from pipeline.preflight import Checked
 from pipeline.progress import LogProgress, ProgressSink, Snapshot, Tracker
 from pipeline.reconcile import reconcile
@@ -97,6 +101,8 @@ class RunOptions:
     # busy replies to a possibly-processed trace id must last this long before the id counts
     # as pinned to "busy" by the gateway and is replaced (pipeline.submit)
     busy_pinned_after: float = 5.0
+    probe_backoff: float = 1.0  # first wait between probes of a busy account (pipeline.limiter)
+    ceiling_probe_every: float = 120.0  # seconds between tries above the learned ceiling
     run_id: str | None = None  # names the run in its report (default: a new one)
     started_at: float | None = None  # when the command started, before preflight (default: now)
     max_credits: int | None = None  # `--max-credits`: this run's spend never passes it
@@ -123,31 +129,25 @@ class RunOutcome:
 
 @dataclass
 class _Ticket:
-    """What one job's task holds right now; released in `finally` whatever happens."""
+    """What one job's task holds, released in `finally`; its slot as `pipeline.submit` sees it."""
 
+    limiter: SlotLimiter
     admitted: bool = True
-    slot: bool = False
+    permit: Permit | None = None  # the generation slot, while held
     reuploaded: bool = False
-    rejections: int = 0
     tries: SubmitTries = field(default_factory=SubmitTries)
-
-
-class _SlotHandle:
-    """A job's generation slot as `pipeline.submit` sees it."""
-
-    def __init__(self, run: _Run, ticket: _Ticket) -> None:
-        self._run, self._ticket = run, ticket
 
     @property
     def held(self) -> bool:
-        return self._ticket.slot
+        return self.permit is not None
 
     async def acquire(self) -> None:
-        await self._run.limiter.acquire()
-        self._ticket.slot = True
+        self.permit = await self.limiter.acquire()
 
     def release(self) -> None:
-        self._run._drop_slot(self._ticket)
+        if self.permit is not None:
+            permit, self.permit = self.permit, None
+            self.limiter.release(permit)
 
 
 @dataclass
@@ -159,6 +159,7 @@ class _Run:
     sleep: Sleep
     wall: Callable[[], float]
     limiter: SlotLimiter = field(init=False)
+    poller: Poller = field(init=False)
     admission: anyio.Semaphore = field(init=False)
     uploads: anyio.CapacityLimiter = field(init=False)
     downloads: anyio.CapacityLimiter = field(init=False)
@@ -173,6 +174,7 @@ class _Run:
     _scope: anyio.CancelScope = field(init=False)
     started: float = field(init=False)
     budget: Budget = field(init=False)
+    _saved_ceiling: int | None = None
 
     def __post_init__(self) -> None:
         self.started = self.wall()
@@ -183,7 +185,9 @@ class _Run:
             self.store, self.client, self.sleep, self.wall, self.options.busy_pinned_after
         )
         o = self.options
-        self.limiter = SlotLimiter(o.concurrency)
+        timing = LimiterTiming(o.probe_backoff, o.poll_interval, above_every=o.ceiling_probe_every)
+        self.limiter = SlotLimiter(o.concurrency, timing, sleep=self.sleep)
+        self.poller = Poller(self.client.status, o.poll_interval, sleep=self.sleep)
         self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
         self.uploads = anyio.CapacityLimiter(o.upload_concurrency)
         self.downloads = anyio.CapacityLimiter(o.download_concurrency)
@@ -271,24 +275,30 @@ class _Run:
             self.problem = problem
 
     async def execute(self, jobs: list[Job]) -> None:
-        async with anyio.create_task_group() as tg:
-            self._scope = tg.cancel_scope
-            for record in self.store.jobs(archived=True):
-                if (
-                    record.archived
-                    and record.state in (JobState.GENERATING, JobState.DOWNLOADING)
-                    and not self.submitter.foreign_key(record)
-                ):
+        async with anyio.create_task_group() as polling:
+            polling.start_soon(self.poller.run)
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                for record in self.store.jobs(archived=True):
+                    if (
+                        record.archived
+                        and record.state in (JobState.GENERATING, JobState.DOWNLOADING)
+                        and not self.submitter.foreign_key(record)
+                    ):
+                        await self.admission.acquire()
+                        tg.start_soon(self._archived_task, record.id)
+                queue = WorkQueue(jobs, self.checked.media)
+                while queue:
                     await self.admission.acquire()
-                    tg.start_soon(self._archived_task, record.id)
-            for job in jobs:
-                if (
-                    self.stop_submitting.is_set()
-                    and self.store.job(job.id).state is JobState.PENDING
-                ):
-                    continue
-                await self.admission.acquire()
-                tg.start_soon(self._job_task, job)
+                    job = queue.pop(longest_first=self.poller.size_predicts())
+                    if self.stop_submitting.is_set() and self._is_new(job):
+                        self.admission.release()
+                        continue
+                    tg.start_soon(self._job_task, job)
+            polling.cancel_scope.cancel()
+
+    def _is_new(self, job: Job) -> bool:
+        return self.store.job(job.id).state is JobState.PENDING
 
     def _stop_run(self, problem: FatalError | StateError | DiskError) -> None:
         if self.problem is None:
@@ -304,7 +314,7 @@ class _Run:
 
     async def _guarded(self, job_id: str, work: Callable[[_Ticket], Awaitable[None]]) -> None:
         """Run one job's work; what it raises decides for the job or the run."""
-        ticket = _Ticket()
+        ticket = _Ticket(self.limiter)
         try:
             await work(ticket)
         except JobError as exc:
@@ -345,9 +355,14 @@ class _Run:
         log.warning("%s: failed: %s", job_id, reason)
 
     def _drop_slot(self, ticket: _Ticket) -> None:
-        if ticket.slot:
-            ticket.slot = False
-            self.limiter.release()
+        ticket.release()
+
+    def _save_ceiling(self) -> None:
+        """Record a newly learned ceiling for `status` (after the limiter has moved on)."""
+        if (ceiling := self.limiter.ceiling) not in (None, self._saved_ceiling):
+            self._saved_ceiling = ceiling
+            key_fp, concurrency = self.submitter.key_fp, self.options.concurrency
+            self.store.save_slot_ceiling(self.base_url, key_fp, ceiling, concurrency)
 
     def _leave_admission(self, ticket: _Ticket) -> None:
         if ticket.admitted:
@@ -378,9 +393,8 @@ class _Run:
                 if not self._budget_allows(job, record):
                     return
                 await self._ensure_media(job)
-                if not ticket.slot:
-                    await self.limiter.acquire()
-                    ticket.slot = True
+                if not ticket.held:
+                    await ticket.acquire()
                 if self.stop_submitting.is_set():
                     return
                 record = self.store.transition(
@@ -401,7 +415,10 @@ class _Run:
                 record = await self._submit(job, record, ticket)
                 self._settle(job.id)
             elif state is JobState.GENERATING:
-                record = await self._await_generation(job.id, record, ticket, poll_first=resumed)
+                size = input_seconds(job, self.checked.media)
+                record = await self._await_generation(
+                    job.id, record, ticket, poll_first=resumed, size=size
+                )
                 resumed = False
             elif state is JobState.DOWNLOADING:
                 self._leave_admission(ticket)
@@ -471,14 +488,14 @@ class _Run:
             return generate_body(job, await self._ensure_media(job))
 
         try:
-            sent = await self.submitter.step(record, body, _SlotHandle(self, ticket), ticket.tries)
+            sent = await self.submitter.step(record, body, ticket, ticket.tries)
         except SlotLimitError:
-            self.limiter.on_rejected()
-            self._drop_slot(ticket)
-            ticket.rejections += 1
+            # no backoff of its own: the limiter decides when this job (or any) sends again
+            if ticket.permit is not None:
+                permit, ticket.permit = ticket.permit, None
+                self.limiter.rejected(permit)
             record = self.store.transition(job.id, JobState.PENDING, "500044: waiting for a slot")
-            cap = min(60.0, self.options.poll_interval * 2 ** min(ticket.rejections, 6))
-            await self.limiter.wait_for_change(random.uniform(0.1 * cap, cap))
+            self._save_ceiling()
             return record
         except StaleMediaError:
             self._drop_slot(ticket)
@@ -522,6 +539,9 @@ class _Run:
             submitted_at=record.sent_at if replayed else self.wall(),
             resend_after=None,
         )
+        if ticket.permit is not None:
+            self.limiter.accepted(ticket.permit)
+            self._save_ceiling()
         log.info("%s: submitted as video %s (attempt %d)", job.id, sent.video_id, record.attempts)
         return record
 
@@ -554,72 +574,53 @@ class _Run:
         *,
         poll_first: bool,
         resubmit: bool = True,
+        size: float | None = None,
     ) -> JobRecord:
-        assert record.video_id is not None
-        if not ticket.slot:  # resumed: the generation already occupies an account slot
-            await self.limiter.acquire()
-            ticket.slot = True
-        first = poll_first
-        while True:
-            if not first:
-                await self.sleep(self.options.poll_interval * random.uniform(0.8, 1.2))
-            first = False
+        """Until a terminal status, which the poller's reply commits and frees the slot for.
+        `resubmit`: whether a refunded status 8 goes back to PENDING (not for archived
+        records); `size`: the voice's length, which generation times may follow."""
+        video_id = record.video_id
+        assert video_id is not None
+        if ticket.permit is None:  # resumed: the generation already occupies an account slot
+            ticket.permit = self.limiter.adopt()
+        latest = record
+
+        def on_status(status: VideoStatus) -> bool:
+            nonlocal latest
             now = self.wall()
-            running_for = now - (record.submitted_at or 0)
+            latest = started_at(self.store, latest, status)
+            running_for = now - (latest.submitted_at or 0)
             # the wait is counted per run: a resumed run gives a slow generation its own
             # --max-wait, not only what is left of the first run's
-            waited = now - max(record.submitted_at or 0, self.started)
-            if ticket.slot and running_for > self.options.slot_release_after:
+            waited = now - max(latest.submitted_at or 0, self.started)
+            if ticket.permit is not None and running_for > self.options.slot_release_after:
                 # the account no longer counts it either: let the next job in
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
-            status = await self.client.status(record.video_id)
-            record = self._started_at(record, status)
-            if status.status == 5 or status.status not in (1, 6, 7, 8):
+            if not is_terminal(status):
+                self.limiter.seen_running(ticket.permit)
                 if waited > self.options.max_wait:
                     raise TransientError(
-                        f"video {record.video_id} still generating after {running_for:.0f} s;"
+                        f"video {video_id} still generating after {running_for:.0f} s;"
                         " left for the next run"
                     )
-                continue
+                return False
             self._drop_slot(ticket)
-            self.limiter.on_finished()
-            link = Link(status.url, status.size)
-            return self._terminal(job_id, record, status.status, link, resubmit=resubmit)
+            if status.status == 1:
+                self._links[job_id] = Link(status.url, status.size)
+            max_attempts = self.options.max_attempts if resubmit else 0
+            latest = settle(self.store, latest, status.status, max_attempts)
+            return True
 
-    def _started_at(self, record: JobRecord, status: VideoStatus) -> JobRecord:
-        """Move `submitted_at` back to the server's `create_time` when it is earlier, never
-        before the trace id's first send (a clock that differs from ours cannot push it out
-        of the window in which the generation really started)."""
-        created, first_sent, submitted = status.created_at, record.sent_at, record.submitted_at
-        if created is None or first_sent is None or submitted is None:
-            return record
-        started = min(max(created, first_sent), submitted)
-        if submitted - started < 1.0:
-            return record
-        return self.store.update(record.id, "started per create_time", submitted_at=started)
-
-    def _terminal(
-        self, job_id: str, record: JobRecord, status: int, link: Link, *, resubmit: bool
-    ) -> JobRecord:
-        if status == 1:
-            self._links[job_id] = link
-            return self.store.transition(job_id, JobState.DOWNLOADING, "status 1: succeeded")
-        refund = {"credits": record.credits - record.last_credits, "last_credits": 0}
-        if status == 8 and resubmit and record.attempts < self.options.max_attempts:
-            log.info("%s: generation failed (status 8), resubmitting", job_id)
-            return self.store.transition(job_id, JobState.PENDING, "status 8: resubmit", **refund)
-        reason = {
-            6: "status 6: the video was deleted",
-            7: "status 7: content moderation rejected the result (credits refunded)",
-            8: f"status 8: generation failed {record.attempts} times (credits refunded)",
-        }[status]
-        refund = refund if status != 6 else {}
-        log.warning("%s: %s", job_id, reason)
-        kind = VideoGoneError if status == 6 else JobError  # the error tree's name for it
-        return self.store.transition(
-            job_id, JobState.FAILED, reason, error=reason, error_class=kind.__name__, **refund
+        await self.poller.watch(
+            video_id,
+            on_status,
+            elapsed=max(0.0, self.wall() - (record.submitted_at or self.wall())),
+            size=size,
+            poll_now=poll_first,
+            poll_by=self.options.slot_release_after,
         )
+        return latest
 
     async def _download(
         self, job_id: str, record: JobRecord, dest: Path, job: Job | None = None
@@ -763,6 +764,7 @@ async def run_batch(
             "interrupted": interrupted,
             "peak_slots": run.limiter.peak,
             "slot_rejections": run.limiter.rejections,
+            "slot_ceiling": run.limiter.ceiling,
         },
         redact=client.redact,
     )
@@ -799,8 +801,9 @@ def _tell_progress(run: _Run, tracker: Tracker, sink: ProgressSink) -> None:
         Snapshot(
             counts=counts,
             total=len(ids),
-            slots_used=limiter.held,
-            slot_limit=limiter.limit,
+            slots_used=limiter.running,
+            # the learned ceiling, or --concurrency until the account has refused one more
+            slot_limit=limiter.ceiling or limiter.maximum,
             credits=run.budget.spent,
             cap=run.options.max_credits,
             eta=tracker.observe(records, limiter.limit),

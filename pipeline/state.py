@@ -117,6 +117,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN suspect TEXT;
         """,
     ),
+    (
+        # The slot ceiling the limiter learned from 500044 (most generations running when the
+        # account refused one more), per base URL and key, for `status` to show.
+        "0008_slot_ceilings",
+        """
+        CREATE TABLE slot_ceilings (
+            base_url TEXT NOT NULL,
+            key_fp TEXT NOT NULL,
+            ceiling INTEGER NOT NULL,
+            concurrency INTEGER NOT NULL,
+            learned_at REAL NOT NULL,
+            PRIMARY KEY (base_url, key_fp)
+        )
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -474,6 +489,38 @@ class StateStore:
                 "INSERT OR REPLACE INTO gateway_checks VALUES (?, ?, ?, ?, ?)",
                 (base_url, key_fp, int(replays), detail, self._clock()),
             )
+
+    # the account's slot ceiling, as the limiter learned it ------------------------------------
+
+    def save_slot_ceiling(self, base_url: str, key_fp: str, ceiling: int, concurrency: int) -> None:
+        with self._write():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO slot_ceilings VALUES (?, ?, ?, ?, ?)",
+                (base_url, key_fp, ceiling, concurrency, self._clock()),
+            )
+
+    def slot_ceilings(self) -> list[tuple[str, str, int, int, float]]:
+        """(base_url, key_fp, ceiling, concurrency asked, learned_at), newest first; none in a
+        file of an older version (`status` reads files without migrating them)."""
+        known = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'slot_ceilings'"
+        ).fetchone()
+        if known is None:
+            return []
+        rows = self._conn.execute(
+            "SELECT base_url, key_fp, ceiling, concurrency, learned_at FROM slot_ceilings"
+            " ORDER BY learned_at DESC"
+        ).fetchall()
+        return [
+            (
+                str(r["base_url"]),
+                str(r["key_fp"]),
+                int(r["ceiling"]),
+                int(r["concurrency"]),
+                float(r["learned_at"]),
+            )
+            for r in rows
+        ]
 
     # internals ----------------------------------------------------------------------------
 

@@ -358,7 +358,10 @@ def test_sigint_leaves_a_resumable_run_with_exit_75(tmp_path: Path) -> None:
         manifest = project(tmp_path, tts_manifest(4))
         out = tmp_path / "out"
         env = _run_env(sim)
-        args = [sys.executable, "-m", "pipeline", *_run_args(manifest, out)]
+        # slow start sends one submission at a time: the signal may catch one unanswered,
+        # which the next run re-sends only after its deadline (the request timeout + 10 %)
+        run_args = _run_args(manifest, out, "--request-timeout", "2")
+        args = [sys.executable, "-m", "pipeline", *run_args]
         proc = subprocess.Popen(
             args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -370,7 +373,7 @@ def test_sigint_leaves_a_resumable_run_with_exit_75(tmp_path: Path) -> None:
         report = (out / "report.json").read_text()
         assert '"interrupted": true' in report
         assert json.loads(report)["exit_code"] == 75
-        again = _cli(*_run_args(manifest, out), env=env)
+        again = _cli(*run_args, env=env)
         assert again.returncode == 0
         assert len(sim.ledger.generations) == 4
         assert sim.ledger.duplicate_bodies() == []

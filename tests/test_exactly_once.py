@@ -54,12 +54,6 @@ def test_a_sigkill_in_each_window_then_a_rerun_pays_once_and_loses_nothing(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: while the account's slots are held by generations this run does not"
-    " know of (a killed run's, another client's), jobs waiting after a 500044 wake each"
-    " other through the slot limiter and re-submit back to back: ~500 refusals a second",
-)
 async def test_a_full_account_is_not_hammered_with_submissions(tmp_path: Path) -> None:
     """Found by the kill-and-resume trials (hundreds of 500044 per trial): two generations
     this run does not know of fill the account (limit 2) for 1 s; four jobs wait for a slot.

@@ -485,7 +485,7 @@ async def test_a_gateway_without_dedup_parks_a_lost_reply_and_pays_once(tmp_path
     assert report["summary"]["done"] == 2
 
 
-async def test_polls_are_jittered_around_the_interval(tmp_path: Path) -> None:
+async def test_one_poller_never_sleeps_past_the_poll_interval(tmp_path: Path) -> None:
     from pipeline.client import ClientConfig, PixverseClient
     from pipeline.manifest import load_manifest
     from pipeline.preflight import preflight
@@ -510,8 +510,9 @@ async def test_polls_are_jittered_around_the_interval(tmp_path: Path) -> None:
     assert outcome.exit_code is ExitCode.OK
     polls = [s for s in slept if s < 1]  # the rest is the 30 s progress-line timer
     assert len(polls) >= 6
-    assert all(0.04 <= s <= 0.06 for s in polls)
-    assert len(set(polls)) == len(polls)  # jittered, so polls of many jobs spread out
+    # too few generations seen to learn from: every job is polled on the plain beat
+    assert all(0 <= s <= 0.05 for s in polls)
+    assert len(sim.ledger.requests_to("/openapi/v2/video/result/")) >= 6
 
 
 async def test_a_generation_past_the_slot_time_frees_its_slot(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ Routes (pixverse-api.md, "Endpoints"):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import time
@@ -131,6 +132,9 @@ async def generate(request: web.Request, call: Call) -> Reply:
     body = parse_body(await request.read())
     lipsync = read_request(body)
     generation = state.backend.generate(call.api_key, body, lipsync, call.trace_id)
+    # The result is made while the generation runs (in a worker thread, not awaited), so a
+    # status reply stays a lookup, as the real API's is, and never waits for PyAV.
+    asyncio.get_running_loop().run_in_executor(None, _make_result, state, generation.video_id)
     # The generation (and its slot) exists from here; the reply, and so the gateway's cached
     # copy of it, only when the request finishes: a duplicate of this trace id arriving in
     # between is handled as a new request (pixverse-api.md, "Trace-id semantics").
@@ -236,13 +240,17 @@ async def result(request: web.Request, call: Call) -> Reply:
 
 
 async def _result_video(state: SimState, video_id: int) -> bytes:
+    return await anyio.to_thread.run_sync(_make_result, state, video_id)
+
+
+def _make_result(state: SimState, video_id: int) -> bytes:
+    """Blocking (a worker thread): the result MP4, made once and cached."""
     video, audio = state.backend.sources(video_id)
     generation = state.backend.generation(video_id)
     script = generation.record.body.get("lip_sync_tts_content") if generation else None
-    if audio is None and isinstance(script, str):
-        audio = await anyio.to_thread.run_sync(speech_for, script)
-    flaw = functools.partial(take_flaw, state.config)
-    return await anyio.to_thread.run_sync(state.videos.get, video_id, video, audio, flaw)
+    if audio is None and isinstance(script, str) and not state.videos.has(video_id):
+        audio = speech_for(script)
+    return state.videos.get(video_id, video, audio, functools.partial(take_flaw, state.config))
 
 
 def _signed_url(request: web.Request, state: SimState, video_id: int) -> str:

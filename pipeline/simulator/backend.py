@@ -253,21 +253,38 @@ class Backend:
         monthly, package = account.balance(config)
         if monthly + package < credits:
             raise ApiError(INSUFFICIENT_BALANCE, "insufficient balance")
-        return self._start(account, body, trace_id, credits, min(monthly, credits))
+        seconds = self._duration(self._voice_seconds(request))
+        return self._start(account, body, trace_id, credits, min(monthly, credits), seconds)
 
-    def _duration(self) -> float:
-        """Simulated seconds a new generation takes: `generation_seconds`, spread uniformly by
+    def _voice_seconds(self, request: LipSyncRequest) -> float:
+        if isinstance(request.voice, TtsScript):
+            return len(request.voice.content) / 15.0
+        media = self._media.get(request.voice)
+        return media.duration if media is not None else 0.0
+
+    def _duration(self, voice_seconds: float) -> float:
+        """Simulated seconds a new generation takes: `generation_seconds` (or
+        `generation_per_input_second` times the voice's seconds), spread uniformly by
         `generation_jitter` (0.5: anywhere from half to one and a half times as long)."""
-        jitter = min(max(self.config.generation_jitter, 0.0), 1.0)
+        config = self.config
+        jitter = min(max(config.generation_jitter, 0.0), 1.0)
         spread = self._duration_rng.uniform(1.0 - jitter, 1.0 + jitter) if jitter else 1.0
-        return self.config.generation_seconds * spread
+        per_input = config.generation_per_input_second
+        base = per_input * voice_seconds if per_input > 0 else config.generation_seconds
+        return base * spread
 
     def _start(
-        self, account: Account, body: dict[str, Any], trace_id: str, credits: int, monthly: int
+        self,
+        account: Account,
+        body: dict[str, Any],
+        trace_id: str,
+        credits: int,
+        monthly: int,
+        sim_seconds: float,
     ) -> Generation:
         config = self.config
         now = self.clock()
-        seconds = config.real_seconds(self._duration())
+        seconds = config.real_seconds(sim_seconds)
         draw = self._outcome_rng.random()
         if draw < config.moderation_probability:
             outcome = MODERATED

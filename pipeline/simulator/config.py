@@ -34,6 +34,9 @@ class SimConfig:
     credit_package: int = 0
     generation_seconds: float = 20.0  # simulated time at status 5 before the terminal status
     generation_jitter: float = 0.0  # spread of generation times: 0.5 -> 0.5x to 1.5x, seeded
+    # > 0: a generation takes this many simulated seconds per second of its voice (the audio's
+    # duration, or the TTS script at 15 characters a second) instead of generation_seconds
+    generation_per_input_second: float = 0.0
     time_scale: float = 1.0  # real seconds per simulated second
     fail_probability: float = 0.0  # terminal status 8, credits refunded
     moderation_probability: float = 0.0  # terminal status 7, credits refunded

@@ -250,6 +250,10 @@ class ResultVideos:
                 master = self._masters.setdefault(key, master)
         return master
 
+    def has(self, video_id: int) -> bool:
+        with self._lock:
+            return video_id in self._cache
+
     def size_of(self, video_id: int) -> tuple[int, int]:
         """(width, height) of a result made by `get`; the base clip's size before that."""
         with self._lock:

@@ -1,0 +1,253 @@
+"""The poller: one task that knows every generating job of a run and polls each one.
+
+Polling is the only way to learn that a generation ended and its slot is free, so when each
+job is polled decides how busy the slots are and how many status calls a run makes.
+
+Contract:
+
+* `watch()` hands a generating job to the poller and returns when the job's `on_status`
+  callback, called with every status reply, returns True (terminal); it raises whatever a
+  status call (after the client's own retries) or the callback raised. The callback runs in
+  the poller's task the moment the reply arrives: that is where the runner commits the
+  terminal state and gives the slot to the next job, with no wake-up in between.
+* Every poll is a fresh `client.status` call (a fresh trace id each time; the client's).
+* Schedule. The poller learns how long generations take from the ones it saw end (each is
+  known to lie between its last "still generating" poll and the poll that saw it end), by
+  input length when that predicts them better (a job's `size`: its voice's seconds). With
+  fewer than `MIN_SAMPLES` seen, a job is polled every `poll_interval`. After that, its first
+  poll comes when the earliest generations have finished (the `FIRST_SHARE` quantile), and
+  each next one when another `STEP_SHARE` of those still running would have finished: polls
+  come more often where finishing is likely. Between two polls of one job there is never
+  more than `poll_interval` (nor less than `MIN_GAP_SHARE` of it); only the first poll may
+  come later than that after the submission, and never later than the quantile says.
+* A job resumed from an earlier run is polled at once (`poll_now`), and every job is polled
+  by its `poll_by` moment (the 10-minute slot rule), whatever the schedule says.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from pipeline.client import VideoStatus
+
+MIN_SAMPLES = 3  # generations seen to end before the schedule follows them
+WINDOW = 200  # the most recent generations the schedule learns from
+FIRST_SHARE = 0.1  # the first poll: when this share of generations has ended
+STEP_SHARE = 0.3  # each next poll: when this share of those still running would have ended
+MIN_GAP_SHARE = 0.1  # of poll_interval: the shortest gap between two polls of one job
+POLLS_AT_ONCE = 8  # status calls in flight at once (they are small; this bounds a burst)
+
+
+@dataclass(eq=False)
+class _Watch:
+    video_id: int
+    started: float  # the poller's clock when the generation started
+    size: float | None
+    on_status: Callable[[VideoStatus], bool]
+    learn: bool  # its finish may teach the schedule (watched from its start, in this run)
+    poll_by: float | None = None  # the poller's clock: a poll no later than this
+    due: float = 0.0
+    last_running: float | None = None  # elapsed at the last poll that saw it still running
+    polls: int = 0
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class _Sample:
+    low: float  # seconds after the start: still running then (if never seen: see `_poll`)
+    high: float  # seen ended by then
+    size: float | None
+
+
+class Poller:
+    def __init__(
+        self,
+        status: Callable[[int], Awaitable[VideoStatus]],
+        poll_interval: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self._status, self.poll_interval = status, poll_interval
+        self._clock, self._sleep = clock, sleep
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._samples: deque[_Sample] = deque(maxlen=WINDOW)
+        self._by_size: bool | None = None  # the model in use, decided when samples change
+        self._wake: anyio.CancelScope | None = None
+        self._calls = anyio.CapacityLimiter(POLLS_AT_ONCE)
+        self.polls = 0  # status calls made (benchmarks read it)
+        self.polls_per_job: list[int] = []  # per finished watch, in order (benchmarks read it)
+
+    async def run(self) -> None:
+        """Poll what is due, forever (the runner cancels it at the end of the run)."""
+        async with anyio.create_task_group() as tg:
+            while True:
+                now = self._clock()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, watch = heapq.heappop(self._heap)
+                    if not watch.done.is_set():
+                        tg.start_soon(self._poll, watch)
+                wait = self._heap[0][0] - now if self._heap else 3600.0
+                with anyio.CancelScope() as self._wake:
+                    await self._sleep(wait)
+                self._wake = None
+
+    async def watch(
+        self,
+        video_id: int,
+        on_status: Callable[[VideoStatus], bool],
+        *,
+        elapsed: float = 0.0,
+        size: float | None = None,
+        poll_now: bool = False,
+        poll_by: float | None = None,
+    ) -> None:
+        """Until `on_status` says the generation is over; `elapsed`: how long it has run;
+        `poll_by`: seconds after its start by which it is polled at least once."""
+        now = self._clock()
+        watch = _Watch(video_id, now - elapsed, size, on_status, learn=not poll_now)
+        if poll_by is not None:
+            watch.poll_by = watch.started + poll_by
+        self._schedule(watch, now if poll_now else self._next_poll(watch, now))
+        try:
+            await watch.done.wait()
+        finally:
+            watch.done.set()  # cancelled: the poller drops it
+        if watch.error is not None:
+            raise watch.error
+
+    def size_predicts(self) -> bool:
+        """Whether generation times seen so far follow the jobs' input length."""
+        if len(self._samples) < MIN_SAMPLES:
+            return False
+        if self._by_size is None:
+            self._by_size = _size_predicts(self._samples)
+        return self._by_size
+
+    # polling --------------------------------------------------------------------------------
+
+    async def _poll(self, watch: _Watch) -> None:
+        async with self._calls:
+            asked = self._clock()
+            try:
+                status = await self._status(watch.video_id)
+                watch.polls += 1
+                self.polls += 1
+                ended = watch.on_status(status)
+            except Exception as exc:  # noqa: BLE001 - re-raised in the job's own task
+                # the job's own task decides what the error means; the poller polls on
+                watch.error = exc
+                watch.done.set()
+                return
+        if watch.done.is_set():
+            return  # its task was cancelled meanwhile
+        if ended:
+            if watch.learn:
+                high = self._clock() - watch.started
+                # never seen running: it ended before its first poll, which came when few were
+                # expected to have ended; taking it as "anywhere since the start" would drag
+                # every later first poll early, so it counts as one gap wide, like the others
+                low = watch.last_running
+                low = max(0.0, high - self.poll_interval) if low is None else min(low, high)
+                self._learn(_Sample(low, high, watch.size))
+            self.polls_per_job.append(watch.polls)
+            watch.done.set()
+            return
+        watch.last_running = asked - watch.started
+        now = self._clock()
+        self._schedule(watch, self._next_poll(watch, now))
+
+    def _schedule(self, watch: _Watch, due: float) -> None:
+        if watch.poll_by is not None and self._clock() < watch.poll_by < due:
+            due = watch.poll_by
+        watch.due = due
+        heapq.heappush(self._heap, (due, next(self._order), watch))
+        if self._wake is not None and self._heap[0][2] is watch:
+            self._wake.cancel()  # sooner than what the poller sleeps for
+
+    # the schedule ---------------------------------------------------------------------------
+
+    def _next_poll(self, watch: _Watch, now: float) -> float:
+        interval = self.poll_interval
+        elapsed = now - watch.started
+        polled = watch.polls > 0
+        intervals = self._intervals(watch.size)
+        if intervals is None:
+            return now + interval
+        ended_by = _cdf(intervals)
+        if not polled:
+            target = FIRST_SHARE
+            earliest, latest = elapsed, max(high for _, high in intervals)
+        else:
+            done = ended_by(elapsed)
+            if done >= 0.999:
+                return now + interval  # slower than every one seen: the plain beat
+            target = done + STEP_SHARE * (1.0 - done)
+            earliest, latest = elapsed + MIN_GAP_SHARE * interval, elapsed + interval
+        if latest <= earliest or ended_by(earliest) >= target:
+            return watch.started + max(earliest, elapsed)
+        if ended_by(latest) < target:
+            return watch.started + latest
+        for _ in range(30):  # bisection: the first moment `target` of them would have ended
+            middle = (earliest + latest) / 2
+            if ended_by(middle) >= target:
+                latest = middle
+            else:
+                earliest = middle
+        return watch.started + latest
+
+    def _learn(self, sample: _Sample) -> None:
+        self._samples.append(sample)
+        self._by_size = None
+
+    def _intervals(self, size: float | None) -> list[tuple[float, float]] | None:
+        """Where generations like this one ended (low, high), or None: too few seen yet."""
+        samples = self._samples
+        if len(samples) < MIN_SAMPLES:
+            return None
+        if self.size_predicts() and size:
+            return [(s.low * size / s.size, s.high * size / s.size) for s in samples if s.size]
+        return [(s.low, s.high) for s in samples]
+
+
+def _cdf(intervals: list[tuple[float, float]]) -> Callable[[float], float]:
+    """The share of generations ended by t, each spread evenly over its interval."""
+    count = len(intervals)
+
+    def ended_by(t: float) -> float:
+        total = 0.0
+        for low, high in intervals:
+            if t >= high:
+                total += 1.0
+            elif t > low:
+                total += (t - low) / (high - low)
+        return total / count
+
+    return ended_by
+
+
+def _size_predicts(samples: deque[_Sample]) -> bool:
+    """Whether seconds-per-input-second vary clearly less than seconds do."""
+    sized = [s for s in samples if s.size]
+    if len(sized) < max(MIN_SAMPLES, len(samples) // 2):
+        return False
+    seconds = [(s.low + s.high) / 2 for s in sized]
+    rates = [m / s.size for m, s in zip(seconds, sized, strict=True) if s.size]
+    return _spread(rates) < 0.7 * _spread(seconds)
+
+
+def _spread(values: list[float]) -> float:
+    mean = statistics.fmean(values)
+    return math.inf if mean <= 0 else statistics.pstdev(values) / mean

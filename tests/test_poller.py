@@ -1,0 +1,176 @@
+"""The poller on fake time: when it polls, what it learns, and what it hands back."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+from collections import defaultdict
+
+import anyio
+import pytest
+
+from pipeline.client import VideoStatus
+from pipeline.errors import TransientError
+from pipeline.poller import Poller
+from tests.fake_time import FakeTime
+
+pytestmark = pytest.mark.anyio
+
+
+class Account:
+    """Generations that end at set times on fake time, polled through `status`."""
+
+    def __init__(self, time: FakeTime) -> None:
+        self.time = time
+        self.ends: dict[int, float] = {}
+        self.polls: dict[int, list[float]] = defaultdict(list)
+        self.detected: dict[int, float] = {}
+        self.failing: set[int] = set()
+
+    async def status(self, video_id: int) -> VideoStatus:
+        await anyio.lowlevel.checkpoint()
+        self.polls[video_id].append(self.time.now)
+        if video_id in self.failing:
+            raise TransientError("status kept failing")
+        ended = self.time.now >= self.ends[video_id]
+        return VideoStatus(video_id, 1 if ended else 5, None, None)
+
+    def on_status(self, video_id: int) -> object:
+        def seen(status: VideoStatus) -> bool:
+            if status.status == 1:
+                self.detected[video_id] = self.time.now
+                return True
+            return False
+
+        return seen
+
+
+async def run_jobs(
+    durations: list[float],
+    *,
+    slots: int,
+    interval: float,
+    sizes: list[float] | None = None,
+) -> tuple[Account, Poller]:
+    """`durations[i]` long generations, `slots` at a time, each watched until seen ended."""
+    time = FakeTime()
+    account = Account(time)
+    poller = Poller(account.status, interval, clock=time.clock, sleep=time.sleep)
+    free = anyio.Semaphore(slots)
+
+    async def job(video_id: int) -> None:
+        async with free:
+            account.ends[video_id] = time.now + durations[video_id]
+            size = sizes[video_id] if sizes else None
+            await poller.watch(video_id, account.on_status(video_id), size=size)  # type: ignore[arg-type]
+
+    finished = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poller.run)
+        tg.start_soon(time.run_until, finished)
+        async with anyio.create_task_group() as jobs:
+            for video_id in range(len(durations)):
+                jobs.start_soon(job, video_id)
+        finished.set()
+        tg.cancel_scope.cancel()
+    return account, poller
+
+
+async def test_the_poll_that_sees_the_end_hands_it_back_at_once() -> None:
+    account, _ = await run_jobs([2.5, 0.7, 4.2], slots=3, interval=1.0)
+    for video_id, end in account.ends.items():
+        after_end = [t for t in account.polls[video_id] if t >= end]
+        assert len(after_end) == 1  # the first poll that could see it, and no other
+        assert account.detected[video_id] == after_end[0]  # handed back by that same poll
+
+
+async def test_gaps_stay_within_the_interval_and_the_schedule_learns() -> None:
+    """Issue 6's figure: generations 4-8 s, --poll-interval 1 polled 7.5 times each."""
+    rng = random.Random(6)
+    durations = [rng.uniform(4.0, 8.0) for _ in range(60)]
+    account, poller = await run_jobs(durations, slots=4, interval=1.0)
+    for video_id, times in account.polls.items():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(gap <= 1.0 + 1e-9 for gap in gaps), video_id
+    learned = range(10, 60)  # once a few have been seen to end
+    polls = [len(account.polls[v]) for v in learned]
+    delays = [account.detected[v] - account.ends[v] for v in learned]
+    assert statistics.median(polls) <= 4
+    assert statistics.fmean(delays) <= 0.5
+    assert poller.polls == sum(len(t) for t in account.polls.values())
+    assert not poller.size_predicts()  # these times follow nothing
+
+
+async def test_times_that_follow_input_length_are_predicted_per_job() -> None:
+    rng = random.Random(7)
+    sizes = [rng.uniform(2.0, 30.0) for _ in range(40)]
+    durations = [0.5 * size for size in sizes]  # 1-15 s, exactly by input length
+    account, poller = await run_jobs(durations, slots=4, interval=1.0, sizes=sizes)
+    assert poller.size_predicts()
+    learned = range(12, 40)
+    # 1-15 s on a 1 s beat would be 8 polls on average
+    assert statistics.fmean(len(account.polls[v]) for v in learned) <= 3
+    assert statistics.fmean(account.detected[v] - account.ends[v] for v in learned) <= 0.25
+
+
+async def test_a_failing_status_call_is_raised_in_its_own_job_only() -> None:
+    time = FakeTime()
+    account = Account(time)
+    account.ends = {1: 1.5, 2: 10.0}
+    account.failing.add(2)
+    poller = Poller(account.status, 1.0, clock=time.clock, sleep=time.sleep)
+    finished = anyio.Event()
+    failed: list[BaseException] = []
+
+    async def watch_failing() -> None:
+        with pytest.raises(TransientError) as caught:
+            await poller.watch(2, account.on_status(2))  # type: ignore[arg-type]
+        failed.append(caught.value)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poller.run)
+        tg.start_soon(time.run_until, finished)
+        tg.start_soon(watch_failing)
+        await poller.watch(1, account.on_status(1))  # type: ignore[arg-type]
+        finished.set()
+        tg.cancel_scope.cancel()
+    assert failed
+    assert account.detected[1] == 2.0  # the other job went on being polled
+
+
+async def test_a_resumed_generation_is_polled_at_once() -> None:
+    time = FakeTime()
+    account = Account(time)
+    account.ends = {1: 0.0}
+    poller = Poller(account.status, 5.0, clock=time.clock, sleep=time.sleep)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poller.run)
+        await poller.watch(1, account.on_status(1), elapsed=300.0, poll_now=True)  # type: ignore[arg-type]
+        tg.cancel_scope.cancel()
+    assert account.polls[1] == [0.0]
+
+
+async def test_a_generation_is_polled_by_its_poll_by_moment_whatever_the_schedule() -> None:
+    """The 10-minute slot rule: the runner frees the slot at the first reply past it, so the
+    learned schedule must not put that reply off."""
+    time = FakeTime()
+    account = Account(time)
+    poller = Poller(account.status, 60.0, clock=time.clock, sleep=time.sleep)
+    for video_id in range(3):  # three generations of 900 s teach the schedule
+        account.ends[video_id] = 900.0
+    account.ends[3] = 2000.0
+    finished = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poller.run)
+        tg.start_soon(time.run_until, finished)
+        async with anyio.create_task_group() as first:
+            for video_id in range(3):
+                first.start_soon(poller.watch, video_id, account.on_status(video_id))
+        start = time.now
+        account.ends[3] = start + 900.0
+        await poller.watch(3, account.on_status(3), poll_by=600.0)  # type: ignore[arg-type]
+        finished.set()
+        tg.cancel_scope.cancel()
+    first_poll = account.polls[3][0] - start
+    assert first_poll == 600.0  # the schedule alone would wait for about 890 s
