@@ -61,8 +61,9 @@ def _plain(value: Any) -> Any:
 
 def kills_50(tmp: Path) -> tuple[bool, Figures]:
     section("kills-50: one 50-job run, generate replies held back 0.6 s, >= 100 SIGKILLs")
-    # generations of 5 s keep the run going through 100+ kills of a process that lives ~0.7 s
-    plan = KillPlan(seed=50, jobs=50, kills=110, concurrency=3, generation_seconds=5.0)
+    # generations of 10 s keep the run going through 100+ kills of a process that lives ~0.7 s
+    # (with 5 s, the poller and the limiter finished the work after 85 kills)
+    plan = KillPlan(seed=50, jobs=50, kills=110, concurrency=3, generation_seconds=10.0)
     figures = kill_and_resume(tmp / "kills-50", plan)
     print(figures.line(), flush=True)
     ok = figures.ok and figures.kills >= 100
