@@ -172,9 +172,9 @@ class Backend:
         media = self._media.get(media_id)
         if config.forget_media or media_id in config.expired_media_ids:
             media = None
-        if media is not None and account is not None and media.account_id is not None:
-            if media.account_id != account.account_id:
-                media = None  # another account's upload: as unknown as any other id
+        owner = media.account_id if media is not None else None
+        if account is not None and owner is not None and owner != account.account_id:
+            media = None  # another account's upload: as unknown as any other id
         if media is None:
             raise ApiError(PARAM_INVALID, not_found_message(field_name))
         if media.media_type != media_type:
@@ -251,9 +251,9 @@ class Backend:
         config = self.config
         if api_key in config.no_permission_keys:
             raise ApiError(NO_PERMISSION, "no permission for this operation")
-        if request.source_video_id is not None:
-            if not self.is_finished_video(request.source_video_id):
-                raise ApiError(PARAM_INVALID, not_found_message("source_video_id"))
+        source = request.source_video_id
+        if source is not None and not self.is_finished_video(source):
+            raise ApiError(PARAM_INVALID, not_found_message("source_video_id"))
         account = self.account(api_key)
         if request.source_video_id is None and request.video_media_id is not None:
             self._media_of(request.video_media_id, "video_media_id", "video", account)
