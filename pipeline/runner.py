@@ -441,9 +441,10 @@ class _Run:
             self._tickets.discard(ticket)
 
     def _key_refused(self, account: Account, exc: AuthError) -> bool:
-        """Retire a refused key (400012, 500020, HTTP 401): its jobs in flight stop now and are
-        left for a later run; jobs waiting for its slots go to another key. True when every
-        key is refused or retired: then the run stops, as it does with one key."""
+        """Retire a refused key (400012, 500020, HTTP 401): its generations stop being polled
+        now and are left for a later run; jobs waiting for its slots go to another key, and a
+        submission on its way gets its answer (a refusal sends it to another key too). True
+        when every key is refused or retired: then the run stops, as it does with one key."""
         if self.pool.retire(account, exc):
             return True
         for ticket in list(self._tickets):
@@ -452,8 +453,8 @@ class _Run:
                 ticket.scope is not None
                 and ticket.binding.account is account
                 and record is not None
-                and record.state is not JobState.PENDING
-                and record.key_fp == account.key_fp
+                and record.state is JobState.GENERATING
+                and record.key_fp in (account.key_fp, None)
             ):
                 ticket.scope.cancel()
         return False
@@ -530,6 +531,11 @@ class _Run:
                     key_fp=ticket.account.key_fp,
                 )
             elif state is JobState.SUBMITTING:
+                if self._retired_before_sending(record, ticket):
+                    record = self.store.transition(
+                        job.id, JobState.PENDING, f"key {record.key_fp} retired: another key"
+                    )
+                    continue
                 # a re-send from an earlier run may pay too, if the first never arrived
                 if not ticket.account.sending_allowed or not self._budget_allows(job, record):
                     return
@@ -568,6 +574,16 @@ class _Run:
                 account.retired,
             )
             return False
+        return True
+
+    def _retired_before_sending(self, record: JobRecord, ticket: _Ticket) -> bool:
+        """A submission whose key was retired before its trace id ever left goes to another
+        key (nothing was sent, so nothing can be paid twice); its slot is given back."""
+        never_sent = record.sent_at is None and not record.trace_ambiguous
+        if ticket.account.retired is None or not never_sent or not self.pool.usable():
+            return False
+        self._drop_slot(ticket)
+        ticket.binding.account = None
         return True
 
     async def _take_slot(self, job: Job, ticket: _Ticket) -> bool:
