@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from pipeline.client import key_fingerprint
+from pipeline.notify import payload
 from pipeline.runner import ExitCode, RunOutcome
 from pipeline.simulator import Simulator, serve
 from pipeline.simulator.state import STATE
@@ -104,6 +105,8 @@ async def test_a_key_out_of_credits_is_retired_and_the_others_finish(tmp_path: P
     document = json.loads(outcome.report_path.read_text(encoding="utf-8"))
     assert document["exit_code"] == 0
     assert document["keys"][0]["retired"]
+    text = payload(document, "every job done")["text"]  # what --notify-url posts
+    assert f"key {key_fingerprint(poor)} retired" in text
 
 
 async def test_every_key_out_of_credits_ends_with_exit_4(tmp_path: Path) -> None:

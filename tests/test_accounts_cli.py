@@ -102,3 +102,18 @@ def test_a_missing_keys_file_is_a_usage_error(
     assert main(["balance", "--keys-file", str(tmp_path / "nope.txt")]) == 2
     assert "--keys-file" in capsys.readouterr().err
     assert sim.ledger.requests == []
+
+
+def test_doctor_checks_every_key(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PIXVERSE_API_KEYS", f"{ONE},{TWO}")
+    assert main(["doctor", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["healthy"] is True
+    assert set(document["keys"]) == {key_fingerprint(ONE), key_fingerprint(TWO)}
+    sim.config.api_keys = frozenset({ONE})  # the second key is refused now
+    assert main(["doctor"]) == 4
+    text = capsys.readouterr().out
+    assert f"key {key_fingerprint(TWO)}:" in text
+    assert TWO not in text
