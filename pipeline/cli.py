@@ -34,6 +34,7 @@ from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient, key_
 from pipeline.errors import ApiError, DiskError, ManifestError, PipelineError, StateError
 from pipeline.examples import EXAMPLE_MANIFEST
 from pipeline.jobstate import JobState
+from pipeline.keys import api_keys, keys_to_hide
 from pipeline.logs import LOG_FORMATS, logging_to_stderr
 from pipeline.manifest import Manifest, load_manifest, output_dir_of
 from pipeline.plan import estimate_credits
@@ -69,7 +70,8 @@ doctor: something run relies on does not hold) |
 141 stdout closed early (status | head)
 status exits like run: 0 all done, 1 some failed, 75 some unfinished
 -q, -v and --log-format may come before or after the command
-environment: PIXVERSE_API_KEY (required for run/speakers/balance/doctor), PIXVERSE_BASE_URL
+environment: PIXVERSE_API_KEY (required for run/speakers/balance/doctor), PIXVERSE_BASE_URL,
+PIXVERSE_API_KEYS (several keys, comma-separated: one account each, --concurrency per key)
 nightly runs (cron, systemd, what each exit code asks of you): docs/nightly.md
 """
 
@@ -317,6 +319,15 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key", default=None, help="API key (default: $PIXVERSE_API_KEY; prefer the variable)"
     )
+    parser.add_argument(
+        "--keys-file",
+        type=Path,
+        metavar="FILE",
+        help="several API keys, one per line (# comments and blank lines skipped), each its own"
+        " account: new jobs go to a key with a free slot, a submitted job stays with its key,"
+        " a key out of credits or refused is retired for the run; --concurrency is per key"
+        " (default: $PIXVERSE_API_KEYS, comma-separated, else $PIXVERSE_API_KEY)",
+    )
 
 
 def _non_negative_int(text: str) -> int:
@@ -357,7 +368,9 @@ def _positive_float(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # the keys as used (stripped), from wherever they may come
-    args.redact = Redactor([os.environ.get("PIXVERSE_API_KEY"), getattr(args, "api_key", None)])
+    args.redact = Redactor(
+        keys_to_hide(getattr(args, "api_key", None), getattr(args, "keys_file", None), os.environ)
+    )
     # a person at a terminal gets a live bar, with log lines printed above it; logs stay
     # plain lines when stderr is a file or a pipe (cron, systemd)
     tty = sys.stderr.isatty() and not args.quiet and args.log_format == "text"
@@ -434,15 +447,29 @@ def _error(args: argparse.Namespace, text: str) -> None:
 
 
 def _client_config(args: argparse.Namespace) -> ClientConfig:
-    key = args.api_key or os.environ.get("PIXVERSE_API_KEY", "")
-    if not key.strip():
-        raise ManifestError(["PIXVERSE_API_KEY is not set (or pass --api-key)"])
+    """The first key's (speakers ask with it)."""
+    return _client_configs(args)[0]
+
+
+def _client_configs(args: argparse.Namespace) -> list[ClientConfig]:
+    """One per API key (`pipeline.keys` says where they come from)."""
+    keys = api_keys(args.api_key, args.keys_file, os.environ)
     base = args.base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL
-    return ClientConfig(
-        base_url=_checked_base_url(base),
-        api_key=key.strip(),
-        request_timeout=args.request_timeout,
-    )
+    return [
+        ClientConfig(
+            base_url=_checked_base_url(base), api_key=key, request_timeout=args.request_timeout
+        )
+        for key in keys
+    ]
+
+
+def _key_fps(args: argparse.Namespace) -> list[str]:
+    """The fingerprints of the keys given (none when no key is: nothing is said to be
+    another key's)."""
+    try:
+        return [key_fingerprint(k) for k in api_keys(args.api_key, args.keys_file, os.environ)]
+    except ManifestError:
+        return []
 
 
 def _checked_base_url(base: str) -> str:
@@ -556,14 +583,14 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
             records = store.jobs(archived=True)
         finally:
             store.close()
-    key = (args.api_key or os.environ.get("PIXVERSE_API_KEY", "")).strip()
+    fps = _key_fps(args)
     steps = forecast(
         checked,
         records,
         output_dir,
         redo=frozenset(args.redo),
         retry_failed=args.retry_failed,
-        key_fp=key_fingerprint(key) if key else None,
+        key_fps=frozenset(fps) if fps else None,
         max_credits=args.max_credits,
     )
     print("\n".join(render(steps)))
@@ -591,8 +618,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         StateStore.ensure_unlocked(session.state_path)
         _check_ids(args, manifest)
         checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
-        config = _client_config(args)
-        return anyio.run(_run_async, session, checked, config, args)
+        configs = _client_configs(args)
+        return anyio.run(_run_async, session, checked, configs, args)
 
     return _in_session(session, args, body)
 
@@ -610,10 +637,8 @@ def _in_session(session: RunSession, args: argparse.Namespace, body: Callable[[]
 
 
 def _log_start(session: RunSession, args: argparse.Namespace) -> None:
-    key = args.api_key or os.environ.get("PIXVERSE_API_KEY", "")
     base = args.base_url or os.environ.get("PIXVERSE_BASE_URL") or DEFAULT_BASE_URL
-    fingerprint = key_fingerprint(key.strip()) if key.strip() else "not set"
-    session.log_start(args.concurrency, base, fingerprint)
+    session.log_start(args.concurrency, base, ", ".join(_key_fps(args)) or "not set")
 
 
 def _run_options(args: argparse.Namespace, session: RunSession) -> RunOptions:
@@ -634,7 +659,10 @@ def _run_options(args: argparse.Namespace, session: RunSession) -> RunOptions:
 
 
 async def _run_async(
-    session: RunSession, checked: Checked, config: ClientConfig, args: argparse.Namespace
+    session: RunSession,
+    checked: Checked,
+    config: ClientConfig | list[ClientConfig],
+    args: argparse.Namespace,
 ) -> int:
     progress = LiveProgress(args.console) if args.console is not None else None
     outcome = await session.run(checked, config, _run_options(args, session), progress)
@@ -681,6 +709,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             {
                 "state_file": str(state_path),
                 "summary": summary_counts(rows),
+                "keys": _per_key(records),
                 "jobs": [_status_json(r, now) for r in records]
                 + [{"id": job_id, "state": "new"} for job_id in missing],
             }
@@ -701,11 +730,35 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 f"slot ceiling {ceiling} (--concurrency {concurrency}) for {base_url} key"
                 f" {key_fp}, learned from 500044 at {iso(learned_at)}"
             )
+        keys = _per_key(records)
+        if len(keys) > 1:
+            for key_fp, facts in keys.items():
+                states = ", ".join(f"{n} {state}" for state, n in facts["states"].items())
+                print(
+                    f"key {key_fp}: {facts['jobs']} jobs ({states}), {facts['generations']}"
+                    f" generations, {facts['credits']} credits"
+                )
         print(summary_line(rows))
     counts = summary_counts(rows)
     if counts["unfinished"]:
         return ExitCode.UNFINISHED
     return ExitCode.JOBS_FAILED if counts["failed"] or counts["suspect"] else ExitCode.OK
+
+
+def _per_key(records: list[JobRecord]) -> dict[str, dict[str, Any]]:
+    """Per key fingerprint, the jobs last sent with it: how many, in which states, their
+    generations and net credits (all runs; a job counts under the key of its last send)."""
+    keys: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.key_fp is None:
+            continue
+        facts = keys.setdefault(r.key_fp, {"jobs": 0, "states": {}, "generations": 0, "credits": 0})
+        facts["jobs"] += 1
+        state = "suspect" if r.suspect else r.state.value
+        facts["states"][state] = facts["states"].get(state, 0) + 1
+        facts["generations"] += r.attempts
+        facts["credits"] += r.credits
+    return keys
 
 
 def _status_json(record: JobRecord, now: float) -> dict[str, Any]:
@@ -753,6 +806,10 @@ def _cmd_speakers(args: argparse.Namespace) -> int:
 
 
 def _cmd_balance(args: argparse.Namespace) -> int:
+    configs = _client_configs(args)
+    if len(configs) > 1:
+        return _balances(args, configs)
+
     async def fetch(client: PixverseClient) -> Any:
         return await client.balance()
 
@@ -774,12 +831,49 @@ def _cmd_balance(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _balances(args: argparse.Namespace, configs: list[ClientConfig]) -> int:
+    """`balance` with several keys: each key's credits by its fingerprint, and the sum."""
+
+    async def fetch() -> list[Any]:
+        found = []
+        for config in configs:
+            async with PixverseClient(config) as client:
+                found.append((config.key_fingerprint, await client.balance()))
+        return found
+
+    balances = anyio.run(fetch)
+    total = sum(b.spendable for _, b in balances)
+    if args.json:
+        keys = [
+            {
+                "key_fp": key_fp,
+                "account_id": b.account_id,
+                "credit_monthly": b.credit_monthly,
+                "credit_package": b.credit_package,
+                "spendable": b.spendable,
+            }
+            for key_fp, b in balances
+        ]
+        _print_json({"keys": keys, "spendable": total})
+        return ExitCode.OK
+    for key_fp, b in balances:
+        print(
+            f"key {key_fp}: account {b.account_id}: {b.spendable} credits"
+            f" ({b.credit_monthly} monthly + {b.credit_package} package)"
+        )
+    print(f"{len(balances)} keys: {total} credits together")
+    return ExitCode.OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from pipeline.doctor import run_doctor, save_recordings
 
-    config = _client_config(args)
+    configs = _client_configs(args)
     if args.record is not None and args.record.exists() and not args.record.is_dir():
         raise ManifestError([f"--record {args.record}: not a folder"])
+    if len(configs) > 1:
+        return _doctor_keys(args, configs)
+    config = configs[0]
     diagnosis, entries = anyio.run(run_doctor, config)
     if args.record is not None:
         try:
@@ -793,6 +887,30 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print("\n".join(diagnosis.lines()))
     return ExitCode.OK if diagnosis.healthy else ExitCode.ACCOUNT
+
+
+def _doctor_keys(args: argparse.Namespace, configs: list[ClientConfig]) -> int:
+    """`doctor` with several keys: every check once per key, under the key's fingerprint
+    (`--record` keeps the first key's exchanges); healthy only if every key is."""
+    from pipeline.doctor import run_doctor, save_recordings
+
+    results = [(c, *anyio.run(run_doctor, c)) for c in configs]
+    if args.record is not None:
+        first, _, entries = results[0]
+        try:
+            written = save_recordings(entries, args.record, secret=first.api_key)
+        except OSError as exc:
+            raise ManifestError([f"--record {args.record}: {exc.strerror or exc}"]) from exc
+        print(f"recorded {len(written)} exchanges in {args.record}", file=sys.stderr)
+    healthy = all(diagnosis.healthy for _, diagnosis, _ in results)
+    if args.json:
+        keys = {c.key_fingerprint: diagnosis.as_json() for c, diagnosis, _ in results}
+        print(json.dumps({"healthy": healthy, "keys": keys}, indent=2))
+    else:
+        for config, diagnosis, _ in results:
+            print(f"key {config.key_fingerprint}:")
+            print("\n".join(f"  {line}" for line in diagnosis.lines()))
+    return ExitCode.OK if healthy else ExitCode.ACCOUNT
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

@@ -51,6 +51,9 @@ def payload(report: Mapping[str, Any], meaning: str) -> dict[str, Any]:
         text += f"; {counts['suspect']} suspect results"
     if report.get("problem"):
         text += f"; {report['problem']}"
+    for key in report.get("keys") or []:  # several keys: one retired is news even at exit 0
+        if isinstance(key, Mapping) and key.get("retired"):
+            text += f"; key {key.get('key_fp')} retired: {key['retired']}"
     body["text"] = text
     return body
 

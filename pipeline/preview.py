@@ -43,7 +43,7 @@ _PAYING = frozenset({"submit", "resubmit", "confirm"})
 class _Options:
     redo: frozenset[str]
     retry_failed: bool
-    key_fp: str | None
+    key_fps: frozenset[str] | None
 
 
 def forecast(
@@ -55,16 +55,19 @@ def forecast(
     retry_failed: bool = False,
     key_fp: str | None = None,
     max_credits: int | None = None,
+    key_fps: frozenset[str] | None = None,
 ) -> list[Step]:
     """Each job of `checked` (invalid ones too) in manifest order, with what a run given the
     same options would do with it. `key_fp` None: the key is unknown, so no record is said to
-    belong to another key. Jobs over `max_credits` are counted in manifest order."""
+    belong to another key; `key_fps`: several keys, a record of none of them is another's.
+    Jobs over `max_credits` are counted in manifest order."""
     jobs = checked.manifest.jobs
     fps = {job.id: fingerprint(job, checked.media) for job in jobs}
     before = {r.id: r for r in records if r.id not in checked.untouched}
     plan = plan_records(before, jobs, fps, redo)
     taken = {new: before[old] for old, new in plan.renames.items() if new in fps}
-    options = _Options(redo - plan.fresh.keys(), retry_failed, key_fp)
+    keys = key_fps if key_fps is not None else frozenset({key_fp}) if key_fp else None
+    options = _Options(redo - plan.fresh.keys(), retry_failed, keys)
     steps: dict[str, Step] = {}
     spent = 0
     for job in jobs:
@@ -111,8 +114,8 @@ def _step(
 ) -> Step:
     if (
         record.state is not JobState.PENDING
-        and options.key_fp is not None
-        and foreign_key(record, options.key_fp)
+        and options.key_fps is not None
+        and all(foreign_key(record, fp) for fp in options.key_fps)
     ):
         detail = f"{record.state.value}, submitted with key {record.key_fp}: left for that key"
         return Step(job.id, "other-key", detail)

@@ -57,6 +57,7 @@ COLUMNS = (
     "duration",
     "resolution",
     "stage_seconds",
+    "key_fp",  # several keys: the fingerprint of the key the job was last sent with
 )
 
 
@@ -83,6 +84,7 @@ class ReportRow:
     duration: float | None = None  # seconds of the result, probed
     resolution: str | None = None  # "WIDTHxHEIGHT" of the result, probed
     stage_seconds: dict[str, float] = field(default_factory=dict)  # state -> seconds in it
+    key_fp: str | None = None  # fingerprint of the key it was last sent with (never the key)
 
     @classmethod
     def from_record(cls, record: JobRecord) -> ReportRow:
@@ -107,6 +109,7 @@ class ReportRow:
             error_class=record.error_class,
             err_code=record.err_code,
             err_msg=record.err_msg,
+            key_fp=record.key_fp,
         )
 
 
@@ -158,6 +161,7 @@ def job_rows(
     now: float,
     hashes: Mapping[Path, str] | None = None,
     media_scope: str | None = None,
+    key_scopes: Mapping[str, str] | None = None,
     stopped_by: str | None = None,
     problems: Sequence[str] = (),
     placeholder: str = "unfinished:pending",
@@ -166,7 +170,8 @@ def job_rows(
     """One full row a job of `manifest`, from `store` (None: no state file yet).
 
     `hashes` are the checked inputs' sha256 (None when preflight did not finish); `media_scope`
-    names the account the media ids belong to. `problems` (preflight's one-line problems) become
+    names the account the media ids belong to (`key_scopes`: per key fingerprint, for a job
+    sent with one of several keys). `problems` (preflight's one-line problems) become
     the error of the job each names; `stopped_by` that of unfinished jobs without one; a job
     without a record shows the `placeholder` state. Jobs named in `invalid` (not run under
     `--keep-going`) show as failed, whatever their record says."""
@@ -187,8 +192,9 @@ def job_rows(
         elif stopped_by and row.state.startswith("unfinished") and not row.error:
             row = replace(row, error=f"not finished: {stopped_by}")
         row = replace(row, inputs=_inputs(job, base, hashes or {}))
-        if store is not None and hashes is not None and media_scope is not None:
-            row = replace(row, media_ids=_media_ids(job, store, hashes, media_scope))
+        scope = (key_scopes or {}).get(record.key_fp or "", media_scope) if record else media_scope
+        if store is not None and hashes is not None and scope is not None:
+            row = replace(row, media_ids=_media_ids(job, store, hashes, scope))
         if store is not None and record is not None:
             history = store.history(job.id)
             row = replace(
@@ -337,6 +343,22 @@ def summary_line(rows: Sequence[ReportRow]) -> str:
     if c["ambiguous_submissions"]:
         line += f"; {c['ambiguous_submissions']} ambiguous submissions (see report)"
     return line
+
+
+def keys_line(keys: Sequence[Mapping[str, object]]) -> str:
+    """What each of several keys did this run, for the summary line (`Account.tally`); empty
+    for one key. A retired key says so: the run may still exit 0 when the others finished."""
+    if len(keys) < 2:
+        return ""
+    parts = []
+    for key in keys:
+        part = f"{key['key_fp']} {key['generations']} generations {key['credits']} credits"
+        if key.get("retired"):
+            part += f" (retired: {key['retired']})"
+        parts.append(part)
+    retired = sum(1 for key in keys if key.get("retired"))
+    head = f"; keys ({retired} of {len(keys)} retired): " if retired else "; keys: "
+    return head + ", ".join(parts)
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -11,6 +11,9 @@ Concurrency model (all tasks live in one anyio task group):
   from 500044, one probe at a time while someone else fills the account (`pipeline.limiter`).
 * One `Poller` task polls every generating job when its end is likely (`pipeline.poller`);
   the reply that shows a terminal status commits it and frees the slot in the same step.
+* Several API keys: each is an `Account` of `pipeline.pool` with its own limiter, submitter
+  (replay verdict), media ids and tally; new work goes to a key with a free slot, a submitted
+  job stays with the key that sent it, and a refused or empty key is retired for the run.
 
 Every state change goes through `StateStore` and is committed before the next request.
 """
@@ -21,7 +24,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -60,11 +63,21 @@ from pipeline.media import result_problem
 from pipeline.outputs import archive_path, result_path
 from pipeline.plan import WorkQueue, estimate_credits, generate_body, input_seconds
 from pipeline.poller import Poller
+from pipeline.pool import Account, AccountPool, Binding
 from pipeline.preflight import Checked
 from pipeline.progress import LogProgress, ProgressSink, Snapshot, Tracker
 from pipeline.reconcile import reconcile
-from pipeline.report import ReportRow, job_rows, new_run_id, run_facts, summary_line, write_report
+from pipeline.report import (
+    ReportRow,
+    job_rows,
+    keys_line,
+    new_run_id,
+    run_facts,
+    summary_line,
+    write_report,
+)
 from pipeline.retry import Sleep
+from pipeline.secrets import Redactor
 from pipeline.state import JobRecord, StateStore
 from pipeline.submit import Submitter, SubmitTries
 
@@ -121,109 +134,145 @@ class RunOutcome:
     run_id: str = ""
     credits_this_run: int = 0  # net: refunds this run took off are counted
     failed_manifest: Path | None = None  # failed.yaml, when jobs failed this run
+    keys: list[dict[str, object]] = field(default_factory=list)  # per key: `Account.tally`
 
     @property
     def summary(self) -> str:
-        return summary_line(self.rows)
+        return summary_line(self.rows) + keys_line(self.keys)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Ticket:
     """What one job's task holds, released in `finally`; its slot as `pipeline.submit` sees it."""
 
-    limiter: SlotLimiter
+    pool: AccountPool
+    job_id: str
     admitted: bool = True
+    binding: Binding = field(default_factory=Binding)  # the key it goes to (`pipeline.pool`)
     permit: Permit | None = None  # the generation slot, while held
+    holder: Account | None = None  # whose slot `permit` is
     reuploaded: bool = False
     tries: SubmitTries = field(default_factory=SubmitTries)
+    scope: anyio.CancelScope | None = None  # cancelled when its key is refused mid-run
 
     @property
     def held(self) -> bool:
         return self.permit is not None
 
+    @property
+    def account(self) -> Account:
+        """The key of a job already bound to one (a submission, a generation, a download)."""
+        assert self.binding.account is not None
+        return self.binding.account
+
     async def acquire(self) -> None:
-        self.permit = await self.limiter.acquire()
+        """A slot of the job's own key (a re-send goes out with the key that sent it)."""
+        account = self.account
+        self.permit, self.holder = await account.limiter.acquire(), account
+
+    def take(self, permit: Permit, holder: Account) -> None:
+        self.permit, self.holder = permit, holder
+
+    def adopt(self) -> None:
+        """A generation found running: counted in its key's slots, never waits."""
+        self.permit, self.holder = self.account.limiter.adopt(), self.account
 
     def release(self) -> None:
-        if self.permit is not None:
+        if self.permit is not None and self.holder is not None:
             permit, self.permit = self.permit, None
-            self.limiter.release(permit)
+            self.holder.limiter.release(permit)
+            self.pool.notify()
 
 
 @dataclass
 class _Run:
     checked: Checked
     store: StateStore
-    client: PixverseClient
+    clients: list[PixverseClient]  # one per API key, in the order given
     options: RunOptions
     sleep: Sleep
     wall: Callable[[], float]
-    limiter: SlotLimiter = field(init=False)
+    pool: AccountPool = field(init=False)
     poller: Poller = field(init=False)
     admission: anyio.Semaphore = field(init=False)
     uploads: anyio.CapacityLimiter = field(init=False)
     downloads: anyio.CapacityLimiter = field(init=False)
-    submitter: Submitter = field(init=False)
     stop_submitting: anyio.Event = field(default_factory=anyio.Event)
-    # False when the gateway's trace-id replay could not be checked: nothing may be sent
-    can_send: bool = True
     problem: FatalError | StateError | DiskError | TransientError | None = None
-    media_locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    # one upload per distinct content and key, however many jobs share it
+    media_locks: dict[tuple[str, str], anyio.Lock] = field(default_factory=dict)
     changed_media: set[str] = field(default_factory=set)  # checked hashes whose file changed
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
+    _watched: dict[int, PixverseClient] = field(default_factory=dict)  # video id -> its key's
+    _tickets: set[_Ticket] = field(default_factory=set)  # of the live job tasks
     _scope: anyio.CancelScope = field(init=False)
     started: float = field(init=False)
     budget: Budget = field(init=False)
-    _saved_ceiling: int | None = None
 
     def __post_init__(self) -> None:
         self.started = self.wall()
         before = self.store.total_credits()
         self.budget = Budget(self.options.max_credits, lambda: self.store.total_credits() - before)
-        # nothing is re-sent until the probe says the gateway replays (see `prepare`)
-        self.submitter = Submitter(
-            self.store, self.client, self.sleep, self.wall, self.options.busy_pinned_after
-        )
         o = self.options
         timing = LimiterTiming(o.probe_backoff, o.poll_interval, above_every=o.ceiling_probe_every)
-        self.limiter = SlotLimiter(o.concurrency, timing, sleep=self.sleep)
-        self.poller = Poller(self.client.status, o.poll_interval, sleep=self.sleep)
-        self.admission = anyio.Semaphore(o.concurrency + max(0, o.upload_ahead))
+        # per key: its own submitter (nothing is re-sent until its probe says the gateway
+        # replays: see `prepare`) and limiter (`--concurrency` is per key)
+        self.pool = AccountPool(
+            [
+                Account(
+                    client,
+                    Submitter(self.store, client, self.sleep, self.wall, o.busy_pinned_after),
+                    SlotLimiter(o.concurrency, timing, sleep=self.sleep),
+                )
+                for client in self.clients
+            ]
+        )
+        self.poller = Poller(self._status, o.poll_interval, sleep=self.sleep)
+        keys = len(self.clients)
+        self.admission = anyio.Semaphore(keys * (o.concurrency + max(0, o.upload_ahead)))
         self.uploads = anyio.CapacityLimiter(o.upload_concurrency)
         self.downloads = anyio.CapacityLimiter(o.download_concurrency)
 
     @property
     def base_url(self) -> str:
-        return self.client.config.base_url
+        return self.clients[0].config.base_url
 
     @property
     def media_scope(self) -> str:
-        """Media ids belong to one account: cached per base URL and key fingerprint."""
-        return f"{self.base_url} key:{self.submitter.key_fp}"
+        """The first key's media scope (`pipeline.pool.media_scope`)."""
+        return self.pool.accounts[0].media_scope
+
+    async def _status(self, video_id: int) -> VideoStatus:
+        """A poll, with the key that created the video: another key would see 500008."""
+        return await self._watched[video_id].status(video_id)
+
+    def _whose(self, account: Account) -> str:
+        """How a message names a key when there are several (nothing when there is one)."""
+        return f"key {account.key_fp}: " if self.pool.several else ""
 
     # top level ----------------------------------------------------------------------------
 
     async def prepare(self, jobs: list[Job]) -> list[Job]:
-        """Once, before the task group: the gateway's replay (probed), the TTS speakers and the
-        balance. Returns the jobs to run. Nothing here holds back paid work: a job with an
-        unknown speaker fails alone, and an unreadable list only holds the TTS jobs back."""
+        """Once, before the task group: the gateway's replay (probed, per key), the TTS
+        speakers and the balance. Returns the jobs to run. Nothing here holds back paid work:
+        a job with an unknown speaker fails alone, and an unreadable list only holds the TTS
+        jobs back."""
         pending = [j for j in jobs if self.store.job(j.id).state is JobState.PENDING]
         # anything that may be sent in this run: new work, unanswered sends, and generations
         # that may end in status 8 and be submitted again
         sendable = (JobState.PENDING, JobState.SUBMITTING, JobState.GENERATING)
         to_send = [
-            j
-            for j in jobs
-            if self.store.job(j.id).state in sendable
-            and not self.submitter.foreign_key(self.store.job(j.id))
+            record
+            for record in (self.store.job(j.id) for j in jobs)
+            if record.state in sendable and not self.pool.foreign(record)
         ]
         if to_send:
-            await self._check_gateway()
+            await self._check_gateways(to_send)
         if not self.sending_allowed or not pending:
             return jobs
         held: set[str] = set()
         try:
-            unknown = await unknown_speakers(pending, self.client)
+            unknown = await self._unknown_speakers(pending)
         except ApiError as exc:  # transient, or a refusal of the list itself: not the jobs'
             if _key_rejected(exc):
                 raise
@@ -243,32 +292,60 @@ class _Run:
                 )
                 log.error("%s: held back: %s", job_id, problem)
             held = set(unknown)
-        await check_balance(self.checked, [j for j in pending if j.id not in held], self.client)
+        clients = [a.client for a in self.pool.usable()]
+        await check_balance(self.checked, [j for j in pending if j.id not in held], clients)
         return [j for j in jobs if j.id not in held]
 
-    async def _check_gateway(self) -> None:
+    async def _unknown_speakers(self, pending: list[Job]) -> dict[str, str]:
+        """`unknown_speakers` with the first usable key; a refused key is retired and the
+        next one asked (one key: the refusal stops the run, as ever)."""
+        while True:
+            account = self.pool.usable()[0]
+            try:
+                return await unknown_speakers(pending, account.client)
+            except AuthError as exc:
+                if not _key_rejected(exc) or self.pool.retire(account, exc):
+                    raise
+                if not self.pool.usable():
+                    return {}  # the others cannot send: nothing new goes out anyway
+
+    async def _check_gateways(self, records: list[JobRecord]) -> None:
+        """Probe the keys that may send: every key when there is new work (or a send no key
+        owns yet), else the keys that own the records."""
+        new_work = any(r.state is JobState.PENDING or self.pool.owner(r) is None for r in records)
+        owners = {self.pool.owner(r) for r in records}
+        for account in self.pool.accounts:
+            if new_work or account in owners:
+                await self._check_gateway(account)
+
+    async def _check_gateway(self, account: Account) -> None:
         """Whether this base URL and key replay a re-used trace id (`Submitter.verdict`: a
         recorded verdict under a day old, else the free probe). Never assumed: if the probe
-        cannot run, nothing is sent this run, and paid work goes on."""
+        cannot run, nothing is sent with this key this run, and paid work goes on."""
+        whose = self._whose(account)
         try:
-            await self.submitter.verdict(fresh=False)
+            await account.submitter.verdict(fresh=False)
         except TransientError as exc:
-            self.can_send = False
-            self._note_problem(TransientError(f"{exc}: nothing was submitted; paid work went on"))
-            log.error("replay probe failed: %s; nothing is submitted this run", exc)
+            account.can_send = False
+            self._note_problem(
+                TransientError(f"{whose}{exc}: nothing was submitted; paid work went on")
+            )
+            log.error("%sreplay probe failed: %s; nothing is submitted this run", whose, exc)
         except FatalError as exc:
             if _key_rejected(exc):
-                raise
+                if self.pool.retire(account, exc):
+                    raise
+                return
             # e.g. no permission to upload: nothing can be submitted, but what was paid for
             # is still polled and fetched
-            self.can_send = False
+            account.can_send = False
             self._note_problem(exc)
-            log.error("replay probe refused: %s; nothing is submitted this run", exc)
+            log.error("%sreplay probe refused: %s; nothing is submitted this run", whose, exc)
 
     @property
     def sending_allowed(self) -> bool:
-        """False once the gateway's replay could not be checked (before or during the run)."""
-        return self.can_send and self.submitter.probe_failed is None
+        """False once no key may send: retired, or its gateway's replay could not be checked."""
+        return bool(self.pool.usable())
 
     def _note_problem(self, problem: TransientError | FatalError) -> None:
         if self.problem is None:
@@ -283,7 +360,7 @@ class _Run:
                     if (
                         record.archived
                         and record.state in (JobState.GENERATING, JobState.DOWNLOADING)
-                        and not self.submitter.foreign_key(record)
+                        and not self.pool.foreign(record)
                     ):
                         await self.admission.acquire()
                         tg.start_soon(self._archived_task, record.id)
@@ -313,17 +390,40 @@ class _Run:
         await self._guarded(record_id, lambda ticket: self._finish_archived(record_id, ticket))
 
     async def _guarded(self, job_id: str, work: Callable[[_Ticket], Awaitable[None]]) -> None:
-        """Run one job's work; what it raises decides for the job or the run."""
-        ticket = _Ticket(self.limiter)
+        """Run one job's work; what it raises decides for the job, its key or the run."""
+        ticket = _Ticket(self.pool, job_id)
+        self._tickets.add(ticket)
+        with anyio.CancelScope() as ticket.scope:
+            await self._guarded_work(ticket, work)
+        if ticket.scope.cancel_called:  # its key was refused while it was in flight
+            record = self.store.job(job_id)
+            log.warning(
+                "%s: left %s for a later run: key %s was refused",
+                job_id,
+                record.state.value,
+                record.key_fp,
+            )
+
+    async def _guarded_work(
+        self, ticket: _Ticket, work: Callable[[_Ticket], Awaitable[None]]
+    ) -> None:
+        job_id = ticket.job_id
         try:
             await work(ticket)
         except JobError as exc:
             self._fail(job_id, exc)
         except CreditsError as exc:
-            if self.problem is None:
-                self.problem = exc
-            self.stop_submitting.set()
-            log.error("%s: out of credits; no new submissions, in-flight jobs finish", job_id)
+            if self.pool.retire(ticket.binding.account or self.pool.accounts[0], exc):
+                if self.problem is None:
+                    self.problem = exc
+                self.stop_submitting.set()
+                log.error("%s: out of credits; no new submissions, in-flight jobs finish", job_id)
+        except AuthError as exc:
+            refused = ticket.binding.account
+            if refused is None or self._key_refused(refused, exc):
+                self._stop_run(exc)
+            else:
+                log.warning("%s: left for a later run: %s", job_id, exc)
         except (FatalError, StateError, DiskError) as exc:
             self._stop_run(exc)  # a disk error too: no paying for results that cannot be saved
         except TransientError as exc:
@@ -335,8 +435,29 @@ class _Run:
             log.exception("%s: left unfinished after an unexpected error", job_id)
         finally:
             self._drop_slot(ticket)
+            self.pool.unbind(ticket.binding)
             self._leave_admission(ticket)
             self._settle(job_id)
+            self._tickets.discard(ticket)
+
+    def _key_refused(self, account: Account, exc: AuthError) -> bool:
+        """Retire a refused key (400012, 500020, HTTP 401): its generations stop being polled
+        now and are left for a later run; jobs waiting for its slots go to another key, and a
+        submission on its way gets its answer (a refusal sends it to another key too). True
+        when every key is refused or retired: then the run stops, as it does with one key."""
+        if self.pool.retire(account, exc):
+            return True
+        for ticket in list(self._tickets):
+            record = self.store.find(ticket.job_id)
+            if (
+                ticket.scope is not None
+                and ticket.binding.account is account
+                and record is not None
+                and record.state is JobState.GENERATING
+                and record.key_fp in (account.key_fp, None)
+            ):
+                ticket.scope.cancel()
+        return False
 
     def _fail(self, job_id: str, exc: JobError) -> None:
         reason = (
@@ -357,11 +478,11 @@ class _Run:
     def _drop_slot(self, ticket: _Ticket) -> None:
         ticket.release()
 
-    def _save_ceiling(self) -> None:
+    def _save_ceiling(self, account: Account) -> None:
         """Record a newly learned ceiling for `status` (after the limiter has moved on)."""
-        if (ceiling := self.limiter.ceiling) not in (None, self._saved_ceiling):
-            self._saved_ceiling = ceiling
-            key_fp, concurrency = self.submitter.key_fp, self.options.concurrency
+        if (ceiling := account.limiter.ceiling) not in (None, account.saved_ceiling):
+            account.saved_ceiling = ceiling
+            key_fp, concurrency = account.key_fp, self.options.concurrency
             self.store.save_slot_ceiling(self.base_url, key_fp, ceiling, concurrency)
 
     def _leave_admission(self, ticket: _Ticket) -> None:
@@ -373,7 +494,7 @@ class _Run:
 
     async def _drive(self, job: Job, ticket: _Ticket) -> None:
         record = self.store.job(job.id)
-        if record.state is not JobState.PENDING and self.submitter.foreign_key(record):
+        if self.pool.foreign(record):
             # the gateway's replay and the video belong to the key that submitted it: another
             # key would pay again on a re-send and see 500008 on a poll
             note = f"submitted with key {record.key_fp}: run with that key to finish it"
@@ -381,9 +502,11 @@ class _Run:
                 self.store.update(job.id, note, error=note)
             log.warning("%s: left %s: %s", job.id, record.state.value, note)
             return
+        if record.state is not JobState.PENDING and not self._bind_record(record, ticket):
+            return
         resumed = record.state is JobState.GENERATING
         if record.state is JobState.SUBMITTING:
-            record = self.submitter.resumed(record)
+            record = ticket.account.submitter.resumed(record)
         while True:
             state = record.state
             if state is JobState.PENDING:
@@ -392,9 +515,8 @@ class _Run:
                     return
                 if not self._budget_allows(job, record):
                     return
-                await self._ensure_media(job)
-                if not ticket.held:
-                    await ticket.acquire()
+                if not await self._take_slot(job, ticket):
+                    return
                 if self.stop_submitting.is_set():
                     return
                 record = self.store.transition(
@@ -406,11 +528,16 @@ class _Run:
                     resend_after=None,
                     trace_ambiguous=0,
                     busy_since=None,
-                    key_fp=self.submitter.key_fp,
+                    key_fp=ticket.account.key_fp,
                 )
             elif state is JobState.SUBMITTING:
+                if self._retired_before_sending(record, ticket):
+                    record = self.store.transition(
+                        job.id, JobState.PENDING, f"key {record.key_fp} retired: another key"
+                    )
+                    continue
                 # a re-send from an earlier run may pay too, if the first never arrived
-                if not self.sending_allowed or not self._budget_allows(job, record):
+                if not ticket.account.sending_allowed or not self._budget_allows(job, record):
                     return
                 record = await self._submit(job, record, ticket)
                 self._settle(job.id)
@@ -422,11 +549,62 @@ class _Run:
                 resumed = False
             elif state is JobState.DOWNLOADING:
                 self._leave_admission(ticket)
-                record = await self._download(
-                    job.id, record, result_path(self.options.output_dir, job.id), job
-                )
+                dest = result_path(self.options.output_dir, job.id)
+                record = await self._download(job.id, record, dest, ticket.account, job)
             else:
                 return
+
+    def _bind_record(self, record: JobRecord, ticket: _Ticket) -> bool:
+        """Bind a record found past PENDING to its key: the one that sent it, or (a trace id
+        that never left under a configured key) any usable key. False: leave it this run."""
+        account = self.pool.owner(record)
+        if account is None and record.state is JobState.SUBMITTING and self.pool.several:
+            usable = self.pool.usable()
+            account = max(usable, key=lambda a: a.unclaimed()) if usable else None
+            if account is None:
+                return False  # no key may send now; the trace id never left, nothing waits
+        account = account or self.pool.accounts[0]  # no key recorded: an old file's record
+        ticket.binding.account = account
+        if account.retired is not None and not isinstance(account.retired, CreditsError):
+            log.warning(
+                "%s: left %s for a later run: key %s was refused (%s)",
+                record.id,
+                record.state.value,
+                account.key_fp,
+                account.retired,
+            )
+            return False
+        return True
+
+    def _retired_before_sending(self, record: JobRecord, ticket: _Ticket) -> bool:
+        """A submission whose key was retired before its trace id ever left goes to another
+        key (nothing was sent, so nothing can be paid twice); its slot is given back."""
+        never_sent = record.sent_at is None and not record.trace_ambiguous
+        if ticket.account.retired is None or not never_sent or not self.pool.usable():
+            return False
+        self._drop_slot(ticket)
+        ticket.binding.account = None
+        return True
+
+    async def _take_slot(self, job: Job, ticket: _Ticket) -> bool:
+        """Bind new work to a key (`AccountPool.choose`), upload its media under that key and
+        take a slot of it; with several keys the binding may move to a key with a free slot
+        meanwhile, and the media follow. False: no key may take new work now."""
+        binding = ticket.binding
+        while not ticket.held:
+            account = self.pool.choose(binding)
+            if account is None:
+                return False
+            try:
+                await self._ensure_media(job, account)
+            except AuthError as exc:
+                if not self.pool.several or self._key_refused(account, exc):
+                    raise
+                continue  # that key is retired: the job chooses another
+            permit = await self.pool.acquire(binding)
+            if permit is not None:
+                ticket.take(permit, account)
+        return True
 
     def _budget_allows(self, job: Job, record: JobRecord) -> bool:
         """Ask the budget before a send that may be charged; log the cost of a resubmission."""
@@ -457,19 +635,21 @@ class _Run:
         if record is None or record.state not in (JobState.SUBMITTING, JobState.UNCONFIRMED):
             self.budget.settle(job_id)
 
-    async def _ensure_media(self, job: Job) -> dict[Path, int]:
+    async def _ensure_media(self, job: Job, account: Account) -> dict[Path, int]:
+        """The job's media ids under `account`'s key, uploading what that key lacks."""
         ids: dict[Path, int] = {}
+        scope = account.media_scope
         for path in job.media_paths():
             facts = self.checked.media[path]
             kind = facts.info.kind
-            lock = self.media_locks.setdefault(facts.sha256, anyio.Lock())
+            lock = self.media_locks.setdefault((facts.sha256, scope), anyio.Lock())
             async with lock:  # one upload per distinct content, however many jobs share it
-                media_id = self.store.media_id(facts.sha256, self.media_scope)
+                media_id = self.store.media_id(facts.sha256, scope)
                 if media_id is None and facts.sha256 in self.changed_media:
                     raise _changed_file(path)  # known already: no second upload of it
                 if media_id is None:
                     async with self.uploads:
-                        sent = await self.client.upload(path, facts.info.container)
+                        sent = await account.client.upload(path, facts.info.container)
                     if sent.sha256 != facts.sha256:
                         # preflight checked other bytes: caching this media_id under their hash
                         # would submit unchecked media now and in every later run
@@ -478,45 +658,63 @@ class _Run:
                     if sent.media_type and sent.media_type != facts.info.kind:
                         raise JobError(f"{path.name}: uploaded as {sent.media_type}, not {kind}")
                     media_id = sent.media_id
-                    self.store.save_media(facts.sha256, self.media_scope, facts.info.kind, media_id)
-                    log.info("%s: uploaded %s as media %s", job.id, path.name, media_id)
+                    self.store.save_media(facts.sha256, scope, facts.info.kind, media_id)
+                    log.info(
+                        "%s: uploaded %s as media %s%s",
+                        job.id,
+                        path.name,
+                        media_id,
+                        f" (key {account.key_fp})" if self.pool.several else "",
+                    )
             ids[path] = media_id
         return ids
 
     async def _submit(self, job: Job, record: JobRecord, ticket: _Ticket) -> JobRecord:
+        account = ticket.account
+
         async def body() -> dict[str, Any]:
-            return generate_body(job, await self._ensure_media(job))
+            return generate_body(job, await self._ensure_media(job, account))
 
         try:
-            sent = await self.submitter.step(record, body, ticket, ticket.tries)
+            sent = await account.submitter.step(record, body, ticket, ticket.tries)
         except SlotLimitError:
             # no backoff of its own: the limiter decides when this job (or any) sends again
             if ticket.permit is not None:
                 permit, ticket.permit = ticket.permit, None
-                self.limiter.rejected(permit)
+                account.limiter.rejected(permit)
+                self.pool.notify()
             record = self.store.transition(job.id, JobState.PENDING, "500044: waiting for a slot")
-            self._save_ceiling()
+            self._save_ceiling(account)
+            ticket.binding.account = None  # the next try goes to whichever key has room
             return record
         except StaleMediaError:
             self._drop_slot(ticket)
             for path in job.media_paths():
-                self.store.forget_media(self.checked.media[path].sha256, self.media_scope)
+                self.store.forget_media(self.checked.media[path].sha256, account.media_scope)
             if ticket.reuploaded:
                 raise
             ticket.reuploaded = True
             return self.store.transition(job.id, JobState.PENDING, "stale media id: re-upload")
-        except CreditsError:
+        except CreditsError as exc:
             self._drop_slot(ticket)
-            self.store.transition(job.id, JobState.PENDING, "500090: out of credits")
-            raise
+            record = self.store.transition(job.id, JobState.PENDING, "500090: out of credits")
+            if self.pool.retire(account, exc):
+                raise
+            ticket.binding.account = None  # another key pays for it
+            return record
         except AuthError as exc:
             self._drop_slot(ticket)
             # 500020 and the like are the gateway's answer for this trace id, replayed if it
             # were re-sent: the next run needs a new one. A bare 401 may come from in front of
             # the gateway, so an id that may have been processed is kept.
             if exc.http_status != 401 or not self.store.job(job.id).trace_ambiguous:
-                self.store.transition(job.id, JobState.PENDING, f"account problem: {exc}")
-            raise
+                record = self.store.transition(job.id, JobState.PENDING, f"account problem: {exc}")
+            if not self.pool.several or self._key_refused(account, exc):
+                raise
+            if self.store.job(job.id).state is not JobState.PENDING:
+                raise TransientError(f"key {account.key_fp} was refused: {exc}") from exc
+            ticket.binding.account = None  # another key sends it
+            return record
         if isinstance(sent, JobRecord):
             return sent  # parked, or to be sent again
         credits = (
@@ -539,10 +737,19 @@ class _Run:
             submitted_at=record.sent_at if replayed else self.wall(),
             resend_after=None,
         )
+        account.generations += 1
+        account.credits += credits
         if ticket.permit is not None:
-            self.limiter.accepted(ticket.permit)
-            self._save_ceiling()
-        log.info("%s: submitted as video %s (attempt %d)", job.id, sent.video_id, record.attempts)
+            account.limiter.accepted(ticket.permit)
+            self.pool.notify()
+            self._save_ceiling(account)
+        log.info(
+            "%s: submitted as video %s (attempt %d)%s",
+            job.id,
+            sent.video_id,
+            record.attempts,
+            f" with key {account.key_fp}" if self.pool.several else "",
+        )
         return record
 
     async def _finish_archived(self, record_id: str, ticket: _Ticket) -> None:
@@ -550,6 +757,8 @@ class _Run:
         the manifest) is still fetched, into `superseded/<archive id>.mp4`, and never
         resubmitted: a paid result is never lost, and its record can be taken over again."""
         record = self.store.job(record_id)
+        if not self._bind_record(record, ticket):
+            return
         resumed = True
         while True:
             if record.state is JobState.GENERATING:
@@ -561,7 +770,7 @@ class _Run:
                 self._leave_admission(ticket)
                 dest = archive_path(self.options.output_dir, record_id)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                record = await self._download(record_id, record, dest)
+                record = await self._download(record_id, record, dest, ticket.account)
                 log.info("%s: a paid result no job wants any more, kept as %s", record_id, dest)
             else:
                 return
@@ -581,8 +790,9 @@ class _Run:
         records); `size`: the voice's length, which generation times may follow."""
         video_id = record.video_id
         assert video_id is not None
+        account = ticket.account
         if ticket.permit is None:  # resumed: the generation already occupies an account slot
-            ticket.permit = self.limiter.adopt()
+            ticket.adopt()
         latest = record
 
         def on_status(status: VideoStatus) -> bool:
@@ -598,7 +808,7 @@ class _Run:
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
             if not is_terminal(status):
-                self.limiter.seen_running(ticket.permit)
+                account.limiter.seen_running(ticket.permit)
                 if waited > self.options.max_wait:
                     raise TransientError(
                         f"video {video_id} still generating after {running_for:.0f} s;"
@@ -609,26 +819,34 @@ class _Run:
             if status.status == 1:
                 self._links[job_id] = Link(status.url, status.size)
             max_attempts = self.options.max_attempts if resubmit else 0
+            charged = latest.credits
             latest = settle(self.store, latest, status.status, max_attempts)
+            account.credits += latest.credits - charged  # a refund of status 7 or 8
             return True
 
-        await self.poller.watch(
-            video_id,
-            on_status,
-            elapsed=max(0.0, self.wall() - (record.submitted_at or self.wall())),
-            size=size,
-            poll_now=poll_first,
-            poll_by=self.options.slot_release_after,
-        )
+        self._watched[video_id] = account.client  # polled with the key that created it
+        try:
+            await self.poller.watch(
+                video_id,
+                on_status,
+                elapsed=max(0.0, self.wall() - (record.submitted_at or self.wall())),
+                size=size,
+                poll_now=poll_first,
+                poll_by=self.options.slot_release_after,
+            )
+        finally:
+            self._watched.pop(video_id, None)
         return latest
 
     async def _download(
-        self, job_id: str, record: JobRecord, dest: Path, job: Job | None = None
+        self, job_id: str, record: JobRecord, dest: Path, account: Account, job: Job | None = None
     ) -> JobRecord:
+        """Fetch the result, with the key that created it (a fresh link is a status call)."""
         assert record.video_id is not None
         link = self._links.pop(job_id, Link(None, None))
+        client = account.client
         async with self.downloads:
-            size = await download_result(self.client, record.video_id, dest, link, sleep=self.sleep)
+            size = await download_result(client, record.video_id, dest, link, sleep=self.sleep)
         log.info("%s: downloaded %s (%d bytes)", job_id, dest, size)
         suspect = await anyio.to_thread.run_sync(self._suspect, job, dest)
         if suspect is not None:
@@ -688,17 +906,20 @@ def _key_rejected(exc: ApiError) -> bool:
 async def run_batch(
     checked: Checked,
     store: StateStore,
-    client: PixverseClient,
+    client: PixverseClient | Sequence[PixverseClient],
     options: RunOptions,
     *,
     sleep: Sleep = anyio.sleep,
     wall: Callable[[], float] = time.time,
     progress: ProgressSink | None = None,
 ) -> RunOutcome:
-    """Run every job of `checked` to a terminal state (or as far as the account allows), then
-    write the report. Raises ManifestError (unknown speaker) before anything is submitted."""
+    """Run every job of `checked` to a terminal state (or as far as the accounts allow), then
+    write the report. `client`: one per API key (one base URL), each key its own account
+    (`pipeline.pool`). Raises ManifestError (unknown speaker) before anything is submitted."""
     options.output_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(checked, store, client, options, sleep, wall)
+    clients = [client] if isinstance(client, PixverseClient) else list(client)
+    redact = Redactor([c.config.api_key for c in clients])
+    run = _Run(checked, store, clients, options, sleep, wall)
     sink = progress if progress is not None else LogProgress(options.progress_every)
     started = options.started_at if options.started_at is not None else wall()
     run_id = options.run_id or new_run_id(started)
@@ -735,6 +956,7 @@ async def run_batch(
         now=wall(),
         hashes={path: facts.sha256 for path, facts in checked.media.items()},
         media_scope=run.media_scope,
+        key_scopes={a.key_fp: a.media_scope for a in run.pool.accounts},
         stopped_by=stopped_by,
         problems=invalid_problems,
         invalid=frozenset(checked.invalid),
@@ -762,23 +984,33 @@ async def run_batch(
             "credits_total": sum(r.credits for r in rows),
             "failed_manifest": str(failed_path) if failed_path else None,
             "interrupted": interrupted,
-            "peak_slots": run.limiter.peak,
-            "slot_rejections": run.limiter.rejections,
-            "slot_ceiling": run.limiter.ceiling,
+            "peak_slots": run.pool.peak,
+            "slot_rejections": run.pool.rejections,
+            "slot_ceiling": run.pool.ceiling,
+            "keys": run.pool.tallies(),
         },
-        redact=client.redact,
+        redact=redact,
     )
+    retired = [a for a in run.pool.accounts if a.retired is not None]
+    if run.pool.several and retired and len(retired) < len(run.pool.accounts):
+        log.warning(
+            "%d of %d keys retired in this run (%s); the others went on: see report.json keys",
+            len(retired),
+            len(run.pool.accounts),
+            ", ".join(f"{a.key_fp}: {a.retired}" for a in retired),
+        )
     return RunOutcome(
         rows=rows,
         exit_code=exit_code,
         problem=str(run.problem) if run.problem else None,
         interrupted=interrupted,
-        peak_slots=run.limiter.peak,
-        slot_rejections=run.limiter.rejections,
+        peak_slots=run.pool.peak,
+        slot_rejections=run.pool.rejections,
         report_path=report_path,
         run_id=run_id,
         credits_this_run=spent,
         failed_manifest=failed_path,
+        keys=run.pool.tallies() if run.pool.several else [],
     )
 
 
@@ -796,17 +1028,18 @@ def _tell_progress(run: _Run, tracker: Tracker, sink: ProgressSink) -> None:
     counts = Counter(
         "suspect" if r.suspect and r.state is JobState.DONE else r.state.value for r in records
     )
-    limiter = run.limiter
+    pool = run.pool
     sink.update(
         Snapshot(
             counts=counts,
             total=len(ids),
-            slots_used=limiter.running,
+            slots_used=pool.running,
             # the learned ceiling, or --concurrency until the account has refused one more
-            slot_limit=limiter.ceiling or limiter.maximum,
+            # (summed over the keys)
+            slot_limit=pool.slot_limit,
             credits=run.budget.spent,
             cap=run.options.max_credits,
-            eta=tracker.observe(records, limiter.limit),
+            eta=tracker.observe(records, pool.limit),
         )
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,11 +92,13 @@ class RunSession:
     async def run(
         self,
         checked: Checked,
-        config: ClientConfig,
+        config: ClientConfig | list[ClientConfig],
         options: RunOptions,
         progress: ProgressSink | None,
     ) -> RunOutcome:
-        """Probe the output folder, lock the state file, run the batch (which reports)."""
+        """Probe the output folder, lock the state file, run the batch (which reports).
+        Several configs: one per API key, each its own account (`pipeline.pool`)."""
+        configs = config if isinstance(config, list) else [config]
         out = options.output_dir
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -106,11 +109,12 @@ class RunSession:
             ) from exc
         assert self.state_path is not None
         # exit 3 if locked: nothing sent
-        store = StateStore.open(self.state_path, redact=Redactor([config.api_key]))
+        store = StateStore.open(self.state_path, redact=Redactor([c.api_key for c in configs]))
         self.context.lookup = store.find
         try:
-            async with PixverseClient(config) as client:
-                outcome = await run_batch(checked, store, client, options, progress=progress)
+            async with AsyncExitStack() as stack:
+                clients = [await stack.enter_async_context(PixverseClient(c)) for c in configs]
+                outcome = await run_batch(checked, store, clients, options, progress=progress)
         finally:
             self.context.lookup = None
             store.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,25 +86,33 @@ async def run_once(
     out: Path,
     *,
     api_key: str = "sim-key",
+    api_keys: Sequence[str] = (),
     base_url: str | None = None,
     request_timeout: float = REQUEST_TIMEOUT,
     only: tuple[str, ...] = (),
     keep_going: bool = False,
     **options: object,
 ) -> RunOutcome:
-    """One `pixverse-batch run`, in-process: preflight, lock the state, run, report."""
+    """One `pixverse-batch run`, in-process: preflight, lock the state, run, report.
+    `api_keys`: several keys, each its own account (instead of `api_key`)."""
     checked = preflight(load_manifest(manifest), only=only, keep_going=keep_going)
     run_options = replace(RunOptions(output_dir=out, poll_interval=0.02), **options)  # type: ignore[arg-type]
     store = StateStore.open(out / STATE_NAME)
     try:
-        config = ClientConfig(
-            base_url=base_url or sim.url,
-            api_key=api_key,
-            retry=FAST_RETRY,
-            request_timeout=request_timeout,
-        )
-        async with PixverseClient(config) as client:
-            return await run_batch(checked, store, client, run_options)
+        configs = [
+            ClientConfig(
+                base_url=base_url or sim.url,
+                api_key=key,
+                retry=FAST_RETRY,
+                request_timeout=request_timeout,
+            )
+            for key in (api_keys or [api_key])
+        ]
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(PixverseClient(c)) for c in configs]
+            return await run_batch(
+                checked, store, clients[0] if len(clients) == 1 else clients, run_options
+            )
     finally:
         store.close()
 

@@ -103,6 +103,7 @@ async def upload(request: web.Request, call: Call) -> Reply:
         probed.width,
         probed.height,
         data,
+        state.backend.account(call.api_key).account_id,
     )
     # The simulator does not serve uploads back; the url is informational, as PixVerse's is.
     url = f"{request.url.origin()}/media/upload/{media.media_id}{Path(filename).suffix.lower()}"

@@ -41,6 +41,7 @@ class Account:
     """One API key's account. Balances derive from SimConfig, so tests can top up live."""
 
     account_id: int
+    api_key: str = field(default="", repr=False)  # never printed (the ledger names the id)
     monthly_used: int = 0
     package_used: int = 0
     running: list[Generation] = field(default_factory=list)
@@ -48,7 +49,7 @@ class Account:
     def balance(self, config: SimConfig) -> tuple[int, int]:
         """(credit_monthly, credit_package) left."""
         return (
-            max(0, config.credit_monthly - self.monthly_used),
+            max(0, config.credits_for(self.api_key) - self.monthly_used),
             max(0, config.credit_package - self.package_used),
         )
 
@@ -62,6 +63,7 @@ class Media:
     width: int
     height: int
     data: bytes = field(default=b"", repr=False)  # kept to build the result video from
+    account_id: int | None = None  # the account that uploaded it: no other account may use it
 
 
 @dataclass
@@ -138,7 +140,7 @@ class Backend:
         if account is None:
             digest = hashlib.sha256(api_key.encode()).digest()
             account_id = _ID_RANGE[0] + int.from_bytes(digest[:8]) % (9 * 10**14)
-            account = self._accounts[api_key] = Account(account_id)
+            account = self._accounts[api_key] = Account(account_id, api_key)
         return account
 
     # -- media
@@ -152,19 +154,27 @@ class Backend:
         width: int = 0,
         height: int = 0,
         data: bytes = b"",
+        account_id: int | None = None,
     ) -> Media:
-        media = Media(self._new_id(), media_type, filename, duration, width, height, data)
+        media = Media(
+            self._new_id(), media_type, filename, duration, width, height, data, account_id
+        )
         self._media[media.media_id] = media
         self.ledger.uploads.append(
-            UploadRecord(media.media_id, media_type, filename, sha256, duration)
+            UploadRecord(media.media_id, media_type, filename, sha256, duration, account_id)
         )
         return media
 
-    def _media_of(self, media_id: int, field_name: str, media_type: str) -> Media:
+    def _media_of(
+        self, media_id: int, field_name: str, media_type: str, account: Account | None = None
+    ) -> Media:
         config = self.config
         media = self._media.get(media_id)
         if config.forget_media or media_id in config.expired_media_ids:
             media = None
+        owner = media.account_id if media is not None else None
+        if account is not None and owner is not None and owner != account.account_id:
+            media = None  # another account's upload: as unknown as any other id
         if media is None:
             raise ApiError(PARAM_INVALID, not_found_message(field_name))
         if media.media_type != media_type:
@@ -226,12 +236,12 @@ class Backend:
         now = self.clock()
         return sum(1 for g in account.running if now < g.slot_until)
 
-    def price(self, request: LipSyncRequest) -> int:
+    def price(self, request: LipSyncRequest, account: Account | None = None) -> int:
         """The cost in credits; checks the voice (audio media id, or TTS speaker and script)."""
         if isinstance(request.voice, TtsScript):
             check_tts(request.voice, self.config)
             return tts_price(request.voice.content)
-        media = self._media_of(request.voice, "audio_media_id", "audio")
+        media = self._media_of(request.voice, "audio_media_id", "audio", account)
         return audio_price(media.duration)
 
     def generate(
@@ -241,14 +251,14 @@ class Backend:
         config = self.config
         if api_key in config.no_permission_keys:
             raise ApiError(NO_PERMISSION, "no permission for this operation")
-        if request.source_video_id is not None:
-            if not self.is_finished_video(request.source_video_id):
-                raise ApiError(PARAM_INVALID, not_found_message("source_video_id"))
-        elif request.video_media_id is not None:
-            self._media_of(request.video_media_id, "video_media_id", "video")
-        credits = self.price(request) * config.price_multiplier
+        source = request.source_video_id
+        if source is not None and not self.is_finished_video(source):
+            raise ApiError(PARAM_INVALID, not_found_message("source_video_id"))
         account = self.account(api_key)
-        if self.running_count(account) >= config.concurrency_limit:
+        if request.source_video_id is None and request.video_media_id is not None:
+            self._media_of(request.video_media_id, "video_media_id", "video", account)
+        credits = self.price(request, account) * config.price_multiplier
+        if self.running_count(account) >= config.limit_for(api_key):
             raise ApiError(CONCURRENCY_LIMIT, "concurrent generation limit reached")
         monthly, package = account.balance(config)
         if monthly + package < credits:
@@ -320,5 +330,8 @@ class Backend:
         self._pending.append(generation)
         self.ledger.generations[record.video_id] = record
         self.ledger.credits_charged += credits
-        self.ledger.peak_concurrent = max(self.ledger.peak_concurrent, self.running_count(account))
+        running = self.running_count(account)
+        self.ledger.peak_concurrent = max(self.ledger.peak_concurrent, running)
+        peaks = self.ledger.peak_by_account
+        peaks[account.account_id] = max(peaks.get(account.account_id, 0), running)
         return generation

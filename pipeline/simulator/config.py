@@ -32,6 +32,10 @@ class SimConfig:
     concurrency_limit: int = 5  # per-key generations at status 5; over it generate says 500044
     credit_monthly: int = 10_000  # each key is its own account starting with these credits
     credit_package: int = 0
+    # Several accounts with their own plans: per API key, a concurrency limit and monthly
+    # credits that replace `concurrency_limit` and `credit_monthly` for that key.
+    key_limits: dict[str, int] = field(default_factory=dict)
+    key_credits: dict[str, int] = field(default_factory=dict)
     generation_seconds: float = 20.0  # simulated time at status 5 before the terminal status
     generation_jitter: float = 0.0  # spread of generation times: 0.5 -> 0.5x to 1.5x, seeded
     # > 0: a generation takes this many simulated seconds per second of its voice (the audio's
@@ -83,6 +87,14 @@ class SimConfig:
     # these media ids expired: generate refuses each from now on, in the documented wording
     expired_media_ids: set[int] = field(default_factory=set)
     lowercase_envelope_on_500: bool = True  # HTTP 500 replies use err_code/err_msg/resp
+
+    def limit_for(self, api_key: str) -> int:
+        """The concurrent-generation limit of `api_key`'s account."""
+        return self.key_limits.get(api_key, self.concurrency_limit)
+
+    def credits_for(self, api_key: str) -> int:
+        """The monthly credits `api_key`'s account starts with."""
+        return self.key_credits.get(api_key, self.credit_monthly)
 
     def real_seconds(self, simulated: float) -> float:
         """Real (clock) seconds that `simulated` seconds take under the current time scale."""

@@ -96,6 +96,7 @@ def api(handler: ApiHandler, *, droppable: bool = False) -> Handler:
         api_key = request.headers.get(API_KEY_HEADER)
         if api_key is None or api_key not in config.api_keys:
             return _send(record, envelope(INVALID_ACCOUNT, "invalid API-KEY"))
+        record.account_id = state.backend.account(api_key).account_id
         trace_id = (record.trace_id or "").strip()
         if not trace_id:
             return _send(record, envelope(PARAM_EMPTY, f"{TRACE_HEADER} header is required"))

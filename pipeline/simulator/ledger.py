@@ -25,6 +25,7 @@ class RequestRecord:
     at: float  # the simulator's clock when the request arrived
     replayed: bool = False  # answered from the reply cache
     fault: str | None = None  # the injected fault, if one fired: "transient", "html", ...
+    account_id: int | None = None  # the account of an authenticated API call
 
 
 @dataclass
@@ -60,6 +61,7 @@ class UploadRecord:
     filename: str
     sha256: str  # of the uploaded bytes
     duration: float  # seconds, as probed
+    account_id: int | None = None  # the account that uploaded it
 
 
 def canonical_body(body: dict[str, Any]) -> str:
@@ -75,6 +77,7 @@ class Ledger:
     served_downloads: dict[int, str] = field(default_factory=dict)  # video_id -> sha256 hex
     transfers: list[TransferRecord] = field(default_factory=list)
     peak_concurrent: int = 0  # most generations at status 5 at once for one key
+    peak_by_account: dict[int, int] = field(default_factory=dict)  # the same, per account id
     credits_charged: int = 0
     credits_refunded: int = 0
 
