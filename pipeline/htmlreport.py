@@ -30,6 +30,7 @@ from pipeline.thumbs import THUMBS, Thumb, prune, thumbnail
 
 GROUPS = ("failed", "suspect", "unfinished", "done")  # problems first
 _KEY_TABLES = ("accounts", "keys", "per_key")  # where per-key figures may sit
+_PROBLEMS_OPEN = 20  # a longer list of problems starts folded
 
 
 def build_page(document: Mapping[str, Any], out: Path, meaning: str | None = None) -> str:
@@ -135,7 +136,12 @@ def _problems(jobs: Sequence[Mapping[str, Any]]) -> str:
         f' <span class="todo">→ {_e(advice(job))}</span></li>\n'
         for job in bad
     )
-    return f'<h2 id="problems">Problems ({len(bad)})</h2>\n<ul class="problems">\n{items}</ul>\n'
+    # open unless so long that it would push every card off the first screen
+    state = " open" if len(bad) <= _PROBLEMS_OPEN else ""
+    return (
+        f'<details id="problems"{state}><summary><h2>Problems ({len(bad)})</h2></summary>\n'
+        f'<ul class="problems">\n{items}</ul>\n</details>\n'
+    )
 
 
 def _key_figures(document: Mapping[str, Any]) -> str:

@@ -44,8 +44,7 @@ def thumbnail(video: Path, folder: Path) -> Thumb:
         return Thumb(None, f"cannot read file: {exc.strerror or exc}")
     if stat.st_size == 0:
         return Thumb(None, "file is empty")
-    key = f"{video.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
-    target = folder / (hashlib.sha256(key.encode()).hexdigest()[:32] + _SUFFIX)
+    target = folder / _name(video, stat)
     if target.exists():
         return Thumb(target)
     try:
@@ -62,6 +61,16 @@ def thumbnail(video: Path, folder: Path) -> Thumb:
     except OSError as exc:  # a full disk costs the picture, never the page
         return Thumb(None, f"thumbnail not saved: {exc.strerror or exc}")
     return Thumb(target)
+
+
+def target(video: Path, folder: Path) -> Path:
+    """Where `video`'s thumbnail is (or would be) as the file stands now; raises OSError."""
+    return folder / _name(video, video.stat())
+
+
+def _name(video: Path, stat: os.stat_result) -> str:
+    key = f"{video.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + _SUFFIX
 
 
 def prune(folder: Path, keep: Collection[Path]) -> None:
