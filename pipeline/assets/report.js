@@ -143,6 +143,11 @@
 
   document.addEventListener("keydown", function (event) {
     var card = event.target.closest ? event.target.closest(".card") : null;
+    if (!card && event.target === document.body && event.key.indexOf("Arrow") === 0) {
+      var first = visible()[0];  // nothing focused yet: the arrows start at the first card
+      if (first) { event.preventDefault(); first.focus(); }
+      return;
+    }
     if (!card || event.target.closest("input, select, video, a, button")) { return; }
     var steps = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns() };
     if (event.key in steps) {
