@@ -86,7 +86,7 @@ def prune(folder: Path, keep: Collection[Path]) -> None:
 
 
 def _middle_frame_jpeg(video: Path) -> bytes | None:
-    with av.open(str(video)) as container:
+    with av.open(str(video), metadata_errors="replace") as container:
         if not container.streams.video:
             return None
         stream = container.streams.video[0]
@@ -118,8 +118,9 @@ def _jpeg(frame: av.VideoFrame) -> bytes:
 
 
 def _write(target: Path, data: bytes) -> None:
-    """Whole or not at all: a thumbnail cut short would be reused night after night."""
-    tmp = target.with_name(f".{target.name}.tmp")
+    """Whole or not at all: a thumbnail cut short would be reused night after night. The
+    temporary is this process's own: `report` may run while a run writes its page."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
