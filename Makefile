@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench reliability clean
+.PHONY: demo test lint typecheck unit bench reliability browser-test screenshot clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ bench: $(BIN)/.installed
 # machine), figures printed; about 10 minutes on 2 cores. `make test` runs the fast versions.
 reliability: $(BIN)/.installed
 	$(BIN)/python -m tests.reliability --json out/reliability.json
+
+# report.html in headless Chromium (Debian's package, driven by Playwright); installs both when
+# it can, else skips saying why (.ci/browser-test). `make test` does not need a browser.
+browser-test: $(BIN)/.installed
+	VENV=$(VENV) bash .ci/browser-test
+
+# the same, keeping the page's screenshot as docs/report-page.png
+screenshot: $(BIN)/.installed
+	REPORT_SCREENSHOT=docs/report-page.png VENV=$(VENV) bash .ci/browser-test
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

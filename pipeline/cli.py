@@ -4,6 +4,7 @@ Examples:
   pixverse-batch validate pipeline/examples/example.yaml
   PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs
+  pixverse-batch report out/dubs      # out/dubs/report.html again, from the state file
   pixverse-batch sim --port 8787      # then: --base-url http://127.0.0.1:8787 --api-key sim-key
   pixverse-batch demo                 # the example manifest against the bundled simulator
   PIXVERSE_API_KEY=... pixverse-batch doctor    # once per key: what run relies on, checked
@@ -59,6 +60,7 @@ examples:
   pixverse-batch validate dubs.yaml                  # checks everything, sends nothing
   PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs               # from the state file, offline
+  pixverse-batch report out/dubs                     # report.html again, offline
   pixverse-batch demo                                # the example against the simulator
   PIXVERSE_API_KEY=... pixverse-batch doctor         # once per key: what run relies on
 
@@ -69,6 +71,7 @@ doctor: something run relies on does not hold) |
 75 interrupted or unfinished: run the same command again to resume |
 141 stdout closed early (status | head)
 status exits like run: 0 all done, 1 some failed, 75 some unfinished
+report exits 0 (page written), 2 (no such folder, nothing to report), 3, 74
 -q, -v and --log-format may come before or after the command
 environment: PIXVERSE_API_KEY (required for run/speakers/balance/doctor), PIXVERSE_BASE_URL,
 PIXVERSE_API_KEYS (several keys, comma-separated: one account each, --concurrency per key)
@@ -165,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", type=Path, help="the state file (default: OUT/" + STATE_NAME + ")"
     )
     _add_json_option(status)
+
+    report = command(
+        "report",
+        "write OUT/report.html again from the state file (offline, no key): a card per job,"
+        " thumbnails, play and compare",
+    )
+    report.add_argument("out", type=Path, help="the output folder")
+    report.add_argument(
+        "--state", type=Path, help="the state file (default: OUT/" + STATE_NAME + ")"
+    )
+    report.add_argument(
+        "--manifest",
+        type=Path,
+        help="the manifest whose jobs to show (default: the one the last report names)",
+    )
 
     for name, text in (
         ("speakers", "list the TTS speakers of the account"),
@@ -425,6 +443,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "run": _cmd_run,
         "validate": _cmd_validate,
         "status": _cmd_status,
+        "report": _cmd_report,
         "speakers": _cmd_speakers,
         "balance": _cmd_balance,
         "doctor": _cmd_doctor,
@@ -759,6 +778,15 @@ def _per_key(records: list[JobRecord]) -> dict[str, dict[str, Any]]:
         facts["generations"] += r.attempts
         facts["credits"] += r.credits
     return keys
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """report.html again, from the state file; 0 once written (whatever the jobs' states)."""
+    from pipeline.reportpage import rebuild_page
+
+    path = rebuild_page(args.out, state=args.state, manifest=args.manifest, redact=args.redact)
+    print(f"report: {path}")
+    return ExitCode.OK
 
 
 def _status_json(record: JobRecord, now: float) -> dict[str, Any]:

@@ -65,13 +65,18 @@ def permanent_failure(record: JobRecord) -> str | None:
     7 (content moderation of the result: the same inputs meet the same rule)."""
     if record.state is not JobState.FAILED:
         return None
-    code = record.err_code
+    return permanent_reason(record.err_code, record.error_class, record.error)
+
+
+def permanent_reason(err_code: object, error_class: object, error: object) -> str | None:
+    """`permanent_failure`'s rule on a failure's facts (a record's, or a report row's)."""
+    code = err_code if isinstance(err_code, int) else None
     rejected = code is not None and 400000 <= code < 500000 and code not in _ACCOUNT_CODES
     if code is not None and (code in _PERMANENT_CODES or rejected):
         return f"ErrCode {code}"
-    if record.error_class == "ManifestError":
+    if error_class == "ManifestError":
         return "a problem in the manifest"
-    if (record.error or "").startswith("status 7:"):  # `runner._terminal`'s wording
+    if str(error or "").startswith("status 7:"):  # `runner._terminal`'s wording
         return "status 7, content moderation"
     return None
 

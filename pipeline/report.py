@@ -3,7 +3,8 @@
 Written from the state file, so it tells the truth about every job of the manifest whatever
 happened during the run, and at the end of every run that knows its output folder, even one
 stopped before it started (preflight, a signal): the morning never reads last night's report
-by mistake, since both files carry the run id. Both files are replaced atomically.
+by mistake, since both files carry the run id. Both files are replaced atomically, and so is
+report.html, the same document as a page to look at (`pipeline.htmlreport`).
 
 Per job, besides the state: its inputs (paths relative to the manifest, with their sha256),
 the media ids they were uploaded as, the trace ids of its submissions, the result's duration
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import map_disk_errors
+from pipeline.htmlreport import build_page
 from pipeline.jobstate import JobState
 from pipeline.manifest import Job, Manifest
 from pipeline.media import MediaProbeError, probe
@@ -34,6 +36,18 @@ from pipeline.state import Event, JobRecord, StateStore
 _SENDING = "sending trace id "  # `pipeline.submit`'s event detail before each send
 _FINAL = frozenset({JobState.DONE.value, JobState.FAILED.value})
 SUSPECT = "suspect"  # a done job whose result failed its probe (kept, paid for, flagged)
+PAGE_NAME = "report.html"
+
+# What each exit code of a run means, in words: for the end line, the page, the notification.
+MEANINGS = {
+    0: "every job done",
+    1: "some jobs failed, the rest done",
+    2: "bad manifest or usage, nothing sent",
+    3: "state file locked or unreadable",
+    4: "account problem",
+    74: "a file could not be written",
+    75: "unfinished: run the same command again",
+}
 
 COLUMNS = (
     "id",
@@ -58,6 +72,7 @@ COLUMNS = (
     "resolution",
     "stage_seconds",
     "key_fp",  # several keys: the fingerprint of the key the job was last sent with
+    "language",
 )
 
 
@@ -85,6 +100,7 @@ class ReportRow:
     resolution: str | None = None  # "WIDTHxHEIGHT" of the result, probed
     stage_seconds: dict[str, float] = field(default_factory=dict)  # state -> seconds in it
     key_fp: str | None = None  # fingerprint of the key it was last sent with (never the key)
+    language: str | None = None  # the key under `dubs` of a fan-out job
 
     @classmethod
     def from_record(cls, record: JobRecord) -> ReportRow:
@@ -142,11 +158,13 @@ def iso_time(timestamp: float) -> str:
 def run_facts(
     run_id: str, manifest: Path, output_dir: Path, started: float, finished: float
 ) -> dict[str, object]:
-    """The first fields of report.json: which run, of what, when."""
+    """The first fields of report.json: which run, of what, when. `manifest_dir` (absolute)
+    lets the page link the sources from any working folder."""
     return {
         "run_id": run_id,
         "version": __version__,
         "manifest": str(manifest),
+        "manifest_dir": str(manifest.resolve().parent),
         "output_dir": str(output_dir),
         "started_at": iso_time(started),
         "finished_at": iso_time(finished),
@@ -192,6 +210,8 @@ def job_rows(
         elif stopped_by and row.state.startswith("unfinished") and not row.error:
             row = replace(row, error=f"not finished: {stopped_by}")
         row = replace(row, inputs=_inputs(job, base, hashes or {}))
+        if job.dub is not None:
+            row = replace(row, language=job.dub.lang)
         scope = (key_scopes or {}).get(record.key_fp or "", media_scope) if record else media_scope
         if store is not None and hashes is not None and scope is not None:
             row = replace(row, media_ids=_media_ids(job, store, hashes, scope))
@@ -275,8 +295,9 @@ def write_report(
     extra: dict[str, object],
     redact: Callable[[str], str] = str,
 ) -> Path:
-    """Write report.json (rows plus `extra` run facts) and report.csv; return the json path.
-    Every text passes `redact` (the API key must not reach a report); raises DiskError."""
+    """Write report.json (rows plus `extra` run facts), report.csv and report.html; return the
+    json path. Every text passes `redact` (the API key must not reach a report); raises
+    DiskError."""
     output_dir.mkdir(parents=True, exist_ok=True)
     document = {**extra, "summary": summary_counts(rows), "jobs": [asdict(r) for r in rows]}
     json_path = output_dir / "report.json"
@@ -287,6 +308,9 @@ def write_report(
     for row in rows:
         writer.writerow({k: _csv_value(k, v) for k, v in asdict(row).items()})
     atomic_write(output_dir / "report.csv", redact(buffer.getvalue()))
+    code = extra.get("exit_code")
+    meaning = MEANINGS.get(code) if isinstance(code, int) else None
+    atomic_write(output_dir / PAGE_NAME, redact(build_page(document, output_dir, meaning)))
     return json_path
 
 

@@ -32,7 +32,7 @@ from pipeline.manifest import Manifest
 from pipeline.notify import notify, payload
 from pipeline.preflight import Checked
 from pipeline.progress import ProgressSink
-from pipeline.report import job_rows, new_run_id, run_facts, write_report
+from pipeline.report import MEANINGS, job_rows, new_run_id, run_facts, write_report
 from pipeline.runner import ExitCode, RunOptions, RunOutcome, exit_code_for, run_batch
 from pipeline.secrets import Redactor
 from pipeline.state import StateStore
@@ -40,16 +40,6 @@ from pipeline.state import StateStore
 log = logging.getLogger("pipeline.session")
 
 STATE_NAME = ".pixverse-batch.sqlite"
-
-MEANINGS = {
-    0: "every job done",
-    1: "some jobs failed, the rest done",
-    2: "bad manifest or usage, nothing sent",
-    3: "state file locked or unreadable",
-    4: "account problem",
-    74: "a file could not be written",
-    75: "unfinished: run the same command again",
-}
 
 
 @dataclass

@@ -37,6 +37,7 @@ def test_the_wheel_ships_the_example_and_its_media(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     manifest = load_manifest(REPO / "pipeline" / "examples" / "example.yaml")
     wanted = {"pipeline/examples/example.yaml", "pipeline/simulator/assets/base.mp4"}
+    wanted |= {"pipeline/assets/report.css", "pipeline/assets/report.js"}  # report.html's
     wanted |= {
         path.relative_to(REPO).as_posix() for job in manifest.jobs for path in job.media_paths()
     }
