@@ -57,6 +57,8 @@ COLUMNS = (
     "duration",
     "resolution",
     "stage_seconds",
+    # a long job's segments (pipeline.longform): `1:0-24.3:done:<video id> 2:...`
+    "segments",
 )
 
 
@@ -83,6 +85,8 @@ class ReportRow:
     duration: float | None = None  # seconds of the result, probed
     resolution: str | None = None  # "WIDTHxHEIGHT" of the result, probed
     stage_seconds: dict[str, float] = field(default_factory=dict)  # state -> seconds in it
+    # a long job's segments, in order: index, start, end (s), video_id, credits, state, error
+    segments: list[dict[str, object]] | None = None
 
     @classmethod
     def from_record(cls, record: JobRecord) -> ReportRow:
@@ -293,6 +297,11 @@ def _csv_value(name: str, value: object) -> object:
         return "true" if value else "false"  # as in report.json
     if name == "inputs" and isinstance(value, list):
         return " ".join(_input_cell(item) for item in value)
+    if name == "segments" and isinstance(value, list):
+        return " ".join(
+            f"{s['index']}:{s['start']}-{s['end']}:{s['state']}:{s['video_id'] or ''}"
+            for s in value
+        )
     if isinstance(value, dict):
         return " ".join(f"{k}={v}" for k, v in value.items())
     if isinstance(value, list):
