@@ -38,7 +38,7 @@ from pipeline.media import MediaProbeError, probe, sha256_file
 from pipeline.outputs import SEGMENT_MARK, place, result_path, segments_dir
 from pipeline.preflight import Checked, MediaFile
 from pipeline.report import ReportRow
-from pipeline.state import JobRecord, StateStore
+from pipeline.state import JobRecord, LongRecord, StateStore
 
 log = logging.getLogger("pipeline.longform")
 
@@ -296,3 +296,45 @@ def _segment_state(record: JobRecord | None) -> str:
     if record.state in (JobState.DONE, JobState.FAILED):
         return record.state.value
     return f"unfinished:{record.state.value}"
+
+
+def status_rows(records: Sequence[JobRecord], long: Sequence[LongRecord]) -> list[ReportRow]:
+    """A row for each long job of the state file, from its row and its segments' records
+    alone (`status` reads no media): done once stitched with the file in place, failed when a
+    segment failed, else unfinished at its least advanced segment."""
+    rows = []
+    for entry in long:
+        ours = sorted(
+            (r for r in records if parent_of(r.id) == entry.id),
+            key=lambda r: int(r.id.rpartition(SEGMENT_MARK)[2] or 0),
+        )
+        row = ReportRow(entry.id, "unfinished:pending", None, None, None, 0, False, 0, 0, None)
+        row = replace(
+            row,
+            credits=sum(r.credits for r in ours),
+            attempts=sum(r.attempts for r in ours),
+            segments=[
+                {"index": i, "video_id": r.video_id, "state": _segment_state(r)}
+                for i, r in enumerate(ours, 1)
+            ],
+        )
+        failed = next((r for r in ours if r.state is JobState.FAILED), None)
+        intact = entry.output is not None and _size(Path(entry.output)) == entry.bytes
+        if entry.stitched and intact:
+            row = replace(row, state="done", output=entry.output, bytes=entry.bytes)
+        elif failed is not None:
+            row = replace(row, state="failed", error=f"segment {failed.id} failed: {failed.error}")
+        elif ours and all(r.state is JobState.DONE for r in ours):
+            row = replace(row, state="unfinished:stitching")
+        elif ours:
+            behind = next(r for r in ours if r.state is not JobState.DONE)
+            row = replace(row, state=_segment_state(behind))
+        rows.append(row)
+    return rows
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
