@@ -58,6 +58,15 @@ def long_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def short_long_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 35 s job (two segments): the resume tests run it three times each."""
+    folder = tmp_path_factory.mktemp("short-long-media")
+    make_video(folder / "talk.mp4", seconds=35, width=64, height=36, fps=FPS, audio=False)
+    make_audio(folder / "talk_es.mp3", seconds=35, pauses=GAPS[:1])
+    return folder
+
+
 def long_project(tmp_path: Path, media: Path, manifest: str = LONG) -> Path:
     path = project(tmp_path, manifest)
     shutil.copytree(media, tmp_path / "media", dirs_exist_ok=True)
@@ -68,17 +77,18 @@ def check_result(path: Path, dub: Path) -> None:
     """One mp4 as long as the dub (within a frame), decoding from its first frame to its last
     with timestamps one frame apart, with the dub's own sound."""
     info = probe(path)
+    seconds = probe(dub).duration
     assert info.has_audio
-    assert abs(info.duration - probe(dub).duration) <= FRAME
+    assert abs(info.duration - seconds) <= FRAME
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         times = [float(f.pts * stream.time_base) for f in container.decode(stream)]
-    assert len(times) == round(SECONDS * FPS)
+    assert len(times) == round(seconds * FPS)
     assert all(abs(b - a - FRAME) < 1e-3 for a, b in itertools.pairwise(times))
     assert times[0] == 0.0
     # the sound is the original dub: its silences are where the dub's are
     original, stitched = pauses_in(dub), pauses_in(path)
-    assert len(original) == len(stitched) == len(GAPS)
+    assert len(original) == len(stitched) > 0
     assert all(abs(a.start - b.start) < 0.05 for a, b in zip(original, stitched, strict=True))
 
 
@@ -345,6 +355,8 @@ STATES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "stitched and recorded, segments not removed": lambda mp: mp.setattr(
         StateStore, "save_stitched", _crash_on(1, StateStore.save_stitched, after=True)
     ),
+    # no crash: the run ends, then the user deletes the result (fetched again, not regenerated)
+    "done, its result deleted": lambda mp: None,
 }
 
 
@@ -357,28 +369,28 @@ def longrun_download() -> Callable[..., Any]:
 @pytest.mark.anyio
 @pytest.mark.parametrize("state", sorted(STATES))
 async def test_resume_in_every_state(
-    tmp_path: Path, long_media: Path, monkeypatch: pytest.MonkeyPatch, state: str
+    tmp_path: Path, short_long_media: Path, monkeypatch: pytest.MonkeyPatch, state: str
 ) -> None:
-    manifest = long_project(tmp_path, long_media)
+    manifest = long_project(tmp_path, short_long_media)
     out = tmp_path / "out"
     async with serve(fast_sim()) as sim:
-        with monkeypatch.context() as patch:
-            STATES[state](patch)
-            with pytest.raises(BaseException) as crashed:  # noqa: PT011 (a group or a Crash)
-                await run_once(sim, manifest, out, request_timeout=1.0)
-            assert (
-                crashed.group_contains(Crash)
-                if isinstance(crashed.value, BaseExceptionGroup)
-                else crashed.type is Crash
-            )
+        if state == "done, its result deleted":
+            assert (await run_once(sim, manifest, out)).exit_code == 0
+            (out / "talk-es.mp4").unlink()
+        else:
+            with monkeypatch.context() as patch:
+                STATES[state](patch)
+                with pytest.raises(BaseException) as crashed:  # noqa: PT011 (group or Crash)
+                    await run_once(sim, manifest, out, request_timeout=1.0)
+                assert (
+                    crashed.group_contains(Crash)
+                    if isinstance(crashed.value, BaseExceptionGroup)
+                    else crashed.type is Crash
+                )
         outcome = await run_once(sim, manifest, out, request_timeout=1.0)
         assert outcome.exit_code == 0, outcome.rows
-        paid_once(sim)
-        # and once more after the user deleted the result: fetched again, never regenerated
-        (out / "talk-es.mp4").unlink()
-        assert (await run_once(sim, manifest, out)).exit_code == 0
-        paid_once(sim)
-    check_result(out / "talk-es.mp4", long_media / "talk_es.mp3")
+        paid_once(sim, segments=2)
+    check_result(out / "talk-es.mp4", short_long_media / "talk_es.mp3")
     assert not (out / "segments").exists()
 
 
