@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -101,9 +102,16 @@ def make_video(
 
 
 def make_audio(
-    path: Path, *, seconds: float = 1.0, sample_rate: int = 8000, cover_art: bool = False
+    path: Path,
+    *,
+    seconds: float = 1.0,
+    sample_rate: int = 8000,
+    cover_art: bool = False,
+    pauses: Sequence[tuple[float, float]] = (),
 ) -> Path:
     """Write a mono speech-like clip of `seconds`; .mp3, .wav or .m4a by suffix. Return `path`.
+
+    `pauses` are (start, end) seconds of silence, as between a speaker's sentences.
 
     `cover_art` (mp3 only) adds an ID3 front-cover picture, which FFmpeg shows as a video
     stream flagged as an attached picture, as it does for real music files.
@@ -117,7 +125,7 @@ def make_audio(
         stream = _add_mono(out, codec, sample_rate)
         if cover_art:
             _add_cover(out)
-        _encode_tone(out, stream, seconds, sample_rate)
+        _encode_tone(out, stream, seconds, sample_rate, pauses)
     return path
 
 
@@ -156,9 +164,19 @@ def _bars(index: int, count: int, width: int, height: int) -> bytes:
     return bytes(pixels)
 
 
-def _encode_tone(out: OutputContainer, stream: AudioStream, seconds: float, rate: int) -> None:
-    """Encode `seconds` of speech-like tone into `stream`, 1024 samples a frame."""
+def _encode_tone(
+    out: OutputContainer,
+    stream: AudioStream,
+    seconds: float,
+    rate: int,
+    pauses: Sequence[tuple[float, float]] = (),
+) -> None:
+    """Encode `seconds` of speech-like tone into `stream`, 1024 samples a frame, silent
+    during `pauses`."""
     samples = _tone(round(seconds * rate), rate)
+    for start, end in pauses:
+        first, last = round(start * rate), min(len(samples), round(end * rate))
+        samples[first:last] = array("h", bytes(2 * max(0, last - first)))
     for start in range(0, len(samples), 1024):
         chunk = samples[start : start + 1024]
         frame = av.AudioFrame(format="s16", layout="mono", samples=len(chunk))

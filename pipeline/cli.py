@@ -37,6 +37,7 @@ from pipeline.examples import EXAMPLE_MANIFEST
 from pipeline.jobstate import JobState
 from pipeline.keys import api_keys, keys_to_hide
 from pipeline.logs import LOG_FORMATS, logging_to_stderr
+from pipeline.longform.run import parent_of, status_rows
 from pipeline.manifest import Manifest, load_manifest, output_dir_of
 from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked, preflight, select
@@ -46,7 +47,7 @@ from pipeline.report import ReportRow, build_rows, summary_counts, summary_line
 from pipeline.runner import ExitCode, RunOptions, exit_code_for
 from pipeline.secrets import Redactor
 from pipeline.session import STATE_NAME, RunSession
-from pipeline.state import JobRecord, StateStore
+from pipeline.state import JobRecord, LongRecord, StateStore
 from pipeline.submit import describe_wait, iso
 
 log = logging.getLogger("pipeline.cli")
@@ -314,6 +315,12 @@ def _add_run_options(
         " report it) past N; the rest stays pending and the run exits 75",
     )
     parser.add_argument(
+        "--keep-segments",
+        action="store_true",
+        help="keep a long job's cut inputs and segment results (OUT/segments/ID/) after they"
+        " are stitched into OUT/ID.mp4",
+    )
+    parser.add_argument(
         "--notify-url",
         metavar="URL",
         help="POST the run's summary as JSON here when it ends (a Slack-style webhook; the"
@@ -526,7 +533,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise
     files = len(checked.media)
     jobs = checked.manifest.jobs
-    estimates = {job.id: estimate_credits(job, checked.media) for job in jobs}
+    estimates = {
+        job.id: checked.long[job.id].credits()
+        if job.id in checked.long
+        else estimate_credits(job, checked.media)
+        for job in jobs
+    }
     credits = sum(estimates.values())
     state_path = args.state or _output_dir(checked.manifest, args.out) / STATE_NAME
     left = _credits_left(checked, state_path, _output_dir(checked.manifest, args.out))
@@ -538,6 +550,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             "media_files": files,
             "credits_estimate": credits,
             "credits_estimate_per_job": estimates,
+            "long_jobs": {
+                job_id: {
+                    "segments": [[round(a, 3), round(b, 3)] for a, b in plan.ranges()],
+                    "credits": plan.credits(),
+                    "notes": list(plan.notes),
+                }
+                for job_id, plan in checked.long.items()
+            },
         }
         if left is not None:
             document |= {
@@ -551,6 +571,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{args.manifest}: {len(jobs)} jobs, {files} media files: OK;"
         f" about {credits} credits at PixVerse's published prices"
     )
+    for plan in checked.long.values():  # how each long job is cut into segments
+        print(plan.line())
     if left is not None:
         for job_id, amount in left.items():
             print(f"  {job_id:<32} {amount:>6} credits left")
@@ -568,9 +590,10 @@ def _credits_left(checked: Checked, state_path: Path, output_dir: Path) -> dict[
     store = StateStore.read_only(state_path)
     try:
         records = store.jobs(archived=True)
+        long = store.long_jobs()
     finally:
         store.close()
-    return remaining_credits(forecast(checked, records, output_dir))
+    return remaining_credits(forecast(checked, records, output_dir, long=long))
 
 
 def _only(args: argparse.Namespace) -> list[str]:
@@ -596,10 +619,12 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     output_dir = _output_dir(manifest, args.out)
     state_path = args.state or output_dir / STATE_NAME
     records: list[JobRecord] = []
+    long: list[LongRecord] = []
     if state_path.exists():
         store = StateStore.read_only(state_path)
         try:
             records = store.jobs(archived=True)
+            long = store.long_jobs()
         finally:
             store.close()
     fps = _key_fps(args)
@@ -611,6 +636,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         key_fps=frozenset(fps) if fps else None,
         max_credits=args.max_credits,
+        long=long,
     )
     print("\n".join(render(steps)))
     return ExitCode.OK
@@ -671,6 +697,7 @@ def _run_options(args: argparse.Namespace, session: RunSession) -> RunOptions:
         redo=frozenset(args.redo),
         max_credits=args.max_credits,
         retry_failed=args.retry_failed,
+        keep_segments=args.keep_segments,
         handle_signals=True,
         run_id=session.run_id,
         started_at=session.started,
@@ -711,14 +738,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     try:
         records = store.jobs()
         ceilings = store.slot_ceilings()
+        long = {row.id: row for row in status_rows(records, store.long_jobs())}
     finally:
         store.close()
     missing: list[str] = []
-    if manifest is not None:  # only this manifest's jobs, in its order
+    if manifest is not None:  # only this manifest's jobs (a long one's segments too), in order
         by_id = {r.id: r for r in records}
-        records = [by_id[job.id] for job in manifest.jobs if job.id in by_id]
-        missing = [job.id for job in manifest.jobs if job.id not in by_id]
-    rows = build_rows(records) + [
+        wanted = {job.id for job in manifest.jobs}
+        records = [r for r in records if r.id in wanted or parent_of(r.id) in wanted]
+        long = {i: row for i, row in long.items() if i in wanted}
+        missing = [job.id for job in manifest.jobs if job.id not in by_id and job.id not in long]
+    # a long job counts once, by its own row; its segments are listed, not counted
+    rows = build_rows([r for r in records if parent_of(r.id) is None]) + list(long.values())
+    rows += [
         ReportRow(job_id, "unfinished:new", None, None, None, 0, False, 0, 0, None)
         for job_id in missing
     ]
@@ -730,6 +762,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 "summary": summary_counts(rows),
                 "keys": _per_key(records),
                 "jobs": [_status_json(r, now) for r in records]
+                + [
+                    {"id": r.id, "state": r.state, "output": r.output, "segments": r.segments}
+                    for r in long.values()
+                ]
                 + [{"id": job_id, "state": "new"} for job_id in missing],
             }
         )
@@ -742,6 +778,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 f"{r.id:<32} {'suspect' if r.suspect else r.state.value:<12} video={video}"
                 f" attempts={r.attempts}{key} {extra}"
             )
+        for row in long.values():
+            count = len(row.segments or [])
+            what = row.error or row.output or f"{count} segments"
+            print(f"{row.id:<32} {row.state:<12} long job, {count} segments: {what}")
         for job_id in missing:
             print(f"{job_id:<32} {'new':<12} not started")
         for base_url, key_fp, ceiling, concurrency, learned_at in ceilings:

@@ -89,9 +89,10 @@ def to_manifest(manifest: Manifest, jobs: Sequence[Job], folder: Path) -> dict[s
 
 
 def _video(job: Job, folder: Path) -> dict[str, Any]:
+    extend = {"extend": job.extend} if job.extend is not None else {}
     if job.video is not None:
-        return {"video": os.path.relpath(job.video, folder)}
-    return {"video_id": job.video_id}
+        return {"video": os.path.relpath(job.video, folder), **extend}
+    return {"video_id": job.video_id, **extend}
 
 
 def _voice(job: Job, folder: Path) -> dict[str, Any]:

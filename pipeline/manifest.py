@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MB = 1024 * 1024
 
 _TOP_KEYS = {"version", "output_dir", "defaults", "limits", "jobs"}
-_JOB_KEYS = {"id", "video", "video_id", "audio", "tts", "dubs"}
+_JOB_KEYS = {"id", "video", "video_id", "audio", "tts", "dubs", "extend"}
+# `extend`: what a long job does when its dub outlasts its video (pipeline.longform)
+EXTEND_MODES = ("loop", "freeze")
 _DUB_KEYS = {"audio", "tts"}
 _TTS_KEYS = {"text", "speaker"}
 _DEFAULT_KEYS = {"tts_speaker"}
@@ -38,6 +40,8 @@ class Limits:
     audio_max_mb: float = 50
     audio_max_seconds: float = 30
     tts_max_chars: int = 200
+    # the shortest segment a long job is cut into (the contract names no minimum; 1 s is safe)
+    segment_min_seconds: float = 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,19 @@ class Dub:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """What makes a job one segment of a long job (`pipeline.longform`): its parent's id, its
+    place and time range, and the fingerprint it is paid under (the parent's input hashes,
+    the range and the planning parameters: never the bytes of a re-encoded cut)."""
+
+    parent: str
+    index: int  # 1-based
+    start: float  # seconds into the parent's dub
+    end: float
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class Job:
     """One lip-sync generation: exactly one video source and exactly one voice source."""
 
@@ -66,6 +83,8 @@ class Job:
     audio: Path | None = None
     tts: Tts | None = None
     dub: Dub | None = None  # set for the jobs of a `dubs:` fan-out
+    extend: str | None = None  # "loop" or "freeze": a long dub outlasting its video
+    segment: Segment | None = None  # set for the segment jobs a long job is cut into
 
     def media_paths(self) -> list[Path]:
         return [p for p in (self.video, self.audio) if p is not None]
@@ -220,13 +239,22 @@ class _Parser:
         for key in sorted(set(raw) - _JOB_KEYS, key=str):
             self.fail(where, str(key), f"unknown field (allowed: {_names(_JOB_KEYS)})")
         video, video_id = self._video(where, raw)
+        extend = self._extend(where, raw)
         if "dubs" in raw:
-            return self._fan_out(where, raw, explicit, video, video_id, speaker)
+            jobs = self._fan_out(where, raw, explicit, video, video_id, speaker)
+            return [replace(job, extend=extend) for job in jobs]
         audio, tts = self._voice(where, raw, speaker)
         if (video is None and video_id is None) or (audio is None and tts is None):
             return []
         job_id = str(explicit) if explicit is not None else _derived_id(video, video_id, audio, tts)
-        return [Job(job_id, where, video, video_id, audio, tts)]
+        return [Job(job_id, where, video, video_id, audio, tts, extend=extend)]
+
+    def _extend(self, where: str, raw: Mapping[str, Any]) -> str | None:
+        value = raw.get("extend")
+        if value is None or value in EXTEND_MODES:
+            return None if value is None else str(value)
+        self.fail(where, "extend", f"must be one of {', '.join(EXTEND_MODES)}, got {value!r}")
+        return None
 
     def _fan_out(
         self,

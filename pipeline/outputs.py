@@ -9,6 +9,8 @@ Names, all in the output folder `out/`:
 * `out/superseded/<archive id>.mp4`: an archived record's result, once a job of the manifest
   needs its old name (`archive_path`).
 * `out/superseded/<name>~<n>.mp4`: whatever stood where a file was placed (`place`).
+* `out/segments/<parent>/`: a long job's cut inputs and its segments' results
+  (`<parent>~<n>.mp4`), until they are stitched into `out/<parent>.mp4` (`pipeline.longform`).
 
 Contract of `place(src, dest)`: `src` is renamed to `dest` (same file system: atomic), and
 whatever was at `dest` is not replaced but first moved aside into `superseded/` under a free
@@ -23,10 +25,20 @@ import os
 from pathlib import Path
 
 SUPERSEDED = "superseded"
+SEGMENTS = "segments"
+SEGMENT_MARK = "~"  # segment job ids: `<parent>~<n>`; manifest ids cannot hold it
 
 
 def result_path(output_dir: Path, job_id: str) -> Path:
+    parent, mark, _ = job_id.partition(SEGMENT_MARK)
+    if mark and "@" not in job_id:  # an archived segment's name stays by its archive id
+        return segments_dir(output_dir, parent) / f"{job_id}.mp4"
     return output_dir / f"{job_id}.mp4"
+
+
+def segments_dir(output_dir: Path, parent: str) -> Path:
+    """Where a long job's cuts and segment results wait until they are stitched."""
+    return output_dir / SEGMENTS / parent
 
 
 def staging_path(output_dir: Path, video_id: int) -> Path:

@@ -9,10 +9,12 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.manifest import Job
-from pipeline.preflight import MediaFile
+
+if TYPE_CHECKING:  # preflight plans long jobs with `pipeline.longform`, which prices them here
+    from pipeline.preflight import MediaFile
 
 # PixVerse's price snapshot (shared/pixverse-api.md): used only when a reply reports no credits.
 CREDITS_PER_AUDIO_SECOND = 4
@@ -23,7 +25,11 @@ TTS_CHARS_PER_SECOND = 15.0
 
 
 def fingerprint(job: Job, media: Mapping[Path, MediaFile]) -> str:
-    """A hash of everything that decides the job's result: content, not file names."""
+    """A hash of everything that decides the job's result: content, not file names. A
+    segment of a long job has its own, made of its parent's inputs and its time range: the
+    bytes of its re-encoded cut (encoders need not be deterministic) never count."""
+    if job.segment is not None:
+        return job.segment.fingerprint
     parts: dict[str, Any] = {
         "video": media[job.video].sha256 if job.video is not None else None,
         "video_id": job.video_id,
@@ -37,6 +43,9 @@ def input_facts(job: Job, media: Mapping[Path, MediaFile]) -> dict[str, str]:
     """What the fingerprint is made of, field by field, as saved in a record's `inputs`: the
     files' sha256, the video id, the TTS speaker and text. Only for telling a person which
     input changed; `fingerprint` alone decides."""
+    if job.segment is not None:
+        part = job.segment
+        return {"segment": f"{part.index}: {part.start:.3f}-{part.end:.3f} s of {part.parent}"}
     facts: dict[str, str] = {}
     if job.video is not None:
         facts["video"] = media[job.video].sha256

@@ -8,18 +8,26 @@ and `decide`, so the forecast cannot drift from the run. It sends nothing.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.jobstate import JobState
+from pipeline.longform.segments import LongPlan
 from pipeline.manifest import Job
-from pipeline.outputs import result_path
-from pipeline.plan import changed_inputs, estimate_credits, fingerprint, input_facts
+from pipeline.outputs import SEGMENT_MARK, result_path
+from pipeline.plan import (
+    CREDITS_PER_AUDIO_SECOND,
+    changed_inputs,
+    estimate_credits,
+    fingerprint,
+    input_facts,
+)
 from pipeline.preflight import Checked
 from pipeline.reconcile import decide, intact, plan_records
-from pipeline.state import JobRecord
+from pipeline.state import JobRecord, LongRecord
 from pipeline.submit import foreign_key
 
 
@@ -56,11 +64,13 @@ def forecast(
     key_fp: str | None = None,
     max_credits: int | None = None,
     key_fps: frozenset[str] | None = None,
+    long: Sequence[LongRecord] = (),
 ) -> list[Step]:
     """Each job of `checked` (invalid ones too) in manifest order, with what a run given the
     same options would do with it. `key_fp` None: the key is unknown, so no record is said to
     belong to another key; `key_fps`: several keys, a record of none of them is another's.
-    Jobs over `max_credits` are counted in manifest order."""
+    Jobs over `max_credits` are counted in manifest order. A long job is told from its
+    segments' records and its row in `long` (the state file's)."""
     jobs = checked.manifest.jobs
     fps = {job.id: fingerprint(job, checked.media) for job in jobs}
     before = {r.id: r for r in records if r.id not in checked.untouched}
@@ -74,7 +84,9 @@ def forecast(
         cost = estimate_credits(job, checked.media)
         facts = input_facts(job, checked.media)
         old = before.get(job.id)
-        if job.id in plan.fresh and old is None:
+        if job.id in checked.long:
+            step = _long_step(checked.long[job.id], before, long, output_dir, redo)
+        elif job.id in plan.fresh and old is None:
             step = Step(job.id, "submit", "new job", cost)
         elif job.id in plan.fresh and old is not None:
             why = (
@@ -144,6 +156,46 @@ def _step(
         return Step(job.id, "confirm", what, cost)
     why = f"attempt {record.attempts + 1}" if record.attempts else "not submitted yet"
     return Step(job.id, "submit", why, cost)
+
+
+def _long_step(
+    planned: LongPlan,
+    records: Mapping[str, JobRecord],
+    long: Sequence[LongRecord],
+    output_dir: Path,
+    redo: frozenset[str],
+) -> Step:
+    """A long job's forecast: what its unpaid segments cost (paid ones are taken as they
+    are), or nothing once it is stitched."""
+    job_id = planned.job_id
+    saved = next((r.plan for r in long if r.basis == planned.basis), None)
+    plan = LongPlan.from_json(job_id, planned.basis, saved) if saved else planned
+    row = next((r for r in long if r.id == job_id), None)
+    output = row.output if row is not None and row.stitched and row.basis == plan.basis else None
+    if job_id not in redo and output is not None and Path(output).is_file():
+        return Step(job_id, "skip", "done: its segments are stitched")
+    cost, paid, done = 0, 0, 0
+    unpaid = (JobState.PENDING, JobState.FAILED)
+    for index, (start, end) in enumerate(plan.ranges(), 1):
+        record = records.get(f"{job_id}{SEGMENT_MARK}{index}")
+        if (
+            record is None
+            or job_id in redo
+            or record.fingerprint != plan.segment_fingerprint(index)
+            or record.state in unpaid
+        ):
+            cost += CREDITS_PER_AUDIO_SECOND * math.ceil(end - start)
+        else:
+            paid += 1
+            done += record.state is JobState.DONE
+    count = len(plan.cuts)
+    if cost:
+        return Step(
+            job_id, "submit", f"long job: {count - paid} of {count} segments to submit", cost
+        )
+    if done == count:
+        return Step(job_id, "stitch", f"long job: {count} segments done, to stitch")
+    return Step(job_id, "poll", f"long job: {count} segments paid for, {done} done")
 
 
 def remaining_credits(steps: Sequence[Step]) -> dict[str, int]:

@@ -73,6 +73,8 @@ COLUMNS = (
     "stage_seconds",
     "key_fp",  # several keys: the fingerprint of the key the job was last sent with
     "language",
+    # a long job's segments (pipeline.longform): `1:0-24.3:done:<video id> 2:...`
+    "segments",
 )
 
 
@@ -101,6 +103,8 @@ class ReportRow:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # state -> seconds in it
     key_fp: str | None = None  # fingerprint of the key it was last sent with (never the key)
     language: str | None = None  # the key under `dubs` of a fan-out job
+    # a long job's segments, in order: index, start, end (s), video_id, credits, state, error
+    segments: list[dict[str, object]] | None = None
 
     @classmethod
     def from_record(cls, record: JobRecord) -> ReportRow:
@@ -323,6 +327,11 @@ def _csv_value(name: str, value: object) -> object:
         return "true" if value else "false"  # as in report.json
     if name == "inputs" and isinstance(value, list):
         return " ".join(_input_cell(item) for item in value)
+    if name == "segments" and isinstance(value, list):
+        return " ".join(
+            f"{s['index']}:{s['start']}-{s['end']}:{s['state']}:{s['video_id'] or ''}"
+            for s in value
+        )
     if isinstance(value, dict):
         return " ".join(f"{k}={v}" for k, v in value.items())
     if isinstance(value, list):

@@ -58,6 +58,7 @@ from pipeline.failed import failed_this_run, write_failed_manifest
 from pipeline.generating import is_terminal, settle, started_at
 from pipeline.jobstate import JobState
 from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
+from pipeline.longform.run import LongJobs
 from pipeline.manifest import Job
 from pipeline.media import result_problem
 from pipeline.outputs import archive_path, result_path
@@ -120,6 +121,7 @@ class RunOptions:
     started_at: float | None = None  # when the command started, before preflight (default: now)
     max_credits: int | None = None  # `--max-credits`: this run's spend never passes it
     retry_failed: bool = False  # `--retry-failed`: failures that would recur are sent again
+    keep_segments: bool = False  # `--keep-segments`: a long job's segment files stay after
 
 
 @dataclass
@@ -208,6 +210,7 @@ class _Run:
     _scope: anyio.CancelScope = field(init=False)
     started: float = field(init=False)
     budget: Budget = field(init=False)
+    longform: LongJobs | None = None  # the run's long jobs, stitched as segments finish
 
     def __post_init__(self) -> None:
         self.started = self.wall()
@@ -372,6 +375,9 @@ class _Run:
                         self.admission.release()
                         continue
                     tg.start_soon(self._job_task, job)
+            if self.longform is not None and self.problem is None:
+                # long jobs whose segments were all done before this run
+                await self._stitch(self.longform.settle_all())
             polling.cancel_scope.cancel()
 
     def _is_new(self, job: Job) -> bool:
@@ -385,6 +391,15 @@ class _Run:
 
     async def _job_task(self, job: Job) -> None:
         await self._guarded(job.id, lambda ticket: self._drive(job, ticket))
+        if job.segment is not None and self.longform is not None:
+            await self._stitch(self.longform.settle(job.segment.parent))
+
+    async def _stitch(self, settling: Awaitable[None]) -> None:
+        """Stitch a long job whose segments are done (`pipeline.longform.run`)."""
+        try:
+            await settling
+        except DiskError as exc:
+            self._stop_run(exc)
 
     async def _archived_task(self, record_id: str) -> None:
         await self._guarded(record_id, lambda ticket: self._finish_archived(record_id, ticket))
@@ -874,6 +889,11 @@ class _Run:
         return result_problem(path, audio, video)
 
 
+def _redo_segments(redo: frozenset[str], longform: LongJobs) -> frozenset[str]:
+    """`--redo` of a long job redoes each of its segments."""
+    return redo | {s.id for job_id in redo for s in longform.segments.get(job_id, [])}
+
+
 def _invalid_note(checked: Checked) -> str | None:
     if not checked.invalid:
         return None
@@ -919,14 +939,17 @@ async def run_batch(
     options.output_dir.mkdir(parents=True, exist_ok=True)
     clients = [client] if isinstance(client, PixverseClient) else list(client)
     redact = Redactor([c.config.api_key for c in clients])
-    run = _Run(checked, store, clients, options, sleep, wall)
+    longform = LongJobs(
+        checked, store, options.output_dir, options.keep_segments, redo=options.redo
+    )
+    expanded = await longform.expand()  # long jobs -> their segments, as jobs
+    run = _Run(expanded, store, clients, options, sleep, wall, longform=longform)
     sink = progress if progress is not None else LogProgress(options.progress_every)
     started = options.started_at if options.started_at is not None else wall()
     run_id = options.run_id or new_run_id(started)
     credits_before = store.total_credits()
-    jobs = reconcile(
-        checked, store, options.output_dir, options.redo, retry_failed=options.retry_failed
-    )
+    redo = _redo_segments(options.redo, longform)
+    jobs = reconcile(expanded, store, options.output_dir, redo, retry_failed=options.retry_failed)
     for job_id, problems in checked.invalid.items():
         log.error("%s: not run (--keep-going): %s", job_id, "; ".join(problems))
     try:
@@ -961,9 +984,10 @@ async def run_batch(
         problems=invalid_problems,
         invalid=frozenset(checked.invalid),
     )
+    rows = longform.rows(rows)
     considered = {j.id for j in checked.manifest.jobs} | set(checked.invalid)
     exit_code = _exit_code([r for r in rows if r.id in considered], run.problem, interrupted)
-    failed = failed_this_run(store, checked.manifest, started)
+    failed = failed_this_run(store, checked.manifest, started) + longform.failed_since(started)
     failed += [job for job in checked.full.jobs if job.id in checked.invalid]
     failed_path = write_failed_manifest(options.output_dir, checked.full, failed, run_id)
     spent = store.total_credits() - credits_before

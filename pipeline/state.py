@@ -132,6 +132,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         )
         """,
     ),
+    (
+        # Long jobs (pipeline.longform): the plan a job was cut by (kept, so a resumed run
+        # never re-plans what it paid for), and whether its segments were stitched into
+        # `output` (its length in `bytes`). The segments themselves are ordinary job records.
+        "0009_long_jobs",
+        """
+        CREATE TABLE long_jobs (
+            id TEXT PRIMARY KEY,
+            basis TEXT NOT NULL,
+            plan TEXT NOT NULL,
+            stitched INTEGER NOT NULL DEFAULT 0,
+            output TEXT,
+            bytes INTEGER,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -237,6 +254,17 @@ class JobRecord:
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))
         values["credits_estimated"] = bool(values.get("credits_estimated", 0))
         return cls(**values)
+
+
+class LongRecord(NamedTuple):
+    """A long job's row: its plan (JSON, by `basis`) and, once stitched, its result."""
+
+    id: str
+    basis: str
+    plan: str
+    stitched: bool
+    output: str | None
+    bytes: int | None
 
 
 class StateStore:
@@ -521,6 +549,50 @@ class StateStore:
             )
             for r in rows
         ]
+
+    # long jobs (pipeline.longform) -------------------------------------------------------
+
+    def long_jobs(self) -> list[LongRecord]:
+        """Every long job's row; none in a file of an older version (read unmigrated)."""
+        known = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'long_jobs'"
+        ).fetchone()
+        if known is None:
+            return []
+        rows = self._conn.execute(
+            "SELECT id, basis, plan, stitched, output, bytes FROM long_jobs ORDER BY id"
+        ).fetchall()
+        return [LongRecord(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows]
+
+    def long_plan(self, basis: str) -> str | None:
+        """The plan saved for `basis` (under any job id), or None."""
+        row = self._conn.execute(
+            "SELECT plan FROM long_jobs WHERE basis = ? ORDER BY updated_at LIMIT 1", (basis,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_long_plan(self, job_id: str, basis: str, plan: str) -> None:
+        """Record the job's plan; a row of other inputs (another basis) starts over."""
+        with self._write():
+            row = self._conn.execute(
+                "SELECT basis FROM long_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is not None and row[0] == basis:
+                return
+            self._conn.execute(
+                "INSERT OR REPLACE INTO long_jobs (id, basis, plan, stitched, updated_at)"
+                " VALUES (?, ?, ?, 0, ?)",
+                (job_id, basis, plan, self._clock()),
+            )
+
+    def save_stitched(self, job_id: str, output: str | None, size: int | None) -> None:
+        """The job's segments are stitched into `output` (None: not, or no longer)."""
+        with self._write():
+            self._conn.execute(
+                "UPDATE long_jobs SET stitched = ?, output = ?, bytes = ?, updated_at = ?"
+                " WHERE id = ?",
+                (int(output is not None), output, size, self._clock(), job_id),
+            )
 
     # internals ----------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ process with SIGKILL (no cleanup, no flush, like a power cut or the OOM killer) 
 * `mid-download`: the first chunk of a result is written (and flushed) to its `.part` file;
 * `after-rename`: a downloaded result was renamed to `<job>.mp4`, the job not yet DONE;
 * `take-over`: reconcile moved a taken-over result (N=1: to its staging name, before the id
-  moves are committed; N=2: to its new job's name, before that is recorded).
+  moves are committed; N=2: to its new job's name, before that is recorded);
+* `after-stitch`: a long job's stitched result was placed at `<job>.mp4`, not yet recorded.
 
 A test helper only: the package has no hook for it; the wrapping is done here, from outside.
 The `pipeline` imported is whichever PYTHONPATH names (the caller sets it).
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-POINTS = ("before-send", "after-reply", "mid-download", "after-rename", "take-over")
+POINTS = ("before-send", "after-reply", "mid-download", "after-rename", "take-over", "after-stitch")
 
 
 def die() -> None:
@@ -44,6 +45,7 @@ class _Counter:
 def install(point: str, nth: int) -> None:
     import pipeline.client
     import pipeline.download
+    import pipeline.longform.run
     import pipeline.reconcile
 
     counter = _Counter(nth)
@@ -73,6 +75,8 @@ def install(point: str, nth: int) -> None:
         pipeline.download.place = _after(pipeline.download.place, counter)
     elif point == "take-over":
         pipeline.reconcile.place = _after(pipeline.reconcile.place, counter)
+    elif point == "after-stitch":
+        pipeline.longform.run.place = _after(pipeline.longform.run.place, counter)
     else:
         raise SystemExit(f"unknown point {point!r}; one of {', '.join(POINTS)}")
 

@@ -60,9 +60,17 @@ PREFLIGHT_CASES: dict[str, tuple[str, str]] = {
     "truncated": (job_yaml(video="media/cut.mp4"), "field 'video'"),
     "wrong container": (job_yaml(video="media/clip.mkv"), "container matroska not allowed"),
     "audio as video": (job_yaml(video="media/intro_es.mp3"), "is audio, expected video"),
-    "video too long": (job_yaml(video="media/long.mp4"), "over the limit of 30 s"),
+    # a long video with an audio dub is a long job (cut into segments); with a TTS voice,
+    # whose timing is not known in advance, it cannot be cut to match
+    "video too long": (
+        job_yaml(video="media/long.mp4", voice="tts: {text: hi, speaker: '1'}"),
+        "over the limit of 30 s; to run a longer video, give its dub as an audio file",
+    ),
     "video too wide": (job_yaml(video="media/wide.mp4"), "over the limit of 1920 px"),
-    "audio too long": (job_yaml(voice="audio: media/long.wav"), "over the limit of 30 s"),
+    "audio too long": (
+        job_yaml(voice="audio: media/long.wav"),
+        "is longer than the video (2.0 s): add `extend: loop`",
+    ),
     "video too large": (_oversized(Path()), "over the limit of 0.001 MB"),
     "audio too large": (
         "version: 1\nlimits: {audio_max_mb: 0.001}\n" + job_yaml().split("\n", 1)[1],
@@ -133,8 +141,10 @@ def test_validate_accepts_the_example_and_sends_nothing(
 ) -> None:
     assert main(["validate", str(REPO / "pipeline" / "examples" / "example.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "6 jobs" in out
-    assert "about 52 credits" in out  # what the simulator's price model charges the demo
+    assert "7 jobs" in out
+    assert "about 336 credits" in out  # what the simulator's price model charges the demo
+    # the long job's plan: 70 s cut into three segments, each priced by its own seconds
+    assert "talk-es: 70.0 s -> 3 segments: 0-" in out
     assert sim_env.ledger.requests == []  # type: ignore[attr-defined]
 
 
@@ -384,8 +394,8 @@ def test_demo_runs_the_example_against_the_bundled_simulator(
 ) -> None:
     out = tmp_path / "demo"
     assert main(["-q", "demo", "--out", str(out)]) == 0
-    assert "6 jobs: 6 done" in capsys.readouterr().out
-    assert len(list(out.glob("*.mp4"))) == 6
+    assert "7 jobs: 7 done" in capsys.readouterr().out
+    assert len(list(out.glob("*.mp4"))) == 7
     assert (out / "report.json").exists()
 
 

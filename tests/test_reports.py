@@ -301,7 +301,8 @@ def test_a_manifest_that_does_not_load_still_replaces_the_report(
     assert report["run_id"] != "last night"
     assert report["exit_code"] == 2
     assert report["problems"] == [
-        "job 'a' field 'speed': unknown field (allowed: audio, dubs, id, tts, video, video_id)"
+        "job 'a' field 'speed': unknown field"
+        " (allowed: audio, dubs, extend, id, tts, video, video_id)"
     ]
     assert jobs == {}
     assert rows == []

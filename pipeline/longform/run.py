@@ -1,0 +1,340 @@
+"""A run's long jobs: segments in as ordinary jobs, one stitched file out.
+
+Before reconcile, `LongJobs.expand` replaces each long job of the run by its segment jobs
+(`<id>~1`, `<id>~2`, ...: manifest ids cannot hold `~`), their inputs the cut files in
+`OUT/segments/<id>/` (cut again when missing). From there on the segments are jobs like any
+other: uploaded, submitted exactly once, polled, downloaded, resumed, adopted and redone by
+the same machinery and the same state file. The plan a job was cut by is saved in the state
+file (`long_jobs`) and reused, so a resumed run cuts at the same frames.
+
+When a run's last segment of a job is done (`settle`), the results are stitched
+(`pipeline.longform.stitch`) into `OUT/<id>.mp4`, placed without overwriting anything, and
+only then is the job recorded as stitched; the segment folder is removed after that unless
+`--keep-segments`. A stitched job whose file is intact is not expanded again, and its
+segments' records are left as they are. The job's state is derived from its segments: failed
+when one of them failed for good (its row names the segment and why), done once stitched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import av
+
+from pipeline.errors import map_disk_errors
+from pipeline.jobstate import JobState
+from pipeline.longform.cut import cut_segments
+from pipeline.longform.segments import LongPlan
+from pipeline.longform.stitch import StitchError, stitch
+from pipeline.manifest import MB, Job
+from pipeline.media import MediaProbeError, probe, sha256_file
+from pipeline.outputs import SEGMENT_MARK, place, result_path, segments_dir
+from pipeline.preflight import Checked, MediaFile
+from pipeline.report import ReportRow
+from pipeline.state import JobRecord, LongRecord, StateStore
+
+log = logging.getLogger("pipeline.longform")
+
+
+def parent_of(record_id: str) -> str | None:
+    """The long job a segment record belongs to (None: not a segment, or archived)."""
+    parent, mark, _ = record_id.partition(SEGMENT_MARK)
+    return parent if mark and "@" not in record_id else None
+
+
+@dataclass
+class LongJobs:
+    checked: Checked  # as preflight made it: long jobs whole, their plans in `long`
+    store: StateStore
+    output_dir: Path
+    keep_segments: bool = False
+    redo: frozenset[str] = frozenset()  # `--redo`: these long jobs start over, segments and all
+    plans: dict[str, LongPlan] = field(default_factory=dict)  # as cut (a saved plan wins)
+    segments: dict[str, list[Job]] = field(default_factory=dict)  # of the jobs expanded
+    stitched: set[str] = field(default_factory=set)
+    problems: dict[str, str] = field(default_factory=dict)  # job id -> why it was not stitched
+    _locks: dict[str, anyio.Lock] = field(default_factory=dict)
+
+    # before the run ------------------------------------------------------------------------
+
+    async def expand(self) -> Checked:
+        """The checked manifest with each long job replaced by its segments (missing cut
+        files are cut, in a worker thread). Raises DiskError when a cut cannot be written."""
+        if not self.checked.long:
+            return self.checked
+        jobs: list[Job] = []
+        media = dict(self.checked.media)
+        leave = set(self.checked.untouched)  # parents not run: their segments stay as they are
+        for job in self.checked.manifest.jobs:
+            plan = self.checked.long.get(job.id)
+            if plan is None:
+                jobs.append(job)
+                continue
+            plan = self._plan(job, plan)
+            if job.id in self.redo:
+                self.store.save_stitched(job.id, None, None)
+            elif self._is_stitched(job.id, plan):
+                self.stitched.add(job.id)
+                leave.add(job.id)
+                self._tidy(job.id)
+                continue
+            try:
+                segments = await anyio.to_thread.run_sync(self._cut, job, plan, media)
+            except (av.FFmpegError, MediaProbeError, ValueError, IndexError) as exc:
+                self.problems[job.id] = f"cannot cut its segments: {exc}"
+                log.error("%s: %s", job.id, self.problems[job.id])
+                leave.add(job.id)
+                continue
+            self.segments[job.id] = segments
+            jobs.extend(segments)
+        untouched = {
+            r.id for r in self.store.jobs() if (parent := parent_of(r.id)) and parent in leave
+        }
+        return replace(
+            self.checked,
+            manifest=replace(self.checked.manifest, jobs=tuple(jobs)),
+            media=media,
+            untouched=self.checked.untouched | untouched,
+        )
+
+    def _plan(self, job: Job, planned: LongPlan) -> LongPlan:
+        """The plan saved for these inputs and parameters, else `planned` (then saved)."""
+        saved = self.store.long_plan(planned.basis)
+        plan = LongPlan.from_json(job.id, planned.basis, saved) if saved else planned
+        self.store.save_long_plan(job.id, plan.basis, plan.to_json())
+        self.plans[job.id] = plan
+        return plan
+
+    def _is_stitched(self, job_id: str, plan: LongPlan) -> bool:
+        row = next((r for r in self.store.long_jobs() if r.id == job_id), None)
+        if row is None or not row.stitched or row.basis != plan.basis or row.output is None:
+            return False
+        try:
+            return Path(row.output).stat().st_size == row.bytes
+        except OSError:
+            return False
+
+    def _cut(self, job: Job, plan: LongPlan, media: dict[Path, MediaFile]) -> list[Job]:
+        assert job.video is not None
+        assert job.audio is not None
+        for note in plan.notes:
+            log.info("%s: %s", job.id, note)
+        folder = segments_dir(self.output_dir, job.id)
+        limit = self.checked.manifest.limits.video_max_mb * MB
+        with map_disk_errors(f"cannot cut {job.id}'s segments into {folder}"):
+            files = cut_segments(plan, job.video, job.audio, folder, max_bytes=limit)
+        for path in (p for pair in files for p in pair):
+            media[path] = MediaFile(path, probe(path), sha256_file(path))
+        log.info("%s", plan.line())
+        return plan.segment_jobs(job, files)
+
+    def _tidy(self, job_id: str) -> None:
+        """A stitched job's segment folder goes, unless `--keep-segments`."""
+        if not self.keep_segments:
+            folder = segments_dir(self.output_dir, job_id)
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last long job's: `segments/` goes too
+                folder.parent.rmdir()
+
+    # during the run -----------------------------------------------------------------------
+
+    async def settle(self, job_id: str) -> None:
+        """Stitch `job_id` if all its segments are done with their files; once at a time.
+        Raises DiskError when the result cannot be written."""
+        lock = self._locks.setdefault(job_id, anyio.Lock())
+        async with lock:
+            if job_id in self.stitched or job_id not in self.segments:
+                return
+            records = [self.store.find(s.id) for s in self.segments[job_id]]
+            if not all(_done(r) for r in records):
+                return
+            results = [Path(str(r.output)) for r in records if r is not None]
+            stitched = await anyio.to_thread.run_sync(self._stitch, job_id, results)
+            if stitched is None:
+                return
+            # the file is in place before the state file says so: a crash in between
+            # stitches again next time (the first file goes to superseded/), never loses one
+            dest, size = stitched
+            self.store.save_stitched(job_id, str(dest), size)
+            self.stitched.add(job_id)
+            self.problems.pop(job_id, None)
+            self._tidy(job_id)
+
+    async def settle_all(self) -> None:
+        for job_id in list(self.segments):
+            await self.settle(job_id)
+
+    def _stitch(self, job_id: str, results: Sequence[Path]) -> tuple[Path, int] | None:
+        """Blocking, and touching no state: the stitched file placed at the job's name."""
+        job = next(j for j in self.checked.manifest.jobs if j.id == job_id)
+        assert job.audio is not None
+        plan = self.plans[job_id]
+        tmp = self.output_dir / f".{job_id}.stitch.mp4"
+        dest = result_path(self.output_dir, job_id)
+        with map_disk_errors(f"cannot write {dest}"):
+            try:
+                mode = stitch(plan, results, job.audio, tmp)
+            except StitchError as exc:
+                self.problems[job_id] = str(exc)
+                log.error("%s: %s; the segments are kept, the next run tries again", job_id, exc)
+                return None
+            aside = place(tmp, dest)
+            size = dest.stat().st_size
+        how = "segments copied" if mode == "copy" else "segments encoded again"
+        log.info(
+            "%s: %d segments stitched into %s (%s, the dub's %.1f s)%s",
+            job_id,
+            len(results),
+            dest,
+            how,
+            plan.dub_seconds,
+            f"; what stood there went to {aside}" if aside else "",
+        )
+        return dest, size
+
+    # after the run -------------------------------------------------------------------------
+
+    def rows(self, rows: Sequence[ReportRow]) -> list[ReportRow]:
+        """Report rows with each long job's derived from its segments (and their list)."""
+        return [self._row(r) if r.id in self.plans else r for r in rows]
+
+    def _row(self, row: ReportRow) -> ReportRow:
+        plan = self.plans[row.id]
+        records = {r.id: r for r in self.store.jobs() if parent_of(r.id) == row.id}
+        segments: list[dict[str, object]] = []
+        for index, (start, end) in enumerate(plan.ranges(), 1):
+            record = records.get(f"{row.id}{SEGMENT_MARK}{index}")
+            segments.append(
+                {
+                    "index": index,
+                    "start": round(start, 3),
+                    "end": round(end, 3),
+                    "video_id": record.video_id if record else None,
+                    "credits": record.credits if record else 0,
+                    "state": _segment_state(record),
+                    "error": record.error if record and record.state is JobState.FAILED else None,
+                }
+            )
+        ours = [
+            records[k]
+            for k in (f"{row.id}{SEGMENT_MARK}{s['index']}" for s in segments)
+            if k in records
+        ]
+        state, error = self._state(row.id, segments)
+        done = state == JobState.DONE.value
+        output = str(result_path(self.output_dir, row.id)) if done else None
+        try:
+            info = probe(Path(output)) if output else None
+        except MediaProbeError:
+            info = None
+        return replace(
+            row,
+            duration=round(info.duration, 3) if info else None,
+            resolution=f"{info.width}x{info.height}" if info and info.width else None,
+            state=state,
+            error=error if error is not None else row.error if not done else None,
+            output=output,
+            bytes=info.size if info else None,
+            credits=sum(r.credits for r in ours),
+            credits_estimated=any(r.credits_estimated for r in ours),
+            attempts=sum(r.attempts for r in ours),
+            ambiguous_submissions=sum(r.ambiguous for r in ours),
+            segments=segments,
+        )
+
+    def _state(self, job_id: str, segments: Sequence[dict[str, object]]) -> tuple[str, str | None]:
+        if job_id in self.stitched:
+            return JobState.DONE.value, None
+        for segment in segments:
+            if segment["state"] == JobState.FAILED.value:
+                why = (
+                    f"segment {segment['index']} ({segment['start']}-{segment['end']} s)"
+                    f" failed: {segment['error']}"
+                )
+                return JobState.FAILED.value, why
+        if job_id in self.problems:
+            return JobState.FAILED.value, self.problems[job_id]
+        states = [str(s["state"]) for s in segments]
+        if all(s == JobState.DONE.value for s in states):
+            return "unfinished:stitching", None
+        behind = next(s for s in states if s != JobState.DONE.value)
+        return behind if behind.startswith("unfinished") else f"unfinished:{behind}", None
+
+    def failed_since(self, since: float) -> list[Job]:
+        """Long jobs of the run failed now by a segment that failed at or after `since`."""
+        failed = []
+        for job in self.checked.manifest.jobs:
+            for segment in self.segments.get(job.id, []):
+                record = self.store.find(segment.id)
+                if record is not None and record.state is JobState.FAILED:
+                    history = self.store.history(segment.id)
+                    if any(e.to_state == "failed" and e.at >= since for e in history):
+                        failed.append(job)
+                        break
+        return failed
+
+
+def _done(record: JobRecord | None) -> bool:
+    if record is None or record.state is not JobState.DONE or record.output is None:
+        return False
+    try:
+        return Path(record.output).stat().st_size == record.bytes
+    except OSError:
+        return False
+
+
+def _segment_state(record: JobRecord | None) -> str:
+    if record is None:
+        return "unfinished:pending"
+    if record.state in (JobState.DONE, JobState.FAILED):
+        return record.state.value
+    return f"unfinished:{record.state.value}"
+
+
+def status_rows(records: Sequence[JobRecord], long: Sequence[LongRecord]) -> list[ReportRow]:
+    """A row for each long job of the state file, from its row and its segments' records
+    alone (`status` reads no media): done once stitched with the file in place, failed when a
+    segment failed, else unfinished at its least advanced segment."""
+    rows = []
+    for entry in long:
+        ours = sorted(
+            (r for r in records if parent_of(r.id) == entry.id),
+            key=lambda r: int(r.id.rpartition(SEGMENT_MARK)[2] or 0),
+        )
+        row = ReportRow(entry.id, "unfinished:pending", None, None, None, 0, False, 0, 0, None)
+        row = replace(
+            row,
+            credits=sum(r.credits for r in ours),
+            attempts=sum(r.attempts for r in ours),
+            segments=[
+                {"index": i, "video_id": r.video_id, "state": _segment_state(r)}
+                for i, r in enumerate(ours, 1)
+            ],
+        )
+        failed = next((r for r in ours if r.state is JobState.FAILED), None)
+        intact = entry.output is not None and _size(Path(entry.output)) == entry.bytes
+        if entry.stitched and intact:
+            row = replace(row, state="done", output=entry.output, bytes=entry.bytes)
+        elif failed is not None:
+            row = replace(row, state="failed", error=f"segment {failed.id} failed: {failed.error}")
+        elif ours and all(r.state is JobState.DONE for r in ours):
+            row = replace(row, state="unfinished:stitching")
+        elif ours:
+            behind = next(r for r in ours if r.state is not JobState.DONE)
+            row = replace(row, state=_segment_state(behind))
+        rows.append(row)
+    return rows
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
