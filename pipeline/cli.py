@@ -40,7 +40,7 @@ from pipeline.logs import LOG_FORMATS, logging_to_stderr
 from pipeline.longform.run import parent_of, status_rows
 from pipeline.manifest import Manifest, load_manifest, output_dir_of
 from pipeline.plan import estimate_credits
-from pipeline.preflight import Checked, preflight, select
+from pipeline.preflight import Checked, load_all, preflight, select
 from pipeline.preview import forecast, remaining_credits, render
 from pipeline.progress import LiveProgress
 from pipeline.report import ReportRow, build_rows, summary_counts, summary_line
@@ -509,7 +509,7 @@ def _checked_base_url(base: str) -> str:
 
 
 def _load(manifest: Path) -> Checked:
-    return preflight(load_manifest(manifest))
+    return preflight(load_all(manifest))
 
 
 def _output_dir(manifest: Manifest, out: Path | None) -> Path:
@@ -613,7 +613,7 @@ def _check_ids(args: argparse.Namespace, manifest: Manifest) -> None:
 
 def _cmd_dry_run(args: argparse.Namespace) -> int:
     """`run --dry-run`: the forecast, from the state file read as it is; nothing is sent."""
-    manifest = load_manifest(args.manifest)
+    manifest = load_all(args.manifest)
     _check_ids(args, manifest)
     checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
     output_dir = _output_dir(manifest, args.out)
@@ -649,7 +649,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     def body() -> int:
         try:
-            manifest = load_manifest(args.manifest)
+            manifest = load_all(args.manifest)
         except ManifestError:
             # where the report of a manifest that does not load goes, if that folder exists
             default = args.manifest.resolve().parent / "out"
@@ -1005,7 +1005,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     sim_config = SimConfig(time_scale=0.02, generation_seconds=20.0, seed=7)
 
     def body() -> int:
-        manifest = load_manifest(args.manifest)
+        manifest = load_all(args.manifest)
         session.locate(manifest, args.out, args.state)
         session.log_start(args.concurrency, "the bundled simulator", key_fingerprint("sim-key"))
         _check_ids(args, manifest)
