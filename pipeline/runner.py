@@ -61,7 +61,7 @@ from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
 from pipeline.longform.run import LongJobs
 from pipeline.manifest import Job
 from pipeline.media import result_problem
-from pipeline.outputs import archive_path, result_path
+from pipeline.outputs import archive_path, job_path
 from pipeline.plan import WorkQueue, estimate_credits, generate_body, input_seconds
 from pipeline.poller import Poller
 from pipeline.pool import Account, AccountPool, Binding
@@ -564,7 +564,8 @@ class _Run:
                 resumed = False
             elif state is JobState.DOWNLOADING:
                 self._leave_admission(ticket)
-                dest = result_path(self.options.output_dir, job.id)
+                dest = job_path(self.options.output_dir, job.id, job.output)
+                dest.parent.mkdir(parents=True, exist_ok=True)  # `output: es/intro.mp4`
                 record = await self._download(job.id, record, dest, ticket.account, job)
             else:
                 return
