@@ -2,6 +2,8 @@
 
 Examples:
   pixverse-batch validate pipeline/examples/example.yaml
+  pixverse-batch init --video 'media/{name}.mp4' --audio 'dubs/{name}_{lang}.wav' > dubs.yaml
+  pixverse-batch convert jobs.csv dubs.yaml      # CSV <-> YAML (or JSON), by the extensions
   PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs
   pixverse-batch report out/dubs      # out/dubs/report.html again, from the state file
@@ -66,6 +68,7 @@ EXIT_BROKEN_PIPE = 141
 EPILOG = """\
 examples:
   pixverse-batch validate dubs.yaml                  # checks everything, sends nothing
+  pixverse-batch init --video 'media/{name}.mp4' --audio 'dubs/{name}_{lang}.wav' > dubs.yaml
   PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs               # from the state file, offline
   pixverse-batch report out/dubs                     # report.html again, offline
@@ -175,6 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_json_option(validate)
     _add_api_options(validate)
+
+    init = command(
+        "init",
+        "write a manifest pairing every video with every dub of the same {name} (ids"
+        " {name}-{lang}); says on stderr what it could not pair",
+    )
+    init.add_argument("--video", required=True, metavar="PATTERN", help="e.g. 'media/{name}.mp4'")
+    init.add_argument(
+        "--audio", required=True, metavar="PATTERN", help="e.g. 'dubs/{name}_{lang}.wav'"
+    )
+    init.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write it to FILE (.yaml, .json or .csv; never over a file) instead of stdout",
+    )
+    init.add_argument(
+        "--output-pattern",
+        metavar="PATTERN",
+        help="the manifest's output_pattern, e.g. '{lang}/{name}.mp4'",
+    )
+    convert = command(
+        "convert", "write a manifest again as CSV, YAML or JSON (by the names' extensions)"
+    )
+    convert.add_argument("source", type=Path, help="the manifest to read")
+    convert.add_argument("target", type=Path, help="the file to write (never over a file)")
 
     status = command("status", "job states from the state file; sends nothing")
     status.add_argument("manifest", type=Path, nargs="?", help="find the output folder from it")
@@ -463,6 +493,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _cmd_run,
         "validate": _cmd_validate,
+        "init": _cmd_init,
+        "convert": _cmd_convert,
         "status": _cmd_status,
         "report": _cmd_report,
         "speakers": _cmd_speakers,
@@ -723,6 +755,40 @@ async def _run_async(
         f" report: {outcome.report_path}"
     )
     return int(outcome.exit_code)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    """`pipeline.authoring.pair`, then the manifest on stdout or into `--output`."""
+    from pipeline.authoring import checked, init_document, pair, render, write_manifest
+
+    root = Path.cwd()
+    found = pair(args.video, args.audio, root)
+    for line in found.matched():
+        if not args.quiet:
+            print(f"matched {line}", file=sys.stderr)
+    for line in found.unpaired:
+        print(f"not paired: {line}", file=sys.stderr)
+    folder = args.output.resolve().parent if args.output is not None else root
+    document = init_document(found, root, folder, args.output_pattern)
+    header = f"written by pixverse-batch init --video '{args.video}' --audio '{args.audio}'"
+    if args.output is None:
+        manifest = checked(root / "manifest.yaml", document)
+        print(render(manifest, document, header, ".yaml"), end="")
+    else:
+        manifest = write_manifest(args.output, document, header)
+    where = f": {args.output}" if args.output is not None else ""
+    print(
+        f"{len(manifest.jobs)} jobs, {len(found.unpaired)} files not paired{where}", file=sys.stderr
+    )
+    return ExitCode.OK
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from pipeline.authoring import convert
+
+    manifest = convert(args.source, args.target)
+    print(f"{args.target}: {len(manifest.jobs)} jobs from {args.source}")
+    return ExitCode.OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

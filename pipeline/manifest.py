@@ -193,6 +193,12 @@ def parse_manifest(path: Path) -> Parsed:
     return _Parser(path).parse(read_document(path))
 
 
+def parse_document(path: Path, document: Any) -> Parsed:
+    """A manifest document (what a YAML file holds) as if read from `path`: for manifests
+    made in memory (`pipeline.authoring`), checked by the same rules before they are written."""
+    return _Parser(path).parse(document)
+
+
 def read_document(path: Path) -> Any:
     """The YAML (or, for `.json`, JSON) document in `path`; duplicate keys refused."""
     try:
