@@ -4,6 +4,7 @@ nested folders made; a changed path moves a done result, never pays or downloads
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,20 @@ from pipeline.manifest import load_manifest
 from pipeline.runner import ExitCode
 from pipeline.simulator import serve
 from pipeline.state import StateStore
-from tests.harness import STATE_NAME, fast_sim, project, run_once, sha256
+from tests.harness import (
+    STATE_NAME,
+    fast_sim,
+    project,
+    run_once,
+    sha256,
+    sim_in_thread,
+    tts_manifest,
+)
 from tests.media_factory import make_audio, make_video
 from tests.pagecheck import Page
 from tests.test_manifest import problems_of as problems
 from tests.test_manifest import write
+from tests.windows import crashpoint_cmd, env_for, pipeline_cmd, run_args
 
 PATTERNED = """
 version: 1
@@ -272,3 +282,47 @@ async def test_a_long_job_is_stitched_at_its_output_and_moved_when_it_changes(
     assert not (out / "es").exists()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["jobs"][0]["output"] == str(out / "talks" / "es.mp4")
+
+
+@pytest.mark.parametrize(
+    ("change", "nth"),
+    [
+        ("version: 1\noutput_pattern: 'done/{id}.mp4'\n", 1),  # moved, not yet recorded
+        ("version: 1\noutput_pattern: 'done/{id}.mp4'\n", 2),
+        ("swap", 1),  # the first of two swapped files at its staging name
+        ("swap", 3),  # one at its new path, the other still staged
+    ],
+)
+def test_a_run_killed_while_moving_results_loses_and_pays_nothing(
+    tmp_path: Path, change: str, nth: int
+) -> None:
+    manifest = project(tmp_path, tts_manifest(2))
+    out = tmp_path / "out"
+    with sim_in_thread(fast_sim()) as sim:
+        env = env_for(sim)
+
+        def run(*command: str) -> int:
+            done = subprocess.run(
+                command, env=env, cwd="/", capture_output=True, timeout=120, check=False
+            )
+            return done.returncode
+
+        assert run(*pipeline_cmd(*run_args(manifest, out))) == 0
+        made = {i: sha256(out / f"job-{i}.mp4") for i in (0, 1)}
+        paid, transfers = len(sim.ledger.generations), len(sim.ledger.transfers)
+        text = tts_manifest(2)
+        if change == "swap":
+            text = text.replace("'line 0'}", "'line 0'}, output: job-1.mp4").replace(
+                "'line 1'}", "'line 1'}, output: job-0.mp4"
+            )
+            wanted = {0: out / "job-1.mp4", 1: out / "job-0.mp4"}
+        else:
+            text = text.replace("version: 1\n", change)
+            wanted = {i: out / "done" / f"job-{i}.mp4" for i in (0, 1)}
+        manifest.write_text(text, encoding="utf-8")
+        assert run(*crashpoint_cmd("take-over", nth, *run_args(manifest, out))) == -9
+        assert run(*pipeline_cmd(*run_args(manifest, out))) == 0
+        assert (len(sim.ledger.generations), len(sim.ledger.transfers)) == (paid, transfers)
+    assert {i: sha256(path) for i, path in wanted.items()} == made
+    assert records(out) == {f"job-{i}": str(path) for i, path in wanted.items()}
+    assert not (out / "superseded").exists()
