@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.cli import main
 from pipeline.failed import FAILED_NAME
 from pipeline.manifest import load_manifest
+from pipeline.preflight import load_all, preflight
+from pipeline.preview import forecast
 from pipeline.runner import ExitCode
 from pipeline.simulator import serve
 from pipeline.state import StateStore
@@ -175,6 +178,15 @@ async def test_results_land_in_nested_folders_and_a_changed_path_moves_them_unpa
         text = PATTERNED.replace("{lang}/{name}.mp4", "by-name/{name}-{lang}.mp4")
         text = text.replace('"ja/promo-{stem}.mp4"', '"{lang}/{id}.mp4"')
         manifest.write_text(text, encoding="utf-8")
+        store = StateStore.read_only(out / STATE_NAME)
+        try:  # what `run --dry-run` says
+            steps = forecast(preflight(load_all(manifest)), store.jobs(archived=True), out)
+        finally:
+            store.close()
+        assert {s.job_id: (s.action, s.detail) for s in steps}["intro-es"] == (
+            "skip",
+            f"done; its file moves to {out / 'by-name' / 'intro-es.mp4'}",
+        )
         transfers = len(sim.ledger.transfers)
         second = await run_once(sim, manifest, out)
         assert second.exit_code is ExitCode.OK
@@ -326,3 +338,26 @@ def test_a_run_killed_while_moving_results_loses_and_pays_nothing(
     assert {i: sha256(path) for i, path in wanted.items()} == made
     assert records(out) == {f"job-{i}": str(path) for i, path in wanted.items()}
     assert not (out / "superseded").exists()
+
+
+def test_validate_lists_each_jobs_output_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = project(tmp_path, PATTERNED)
+    assert main(["validate", str(manifest), "--out", str(tmp_path / "o")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    line = next(x for x in lines if x.startswith("  promo-ja "))
+    assert line.endswith(f"4 credits  -> {tmp_path / 'o' / 'ja' / 'promo-promo.mp4'}"), line
+    assert "video media/promo.mov + tts 'こんにちは' (speaker 1)" in line
+    assert main(["validate", str(manifest), "--json"]) == 0
+    listed = {j["id"]: j for j in json.loads(capsys.readouterr().out)["job_list"]}
+    assert listed["intro-de"] == {
+        "id": "intro-de",
+        "where": "jobs[0].dubs.de",
+        "video": "media/intro.mp4",
+        "audio": "media/intro_de.wav",
+        "credits": listed["intro-de"]["credits"],
+        "output": str(tmp_path / "out" / "de" / "intro.mp4"),
+        "long": False,
+    }
+    assert listed["intro-de"]["credits"] > 0
