@@ -268,7 +268,7 @@ class _Run:
         (`problem`), as in `prepare`."""
         listed: list[Speaker] | None = None
         saved = self.store.speakers(self.base_url)
-        if needs_list(checked, self.store, saved, self.options.redo):
+        if needs_list(checked, self.store, saved, self.options.redo, self.options.retry_failed):
             try:
                 listed = await self._speaker_list()
             except FatalError as exc:

@@ -33,6 +33,7 @@ from pipeline.jobstate import JobState
 from pipeline.manifest import Job, Tts, Wording
 from pipeline.plan import fingerprint
 from pipeline.preflight import Checked
+from pipeline.reconcile import permanent_failure
 from pipeline.state import StateStore
 
 
@@ -97,25 +98,32 @@ def lines(speakers: Sequence[Speaker]) -> list[str]:
 
 
 def needs_list(
-    checked: Checked, store: StateStore, saved: Sequence[tuple[str, str]], redo: frozenset[str]
+    checked: Checked,
+    store: StateStore,
+    saved: Sequence[tuple[str, str]],
+    redo: frozenset[str],
+    retry_failed: bool = False,
 ) -> bool:
     """Whether a run must read the speaker list: some TTS job may be sent (no record with its
-    fingerprint yet, pending, failed, `--redo`) or its speaker is not found in the `saved`
-    list. A run whose TTS jobs are all paid for already sends nothing for them."""
+    fingerprint by the `saved` list, or the value as written; pending; failed and retried;
+    `--redo`). A run whose TTS jobs are all paid for, or held as failed for good, asks
+    nothing for them."""
     book = SpeakerBook.of(saved) if saved else None
     for job in checked.manifest.jobs:
         if job.tts is None:
             continue
         if book is not None:
-            (job,), problems = resolve_jobs([job], book)
-            if problems:
-                return True
+            (job,), _ = resolve_jobs([job], book)  # an unknown one: as written
         record = store.find(job.id)
         if (
             job.id in redo
             or record is None
             or record.fingerprint != fingerprint(job, checked.media)
-            or record.state in (JobState.PENDING, JobState.FAILED)
+            or record.state is JobState.PENDING
+            or (
+                record.state is JobState.FAILED
+                and (retry_failed or permanent_failure(record) is None)
+            )
         ):
             return True
     return False
