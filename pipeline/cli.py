@@ -40,13 +40,14 @@ from pipeline.client import (
     Speaker,
     key_fingerprint,
 )
+from pipeline.documents import output_dir_of
 from pipeline.errors import ApiError, DiskError, ManifestError, PipelineError, StateError
 from pipeline.examples import EXAMPLE_MANIFEST
 from pipeline.jobstate import JobState
 from pipeline.keys import api_keys, keys_to_hide
 from pipeline.logs import LOG_FORMATS, logging_to_stderr
 from pipeline.longform.run import parent_of, status_rows
-from pipeline.manifest import Manifest, load_manifest, output_dir_of
+from pipeline.manifest import Manifest, load_manifest
 from pipeline.preflight import Checked, load_all, preflight, select
 from pipeline.preview import forecast, remaining_credits, render
 from pipeline.progress import LiveProgress

@@ -2,31 +2,35 @@
 
 This module checks structure only (schema, types, ids, exclusive fields, output paths).
 Whether files exist and their media fit the limits is `pipeline.preflight`'s job
-(`preflight.load` adds those problems to these). Paths are resolved against the manifest's
+(`preflight.load_all` adds those problems to these). Paths are resolved against the manifest's
 folder. Problems are one line each: ``job 'intro-es' field 'audio': ...``; in a CSV manifest
 ``row 5 column 'audio': ...`` (`pipeline.csvmanifest` reads the rows into the same document
 a YAML file gives, so everything after parsing is the same).
 
 The format is the file's extension: `.csv` is CSV, `.json` JSON (the YAML schema, written as
-JSON), anything else YAML.
+JSON), anything else YAML (`pipeline.documents` reads those two).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.csvmanifest import read_csv
+from pipeline.documents import read_document
 from pipeline.errors import ManifestError
-from pipeline.outputs import OUTPUT_FIELDS, expand_output, output_problem, result_path
+from pipeline.outputs import (
+    OUTPUT_FIELDS,
+    expand_output,
+    output_problem,
+    result_path,
+    shared_outputs,
+)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MB = 1024 * 1024
@@ -136,42 +140,6 @@ class Parsed:
     loose: list[tuple[str, str, Path]]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate mapping keys (PyYAML silently keeps the last)."""
-
-
-def _construct_unique_mapping(
-    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
-) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, bool):
-            # YAML 1.1: `no`, `on`, `yes`, `off` as keys become booleans (Norway's "no")
-            problem = f"key {key_node.value!r} reads as {key}: write it in quotes"
-            raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
-        if not isinstance(key, str | int | float) and key is not None:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"keys must be plain words, not {type(key).__name__}",
-                key_node.start_mark,
-            )
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,
-)
-
-
 def load_manifest(path: Path) -> Manifest:
     """Parse and structurally validate `path`; raise ManifestError listing every problem."""
     parsed = parse_manifest(path)
@@ -197,34 +165,6 @@ def parse_document(path: Path, document: Any) -> Parsed:
     """A manifest document (what a YAML file holds) as if read from `path`: for manifests
     made in memory (`pipeline.authoring`), checked by the same rules before they are written."""
     return _Parser(path).parse(document)
-
-
-def read_document(path: Path) -> Any:
-    """The YAML (or, for `.json`, JSON) document in `path`; duplicate keys refused."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError([f"{path}: cannot read manifest: {exc}"]) from exc
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text, object_pairs_hook=_unique_pairs)
-        except ValueError as exc:
-            raise ManifestError([f"{path}: invalid JSON: {exc}"]) from exc
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise ManifestError([f"{path}: invalid YAML: {detail}"]) from exc
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refusing a key given twice (json keeps the last, as PyYAML would)."""
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"duplicate key {key!r}")
-        seen[key] = value
-    return seen
 
 
 class _Parser:
@@ -522,55 +462,18 @@ class _Parser:
                 )
 
     def _check_outputs(self, jobs: list[Job]) -> None:
-        """No two jobs on one result path (ignoring case, as macOS and Windows do), and no
-        job's file where another's folder has to be."""
-        files: dict[str, Job] = {}
-        folders: dict[str, Job] = {}
-        for job in jobs:
-            path = _relative_output(job)
-            parts = path.casefold().split("/")
-            for n in range(1, len(parts)):
-                folders.setdefault("/".join(parts[:n]), job)
-            other = files.setdefault(path.casefold(), job)
-            # two `<id>.mp4` meet only when the ids do, which `_check_unique` says already
-            if other is not job and (job.output or other.output) is not None:
-                self.fail(
-                    job_label(job),
-                    "output",
-                    f"{path} is also the result of {job_label(other)}: two jobs cannot share"
-                    " one output; give one of them another `output`",
-                )
-        for key, job in files.items():
-            if key in folders:
-                self.fail(
-                    job_label(job),
-                    "output",
-                    f"{_relative_output(job)} is a folder of {job_label(folders[key])}'s output"
-                    f" {_relative_output(folders[key])}: one of them needs another path",
-                )
-
-
-def _relative_output(job: Job) -> str:
-    return job.output if job.output is not None else result_path(Path(), job.id).as_posix()
+        """No two jobs on one result path, nor one's file where another's folder is."""
+        paths = [
+            (job_label(job), job.output or result_path(Path(), job.id).as_posix(), job.output)
+            for job in jobs
+        ]
+        for label, problem in shared_outputs(paths):
+            self.fail(label, "output", problem)
 
 
 def job_label(job: Job) -> str:
     """A job as problems name it: `job 'promo-es' (jobs[4].dubs.es)`."""
     return f"job '{job.id}'" + ("" if job.where == f"job '{job.id}'" else f" ({job.where})")
-
-
-def output_dir_of(path: Path) -> Path | None:
-    """The `output_dir` a manifest names, read even when the manifest does not load (so a run
-    stopped by a bad manifest still knows where its report goes); None if it names none (a
-    CSV manifest never does)."""
-    if path.suffix.lower() == ".csv":
-        return None
-    try:
-        data = read_document(path)
-    except ManifestError:
-        return None
-    value = data.get("output_dir") if isinstance(data, dict) else None
-    return path.resolve().parent / value if isinstance(value, str) and value.strip() else None
 
 
 def _is_text(value: Any) -> bool:

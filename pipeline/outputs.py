@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 SUPERSEDED = "superseded"
@@ -97,6 +97,41 @@ def output_problem(path: str) -> tuple[str, str]:
         name = parts[0] if parts[0] in RESERVED else SUPERSEDED
         return "", f"{path!r}: {name}/ is the pipeline's own folder; choose another"
     return "/".join(parts), ""
+
+
+def shared_outputs(paths: Sequence[tuple[str, str, str | None]]) -> list[tuple[str, str]]:
+    """(label, problem) of each job whose result path another job has too, or that is a
+    folder of another's (ignoring case, as macOS and Windows do). `paths`: each job's label,
+    result path (relative) and own `output` (None: `<id>.mp4`)."""
+    found: list[tuple[str, str]] = []
+    files: dict[str, tuple[str, str, str | None]] = {}
+    folders: dict[str, tuple[str, str, str | None]] = {}
+    for entry in paths:
+        label, path, own = entry
+        parts = path.casefold().split("/")
+        for n in range(1, len(parts)):
+            folders.setdefault("/".join(parts[:n]), entry)
+        other = files.setdefault(path.casefold(), entry)
+        # two `<id>.mp4` meet only when the ids do, which the manifest's id check says
+        if other is not entry and (own or other[2]) is not None:
+            found.append(
+                (
+                    label,
+                    f"{path} is also the result of {other[0]}: two jobs cannot share one"
+                    " output; give one of them another `output`",
+                )
+            )
+    for key, (label, path, _) in files.items():
+        if key in folders:
+            holder, inside, _ = folders[key]
+            found.append(
+                (
+                    label,
+                    f"{path} is a folder of {holder}'s output {inside}: one of them needs"
+                    " another path",
+                )
+            )
+    return found
 
 
 def segments_dir(output_dir: Path, parent: str) -> Path:
