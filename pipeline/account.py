@@ -1,7 +1,7 @@
-"""Account checks a run makes once, before submitting anything: speakers and balance.
+"""The balance check a run makes once, before submitting anything (the speakers are resolved
+before that, in `pipeline.speakers`).
 
-Neither stops paid work: a job with an unknown speaker is held back alone, and the balance
-only warns (the run stops submitting cleanly at 500090).
+It never stops paid work: the balance only warns (the run stops submitting cleanly at 500090).
 """
 
 from __future__ import annotations
@@ -16,22 +16,6 @@ from pipeline.plan import estimate_credits
 from pipeline.preflight import Checked
 
 log = logging.getLogger("pipeline.account")
-
-
-async def unknown_speakers(jobs: list[Job], client: PixverseClient) -> dict[str, str]:
-    """The TTS jobs among `jobs` whose speaker the account does not offer (ignoring case),
-    each with its one-line problem; one list request. Raises TransientError when the list
-    cannot be read: the caller holds those jobs back, and only those."""
-    tts_jobs = [j for j in jobs if j.tts is not None]
-    if not tts_jobs:
-        return {}
-    known = {s.speaker_id.lower() for s in await client.speakers()}
-    return {
-        j.id: f"job '{j.id}' field 'tts.speaker': unknown speaker {j.tts.speaker!r}"
-        " (see `pixverse-batch speakers`)"
-        for j in tts_jobs
-        if j.tts is not None and j.tts.speaker.lower() not in known
-    }
 
 
 async def check_balance(

@@ -2,6 +2,8 @@
 
 Examples:
   pixverse-batch validate pipeline/examples/example.yaml
+  pixverse-batch init --video 'media/{name}.mp4' --audio 'dubs/{name}_{lang}.wav' > dubs.yaml
+  pixverse-batch convert jobs.csv dubs.yaml      # CSV <-> YAML (or JSON), by the extensions
   PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs
   pixverse-batch report out/dubs      # out/dubs/report.html again, from the state file
@@ -31,22 +33,30 @@ import anyio
 from rich.console import Console
 
 from pipeline import __version__
-from pipeline.client import DEFAULT_BASE_URL, ClientConfig, PixverseClient, key_fingerprint
+from pipeline.client import (
+    DEFAULT_BASE_URL,
+    ClientConfig,
+    PixverseClient,
+    Speaker,
+    key_fingerprint,
+)
+from pipeline.documents import output_dir_of
 from pipeline.errors import ApiError, DiskError, ManifestError, PipelineError, StateError
 from pipeline.examples import EXAMPLE_MANIFEST
 from pipeline.jobstate import JobState
 from pipeline.keys import api_keys, keys_to_hide
 from pipeline.logs import LOG_FORMATS, logging_to_stderr
 from pipeline.longform.run import parent_of, status_rows
-from pipeline.manifest import Manifest, load_manifest, output_dir_of
-from pipeline.plan import estimate_credits
-from pipeline.preflight import Checked, preflight, select
+from pipeline.manifest import Manifest, load_manifest
+from pipeline.preflight import Checked, load_all, preflight, select
 from pipeline.preview import forecast, remaining_credits, render
 from pipeline.progress import LiveProgress
 from pipeline.report import ReportRow, build_rows, summary_counts, summary_line
 from pipeline.runner import ExitCode, RunOptions, exit_code_for
 from pipeline.secrets import Redactor
 from pipeline.session import STATE_NAME, RunSession
+from pipeline.speakers import lines as speaker_lines
+from pipeline.speakers import resolve_with
 from pipeline.state import JobRecord, LongRecord, StateStore
 from pipeline.submit import describe_wait, iso
 
@@ -59,6 +69,7 @@ EXIT_BROKEN_PIPE = 141
 EPILOG = """\
 examples:
   pixverse-batch validate dubs.yaml                  # checks everything, sends nothing
+  pixverse-batch init --video 'media/{name}.mp4' --audio 'dubs/{name}_{lang}.wav' > dubs.yaml
   PIXVERSE_API_KEY=... pixverse-batch run dubs.yaml --out out/dubs
   pixverse-batch status --out out/dubs               # from the state file, offline
   pixverse-batch report out/dubs                     # report.html again, offline
@@ -160,7 +171,41 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--state", type=Path, help="the state file (default: OUT/" + STATE_NAME + ")"
     )
+    validate.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask the account (read-only: the speaker list and the balance): speakers by"
+        " name resolved, unknown ones refused, the balance set against the estimate",
+    )
     _add_json_option(validate)
+    _add_api_options(validate)
+
+    init = command(
+        "init",
+        "write a manifest pairing every video with every dub of the same {name} (ids"
+        " {name}-{lang}); says on stderr what it could not pair",
+    )
+    init.add_argument("--video", required=True, metavar="PATTERN", help="e.g. 'media/{name}.mp4'")
+    init.add_argument(
+        "--audio", required=True, metavar="PATTERN", help="e.g. 'dubs/{name}_{lang}.wav'"
+    )
+    init.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write it to FILE (.yaml, .json or .csv; never over a file) instead of stdout",
+    )
+    init.add_argument(
+        "--output-pattern",
+        metavar="PATTERN",
+        help="the manifest's output_pattern, e.g. '{lang}/{name}.mp4'",
+    )
+    convert = command(
+        "convert", "write a manifest again as CSV, YAML or JSON (by the names' extensions)"
+    )
+    convert.add_argument("source", type=Path, help="the manifest to read")
+    convert.add_argument("target", type=Path, help="the file to write (never over a file)")
 
     status = command("status", "job states from the state file; sends nothing")
     status.add_argument("manifest", type=Path, nargs="?", help="find the output folder from it")
@@ -449,6 +494,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _cmd_run,
         "validate": _cmd_validate,
+        "init": _cmd_init,
+        "convert": _cmd_convert,
         "status": _cmd_status,
         "report": _cmd_report,
         "speakers": _cmd_speakers,
@@ -509,7 +556,7 @@ def _checked_base_url(base: str) -> str:
 
 
 def _load(manifest: Path) -> Checked:
-    return preflight(load_manifest(manifest))
+    return preflight(load_all(manifest))
 
 
 def _output_dir(manifest: Manifest, out: Path | None) -> Path:
@@ -525,40 +572,28 @@ def _print_json(document: object) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    """Every job with its inputs, credits and output path (`pipeline.validation`); with
+    `--online`, speakers and balance from the account, read-only."""
+    from pipeline.validation import Validation, ask_account
+
     try:
         checked = _load(args.manifest)
+        output_dir = _output_dir(checked.manifest, args.out)
+        state_path = args.state or output_dir / STATE_NAME
+        state = _read_state(state_path)
+        online = anyio.run(ask_account, _client_configs(args)) if args.online else None
+        # the account's speakers (unknown ones refused), else those the last run saw
+        checked = _speakers_of(checked, online.speakers if online else None, state)
     except ManifestError as exc:
         if args.json:  # the problems on stdout too, for a script; the error lines as ever
             _print_json({"manifest": str(args.manifest), "ok": False, "problems": exc.problems})
         raise
-    files = len(checked.media)
-    jobs = checked.manifest.jobs
-    estimates = {
-        job.id: checked.long[job.id].credits()
-        if job.id in checked.long
-        else estimate_credits(job, checked.media)
-        for job in jobs
-    }
-    credits = sum(estimates.values())
-    state_path = args.state or _output_dir(checked.manifest, args.out) / STATE_NAME
-    left = _credits_left(checked, state_path, _output_dir(checked.manifest, args.out))
+    left = None
+    if state is not None:
+        left = remaining_credits(forecast(checked, state[0], output_dir, long=state[1]))
+    result = Validation(checked, output_dir, left, online)
     if args.json:
-        document: dict[str, Any] = {
-            "manifest": str(args.manifest),
-            "ok": True,
-            "jobs": len(jobs),
-            "media_files": files,
-            "credits_estimate": credits,
-            "credits_estimate_per_job": estimates,
-            "long_jobs": {
-                job_id: {
-                    "segments": [[round(a, 3), round(b, 3)] for a, b in plan.ranges()],
-                    "credits": plan.credits(),
-                    "notes": list(plan.notes),
-                }
-                for job_id, plan in checked.long.items()
-            },
-        }
+        document = result.document(args.manifest)
         if left is not None:
             document |= {
                 "state_file": str(state_path),
@@ -567,15 +602,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             }
         _print_json(document)
         return ExitCode.OK
-    print(
-        f"{args.manifest}: {len(jobs)} jobs, {files} media files: OK;"
-        f" about {credits} credits at PixVerse's published prices"
-    )
-    for plan in checked.long.values():  # how each long job is cut into segments
-        print(plan.line())
+    print("\n".join(result.lines(args.manifest)))
     if left is not None:
-        for job_id, amount in left.items():
-            print(f"  {job_id:<32} {amount:>6} credits left")
         print(
             f"with {state_path}: about {sum(left.values())} credits left to pay for"
             f" ({sum(1 for v in left.values() if v)} of {len(left)} jobs)"
@@ -583,17 +611,32 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _credits_left(checked: Checked, state_path: Path, output_dir: Path) -> dict[str, int] | None:
-    """Per job, what a run would still pay for given the state file (None: there is none)."""
+def _speakers_of(
+    checked: Checked,
+    listed: list[Speaker] | None,
+    state: tuple[list[JobRecord], list[LongRecord], list[tuple[str, str]]] | None,
+) -> Checked:
+    if listed is not None:
+        checked, unknown = resolve_with(checked, listed)
+        if unknown:
+            raise ManifestError(list(unknown.values()))
+    elif state is not None and state[2]:
+        checked = resolve_with(checked, state[2])[0]
+    return checked
+
+
+def _read_state(
+    state_path: Path,
+) -> tuple[list[JobRecord], list[LongRecord], list[tuple[str, str]]] | None:
+    """The records, long jobs and last speaker list of a state file, read-only (None: there
+    is none)."""
     if not state_path.exists():
         return None
     store = StateStore.read_only(state_path)
     try:
-        records = store.jobs(archived=True)
-        long = store.long_jobs()
+        return store.jobs(archived=True), store.long_jobs(), store.speakers()
     finally:
         store.close()
-    return remaining_credits(forecast(checked, records, output_dir, long=long))
 
 
 def _only(args: argparse.Namespace) -> list[str]:
@@ -613,20 +656,13 @@ def _check_ids(args: argparse.Namespace, manifest: Manifest) -> None:
 
 def _cmd_dry_run(args: argparse.Namespace) -> int:
     """`run --dry-run`: the forecast, from the state file read as it is; nothing is sent."""
-    manifest = load_manifest(args.manifest)
+    manifest = load_all(args.manifest)
     _check_ids(args, manifest)
     checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
     output_dir = _output_dir(manifest, args.out)
-    state_path = args.state or output_dir / STATE_NAME
-    records: list[JobRecord] = []
-    long: list[LongRecord] = []
-    if state_path.exists():
-        store = StateStore.read_only(state_path)
-        try:
-            records = store.jobs(archived=True)
-            long = store.long_jobs()
-        finally:
-            store.close()
+    state = _read_state(args.state or output_dir / STATE_NAME)
+    records, long, speakers = state or ([], [], [])
+    checked = resolve_with(checked, speakers)[0] if speakers else checked
     fps = _key_fps(args)
     steps = forecast(
         checked,
@@ -649,7 +685,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     def body() -> int:
         try:
-            manifest = load_manifest(args.manifest)
+            manifest = load_all(args.manifest)
         except ManifestError:
             # where the report of a manifest that does not load goes, if that folder exists
             default = args.manifest.resolve().parent / "out"
@@ -720,6 +756,40 @@ async def _run_async(
         f" report: {outcome.report_path}"
     )
     return int(outcome.exit_code)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    """`pipeline.authoring.pair`, then the manifest on stdout or into `--output`."""
+    from pipeline.authoring import checked, init_document, pair, render, write_manifest
+
+    root = Path.cwd()
+    found = pair(args.video, args.audio, root)
+    for line in found.matched():
+        if not args.quiet:
+            print(f"matched {line}", file=sys.stderr)
+    for line in found.unpaired:
+        print(f"not paired: {line}", file=sys.stderr)
+    folder = args.output.resolve().parent if args.output is not None else root
+    document = init_document(found, root, folder, args.output_pattern)
+    header = f"written by pixverse-batch init --video '{args.video}' --audio '{args.audio}'"
+    if args.output is None:
+        manifest = checked(root / "manifest.yaml", document)
+        print(render(manifest, document, header, ".yaml"), end="")
+    else:
+        manifest = write_manifest(args.output, document, header)
+    where = f": {args.output}" if args.output is not None else ""
+    print(
+        f"{len(manifest.jobs)} jobs, {len(found.unpaired)} files not paired{where}", file=sys.stderr
+    )
+    return ExitCode.OK
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from pipeline.authoring import convert
+
+    manifest = convert(args.source, args.target)
+    print(f"{args.target}: {len(manifest.jobs)} jobs from {args.source}")
+    return ExitCode.OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -866,10 +936,9 @@ def _cmd_speakers(args: argparse.Namespace) -> int:
 
     speakers = _with_client(args, fetch)
     if args.json:
-        _print_json([{"speaker_id": s.speaker_id, "name": s.name} for s in speakers])
+        _print_json([{"speaker_id": s.speaker_id, "name": s.name, **s.extra} for s in speakers])
         return ExitCode.OK
-    for speaker in speakers:
-        print(f"{speaker.speaker_id:>6}  {speaker.name}")
+    print("\n".join(speaker_lines(speakers)))
     return ExitCode.OK
 
 
@@ -1005,7 +1074,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     sim_config = SimConfig(time_scale=0.02, generation_seconds=20.0, seed=7)
 
     def body() -> int:
-        manifest = load_manifest(args.manifest)
+        manifest = load_all(args.manifest)
         session.locate(manifest, args.out, args.state)
         session.log_start(args.concurrency, "the bundled simulator", key_fingerprint("sim-key"))
         _check_ids(args, manifest)

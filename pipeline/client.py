@@ -110,6 +110,9 @@ class VideoStatus:
 class Speaker:
     speaker_id: str
     name: str
+    # whatever else the list says about the speaker (the contract names only the two above;
+    # `pixverse-batch speakers` prints these too)
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -516,9 +519,9 @@ class PixverseClient:
                 raise TransportError(f"malformed speaker list in the {path} reply")
             known = len(speakers)
             for s in data:
-                speakers.setdefault(
-                    str(s["speaker_id"]), Speaker(str(s["speaker_id"]), str(s.get("name", "")))
-                )
+                extra = {k: v for k, v in s.items() if k not in ("speaker_id", "name")}
+                speaker = Speaker(str(s["speaker_id"]), str(s.get("name", "")), extra)
+                speakers.setdefault(speaker.speaker_id, speaker)
             total = lenient_int(resp.get("total"))
             # a page with nothing new ends it too: a server that ignores page_num would
             # otherwise be asked forever

@@ -3,9 +3,9 @@
 Written into the output folder at the end of every run that had failures, and removed by a run
 that had none, so it never lists an older night's failures. Paths are relative to the output
 folder (where the file is); jobs of a `dubs:` fan-out are written back as fan-out, under the
-same ids, so a fix made there and run carries over. Its own `output_dir` is `retry/` next to
-it: running it never touches the nightly folder's state (whose done jobs it would otherwise
-set aside as unwanted, see `pipeline.reconcile`).
+same ids, with the same `output` paths, so a fix made there and run carries over. Its own
+`output_dir` is `retry/` next to it: running it never touches the nightly folder's state
+(whose done jobs it would otherwise set aside as unwanted, see `pipeline.reconcile`).
 """
 
 from __future__ import annotations
@@ -65,9 +65,14 @@ def write_failed_manifest(
     return path
 
 
-def to_manifest(manifest: Manifest, jobs: Sequence[Job], folder: Path) -> dict[str, Any]:
-    """A version-1 manifest document of `jobs`, paths relative to `folder`."""
-    document: dict[str, Any] = {"version": 1, "output_dir": RETRY_DIR}
+def to_manifest(
+    manifest: Manifest, jobs: Sequence[Job], folder: Path, output_dir: str | None = RETRY_DIR
+) -> dict[str, Any]:
+    """A version-1 manifest document of `jobs`, paths relative to `folder`; each job's
+    `output` spelled out where it has one (a pattern is not carried over, its paths are)."""
+    document: dict[str, Any] = {"version": 1}
+    if output_dir is not None:
+        document["output_dir"] = output_dir
     limits = _changed_limits(manifest.limits)
     if limits:
         document["limits"] = limits
@@ -96,11 +101,12 @@ def _video(job: Job, folder: Path) -> dict[str, Any]:
 
 
 def _voice(job: Job, folder: Path) -> dict[str, Any]:
+    output = {"output": job.output} if job.output is not None else {}
     if job.audio is not None:
-        return {"audio": os.path.relpath(job.audio, folder)}
+        return {"audio": os.path.relpath(job.audio, folder), **output}
     assert job.tts is not None
     # the speaker spelled out: `defaults:` are not carried over
-    return {"tts": {"text": job.tts.text, "speaker": job.tts.speaker}}
+    return {"tts": {"text": job.tts.text, "speaker": job.tts.speaker}, **output}
 
 
 def _changed_limits(limits: Limits) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def build_page(document: Mapping[str, Any], out: Path, meaning: str | None = Non
     base = _manifest_dir(document)
     jobs = [job for job in document.get("jobs") or [] if isinstance(job, Mapping)]
     used: list[Path] = []
-    cards = [_card(job, out, base, used) for job in jobs]
+    ran = Path(str(document["output_dir"])) if document.get("output_dir") else None
+    cards = [_card(job, out, base, used, ran) for job in jobs]
     prune(out / THUMBS, used)
     title = f"pixverse-batch run {document.get('run_id') or ''}".strip()
     return "".join(
@@ -180,11 +181,13 @@ def _controls(jobs: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _card(job: Mapping[str, Any], out: Path, base: Path | None, used: list[Path]) -> str:
+def _card(
+    job: Mapping[str, Any], out: Path, base: Path | None, used: list[Path], ran: Path | None
+) -> str:
     state = str(job.get("state") or "")
     kind = group(state)
     source, source_note = _source(job, base)
-    result = _result(job, out)
+    result = _result(job, out, ran)
     pictures = [
         _picture("source", source, source_note, out, used),
         _picture("result", result, None if result else _no_result(kind), out, used),
@@ -290,14 +293,20 @@ def _source(job: Mapping[str, Any], base: Path | None) -> tuple[Path | None, str
     return None, "source unknown"
 
 
-def _result(job: Mapping[str, Any], out: Path) -> Path | None:
-    """A result lives in the output folder (`outputs.result_path`); a relative `output` was
-    relative to the run's working folder, which the `report` command may not share."""
+def _result(job: Mapping[str, Any], out: Path, ran: Path | None) -> Path | None:
+    """A result lives in the output folder (`outputs.job_path`: `<id>.mp4`, or its `output`
+    such as `es/intro.mp4`); a relative `output` was relative to the run's working folder,
+    which the `report` command may not share: it is taken from the run's `output_dir` (`ran`)
+    on."""
     output = job.get("output")
     if not output:
         return None
     path = Path(str(output))
-    return path if path.is_absolute() else out / path.name
+    if path.is_absolute():
+        return path
+    if ran is not None and not ran.is_absolute() and path.is_relative_to(ran):
+        return out / path.relative_to(ran)
+    return out / path.name
 
 
 def _no_result(kind: str) -> str:

@@ -1,31 +1,45 @@
-"""The manifest, version 1: YAML in, frozen `Manifest` out, every problem reported at once.
+"""The manifest, version 1: YAML, JSON or CSV in, frozen `Manifest` out, every problem at once.
 
-This module checks structure only (schema, types, ids, exclusive fields). Whether files exist
-and their media fit the limits is `pipeline.preflight`'s job. Paths are resolved against the
-manifest's folder. Problems are one line each: ``job 'intro-es' field 'audio': ...``.
+This module checks structure only (schema, types, ids, exclusive fields, output paths).
+Whether files exist and their media fit the limits is `pipeline.preflight`'s job
+(`preflight.load_all` adds those problems to these). Paths are resolved against the manifest's
+folder. Problems are one line each: ``job 'intro-es' field 'audio': ...``; in a CSV manifest
+``row 5 column 'audio': ...`` (`pipeline.csvmanifest` reads the rows into the same document
+a YAML file gives, so everything after parsing is the same).
+
+The format is the file's extension: `.csv` is CSV, `.json` JSON (the YAML schema, written as
+JSON), anything else YAML (`pipeline.documents` reads those two).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipeline.csvmanifest import read_csv
+from pipeline.documents import read_document
 from pipeline.errors import ManifestError
+from pipeline.outputs import (
+    OUTPUT_FIELDS,
+    expand_output,
+    output_problem,
+    result_path,
+    shared_outputs,
+)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MB = 1024 * 1024
 
-_TOP_KEYS = {"version", "output_dir", "defaults", "limits", "jobs"}
-_JOB_KEYS = {"id", "video", "video_id", "audio", "tts", "dubs", "extend"}
+_TOP_KEYS = {"version", "output_dir", "output_pattern", "defaults", "limits", "jobs"}
+_JOB_KEYS = {"id", "video", "video_id", "audio", "tts", "dubs", "extend", "output"}
 # `extend`: what a long job does when its dub outlasts its video (pipeline.longform)
 EXTEND_MODES = ("loop", "freeze")
-_DUB_KEYS = {"audio", "tts"}
+_DUB_KEYS = {"audio", "tts", "output"}
 _TTS_KEYS = {"text", "speaker"}
 _DEFAULT_KEYS = {"tts_speaker"}
 
@@ -85,9 +99,24 @@ class Job:
     dub: Dub | None = None  # set for the jobs of a `dubs:` fan-out
     extend: str | None = None  # "loop" or "freeze": a long dub outlasting its video
     segment: Segment | None = None  # set for the segment jobs a long job is cut into
+    # the result's path inside the output folder (`output`/`output_pattern`, checked and
+    # normalised: `es/intro.mp4`); None: `<id>.mp4` (`pipeline.outputs.job_path`)
+    output: str | None = None
 
     def media_paths(self) -> list[Path]:
         return [p for p in (self.video, self.audio) if p is not None]
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How problems name places: YAML's `jobs[3]` and fields, or a CSV's rows and columns."""
+
+    places: Sequence[str] | None = None  # each entry's place; None: `jobs[<index>]`
+    noun: str = "field"
+    names: Mapping[str, str] = field(default_factory=dict)  # a field's name in this format
+
+    def name(self, fld: str) -> str:
+        return self.names.get(fld, fld)
 
 
 @dataclass(frozen=True)
@@ -96,77 +125,83 @@ class Manifest:
     output_dir: Path | None
     limits: Limits
     jobs: tuple[Job, ...] = field(default_factory=tuple)
+    output_pattern: str | None = None  # as written (failed.yaml writes each job's `output`)
+    wording: Wording = field(default_factory=Wording)  # how its problems name places
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate mapping keys (PyYAML silently keeps the last)."""
+@dataclass(frozen=True)
+class Parsed:
+    """A manifest as far as it could be read: the jobs that could be built, every structural
+    problem, and the media files named by entries that gave no job (`(place, field, path)`),
+    so that preflight checks those too and reports every problem in one pass."""
 
-
-def _construct_unique_mapping(
-    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
-) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, bool):
-            # YAML 1.1: `no`, `on`, `yes`, `off` as keys become booleans (Norway's "no")
-            problem = f"key {key_node.value!r} reads as {key}: write it in quotes"
-            raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
-        if not isinstance(key, str | int | float) and key is not None:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"keys must be plain words, not {type(key).__name__}",
-                key_node.start_mark,
-            )
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,
-)
+    manifest: Manifest
+    problems: list[str]
+    loose: list[tuple[str, str, Path]]
 
 
 def load_manifest(path: Path) -> Manifest:
     """Parse and structurally validate `path`; raise ManifestError listing every problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError([f"{path}: cannot read manifest: {exc}"]) from exc
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())
-        raise ManifestError([f"{path}: invalid YAML: {detail}"]) from exc
-    return _Parser(path).parse(data)
+    parsed = parse_manifest(path)
+    if parsed.problems:
+        raise ManifestError(parsed.problems)
+    return parsed.manifest
+
+
+def parse_manifest(path: Path) -> Parsed:
+    """Read `path` (by its extension: CSV, JSON, else YAML) as far as it goes. Raises
+    ManifestError only when the file cannot be read or parsed at all."""
+    if path.suffix.lower() == ".csv":
+        sheet = read_csv(path)
+        wording = Wording(places=sheet.places, noun="column", names=sheet.columns)
+        if not sheet.jobs:  # every row broken: the sheet's problems say why
+            return Parsed(Manifest(path, None, Limits(), wording=wording), sheet.problems, [])
+        parsed = _Parser(path, wording).parse({"version": 1, "jobs": sheet.jobs})
+        return replace(parsed, problems=sheet.problems + parsed.problems)
+    return _Parser(path).parse(read_document(path))
+
+
+def parse_document(path: Path, document: Any) -> Parsed:
+    """A manifest document (what a YAML file holds) as if read from `path`: for manifests
+    made in memory (`pipeline.authoring`), checked by the same rules before they are written."""
+    return _Parser(path).parse(document)
 
 
 class _Parser:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wording: Wording | None = None) -> None:
         self.path = path
         self.base = path.resolve().parent
+        self.words = wording or Wording()
         self.problems: list[str] = []
+        self.files: list[tuple[str, str, Path]] = []  # every media path found, with its place
+        self.pattern: str | None = None
 
     def fail(self, where: str, fld: str, message: str) -> None:
-        self.problems.append(f"{where} field '{fld}': {message}")
+        self.problems.append(f"{where} {self.words.noun} '{self.words.name(fld)}': {message}")
 
-    def parse(self, data: Any) -> Manifest:
+    def unknown(
+        self, where: str, key: Any, allowed: Iterable[str], prefix: str = "", what: str = "field"
+    ) -> None:
+        """An unknown field, with the nearest known one when there is one close enough."""
+        known = sorted(allowed)
+        near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        hint = f"; did you mean `{near[0]}`?" if near else ""
+        self.fail(where, f"{prefix}{key}", f"unknown {what}{hint} (allowed: {', '.join(known)})")
+
+    def parse(self, data: Any) -> Parsed:
         if not isinstance(data, dict):
             raise ManifestError(
-                ["manifest: the top level must be a mapping with `version` and `jobs`"]
+                [
+                    "manifest: the top level must be a mapping with `version` and `jobs`"
+                    " (a CSV manifest is read as CSV when its name ends in .csv)"
+                ]
             )
         for key in sorted(set(data) - _TOP_KEYS, key=str):
-            self.fail("manifest", str(key), f"unknown field (allowed: {_names(_TOP_KEYS)})")
+            self.unknown("manifest", key, _TOP_KEYS)
         if data.get("version") != 1:
             self.fail("manifest", "version", f"must be 1, got {data.get('version')!r}")
         output_dir = self._output_dir(data.get("output_dir"))
+        self.pattern = self._pattern(data.get("output_pattern"))
         limits = self._limits(data.get("limits"))
         speaker = self._default_speaker(data.get("defaults"))
         raw_jobs = data.get("jobs")
@@ -177,9 +212,50 @@ class _Parser:
             for index, raw in enumerate(raw_jobs):
                 jobs.extend(self._job(index, raw, speaker))
         self._check_unique(jobs)
-        if self.problems:
-            raise ManifestError(self.problems)
-        return Manifest(path=self.path, output_dir=output_dir, limits=limits, jobs=tuple(jobs))
+        self._check_outputs(jobs)
+        manifest = Manifest(
+            path=self.path,
+            output_dir=output_dir,
+            limits=limits,
+            jobs=tuple(jobs),
+            output_pattern=self.pattern,
+            wording=self.words,
+        )
+        used = {p for job in jobs for p in job.media_paths()}
+        loose = [(w, f, p) for w, f, p in self.files if p not in used]
+        return Parsed(manifest, self.problems, loose)
+
+    def _pattern(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not _is_text(value):
+            self.fail("manifest", "output_pattern", "must be a path such as {lang}/{name}.mp4")
+            return None
+        # the pattern's own faults are said once here, not once for every job
+        path, problem = expand_output(str(value), {name: name for name in OUTPUT_FIELDS})
+        if path is not None:
+            problem = output_problem(path)[1]
+        if problem:
+            self.fail("manifest", "output_pattern", problem)
+            return None
+        return str(value)
+
+    def _output(self, where: str, own: Any, values: Mapping[str, str | None]) -> str | None:
+        """The job's result path: its own `output` (a job's, a dub's or its fan-out entry's),
+        else the manifest's `output_pattern`, filled and checked; None: `<id>.mp4`."""
+        fld, template = ("output", own) if own is not None else ("output_pattern", self.pattern)
+        if template is None:
+            return None
+        if not _is_text(template):
+            self.fail(where, "output", "must be a path inside the output folder, like es/a.mp4")
+            return None
+        path, problem = expand_output(str(template), values)
+        if path is not None:
+            path, problem = output_problem(path)
+        if problem:
+            self.fail(where, fld, problem)
+            return None
+        return path
 
     def _output_dir(self, value: Any) -> Path | None:
         if value is None:
@@ -199,7 +275,7 @@ class _Parser:
         chosen: dict[str, Any] = {}
         for key, number in value.items():
             if key not in known:
-                self.fail("manifest", f"limits.{key}", f"unknown limit (allowed: {_names(known)})")
+                self.unknown("manifest", key, known, prefix="limits.", what="limit")
             elif isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
                 self.fail("manifest", f"limits.{key}", f"must be a positive number, got {number!r}")
             else:
@@ -213,7 +289,7 @@ class _Parser:
             self.fail("manifest", "defaults", "must be a mapping")
             return None
         for key in sorted(set(value) - _DEFAULT_KEYS, key=str):
-            self.fail("manifest", f"defaults.{key}", "unknown field (allowed: tts_speaker)")
+            self.unknown("manifest", key, _DEFAULT_KEYS, prefix="defaults.")
         speaker = value.get("tts_speaker")
         if speaker is not None and not _is_text(speaker):
             self.fail("manifest", "defaults.tts_speaker", "must be a non-empty string")
@@ -221,7 +297,8 @@ class _Parser:
         return str(speaker) if speaker is not None else None
 
     def _job(self, index: int, raw: Any, speaker: str | None) -> list[Job]:
-        where = f"jobs[{index}]"
+        places = self.words.places
+        where = places[index] if places else f"jobs[{index}]"
         if not isinstance(raw, dict):
             self.fail(where, "-", "each job must be a mapping")
             return []
@@ -234,10 +311,10 @@ class _Parser:
             elif not ID_PATTERN.fullmatch(explicit):
                 self.fail(where, "id", f"{explicit!r} must match {ID_PATTERN.pattern}")
                 explicit = None
-            else:
+            elif not places:  # a CSV row keeps its row number
                 where = f"job '{explicit}'"
         for key in sorted(set(raw) - _JOB_KEYS, key=str):
-            self.fail(where, str(key), f"unknown field (allowed: {_names(_JOB_KEYS)})")
+            self.unknown(where, key, _JOB_KEYS)
         video, video_id = self._video(where, raw)
         extend = self._extend(where, raw)
         if "dubs" in raw:
@@ -247,7 +324,9 @@ class _Parser:
         if (video is None and video_id is None) or (audio is None and tts is None):
             return []
         job_id = str(explicit) if explicit is not None else _derived_id(video, video_id, audio, tts)
-        return [Job(job_id, where, video, video_id, audio, tts, extend=extend)]
+        values = {"id": job_id, "name": job_id, "lang": None, "stem": _video_stem(video, video_id)}
+        output = self._output(where, raw.get("output"), values)
+        return [Job(job_id, where, video, video_id, audio, tts, extend=extend, output=output)]
 
     def _extend(self, where: str, raw: Mapping[str, Any]) -> str | None:
         value = raw.get("extend")
@@ -280,7 +359,7 @@ class _Parser:
                 self.fail(dub_where, "-", "must be a mapping with `audio` or `tts`")
                 continue
             for key in sorted(set(dub) - _DUB_KEYS, key=str):
-                self.fail(dub_where, str(key), "unknown field (allowed: audio, tts)")
+                self.unknown(dub_where, key, _DUB_KEYS)
             audio, tts = self._voice(dub_where, dub, speaker)
             if not isinstance(lang, str):
                 self.fail(dub_where, "dubs", f"language {lang!r} is not text: write it in quotes")
@@ -293,14 +372,23 @@ class _Parser:
             if (video is not None or video_id is not None) and (
                 audio is not None or tts is not None
             ):
+                stem = _video_stem(video, video_id)
+                values = {"id": job_id, "name": base, "lang": lang, "stem": stem}
+                own = dub.get("output", raw.get("output"))
+                output = self._output(dub_where, own, values)
                 dub = Dub(where, explicit, lang)
-                jobs.append(Job(job_id, dub_where, video, video_id, audio, tts, dub))
+                jobs.append(Job(job_id, dub_where, video, video_id, audio, tts, dub, output=output))
         return jobs
 
     def _video(self, where: str, raw: Mapping[str, Any]) -> tuple[Path | None, int | None]:
         has_path, has_id = "video" in raw, "video_id" in raw
         if has_path == has_id:
-            self.fail(where, "video", "give exactly one of `video` (a local file) or `video_id`")
+            self.fail(
+                where,
+                "video",
+                f"give exactly one of `{self.words.name('video')}` (a local file) or"
+                f" `{self.words.name('video_id')}`",
+            )
             return None, None
         if has_path:
             return self._path(where, "video", raw["video"]), None
@@ -317,7 +405,12 @@ class _Parser:
     ) -> tuple[Path | None, Tts | None]:
         has_audio, has_tts = "audio" in raw, "tts" in raw
         if has_audio == has_tts:
-            self.fail(where, "audio", "give exactly one of `audio` (a local file) or `tts`")
+            self.fail(
+                where,
+                "audio",
+                f"give exactly one of `{self.words.name('audio')}` (a local file) or"
+                f" `{self.words.name('tts')}`",
+            )
             return None, None
         if has_audio:
             return self._path(where, "audio", raw["audio"]), None
@@ -328,7 +421,7 @@ class _Parser:
             self.fail(where, "tts", "must be a mapping {text: ..., speaker: ...}")
             return None
         for key in sorted(set(raw) - _TTS_KEYS, key=str):
-            self.fail(where, f"tts.{key}", "unknown field (allowed: text, speaker)")
+            self.unknown(where, key, _TTS_KEYS, prefix="tts.")
         text = raw.get("text")
         if not isinstance(text, str):
             self.fail(where, "tts.text", "must be a string")
@@ -337,7 +430,12 @@ class _Parser:
         if isinstance(chosen, int) and not isinstance(chosen, bool):
             chosen = str(chosen)
         if not _is_text(chosen):
-            self.fail(where, "tts.speaker", "missing: set it here or in defaults.tts_speaker")
+            fix = (
+                "set it here or in defaults.tts_speaker"
+                if self.words.places is None
+                else ("give it in this row")
+            )
+            self.fail(where, "tts.speaker", f"missing: {fix}")
             return None
         return Tts(text=text, speaker=str(chosen))
 
@@ -345,7 +443,9 @@ class _Parser:
         if not _is_text(value):
             self.fail(where, fld, "must be a file path string")
             return None
-        return self.base / str(value)
+        path = self.base / str(value)
+        self.files.append((where, fld, path))
+        return path
 
     def _check_unique(self, jobs: list[Job]) -> None:
         by_key: dict[str, list[Job]] = {}
@@ -361,20 +461,19 @@ class _Parser:
                     " give these jobs explicit, different `id`s",
                 )
 
-
-def output_dir_of(path: Path) -> Path | None:
-    """The `output_dir` a manifest names, read even when the manifest does not load (so a run
-    stopped by a bad manifest still knows where its report goes); None if it names none."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    value = data.get("output_dir") if isinstance(data, dict) else None
-    return path.resolve().parent / value if isinstance(value, str) and value.strip() else None
+    def _check_outputs(self, jobs: list[Job]) -> None:
+        """No two jobs on one result path, nor one's file where another's folder is."""
+        paths = [
+            (job_label(job), job.output or result_path(Path(), job.id).as_posix(), job.output)
+            for job in jobs
+        ]
+        for label, problem in shared_outputs(paths):
+            self.fail(label, "output", problem)
 
 
-def _names(keys: Iterable[str]) -> str:
-    return ", ".join(sorted(keys))
+def job_label(job: Job) -> str:
+    """A job as problems name it: `job 'promo-es' (jobs[4].dubs.es)`."""
+    return f"job '{job.id}'" + ("" if job.where == f"job '{job.id}'" else f" ({job.where})")
 
 
 def _is_text(value: Any) -> bool:

@@ -21,7 +21,7 @@ from pipeline.errors import ManifestError
 from pipeline.longform.cut import video_rate
 from pipeline.longform.pauses import Pause, pauses_in
 from pipeline.longform.segments import LongPlan, PlanError, plan_job
-from pipeline.manifest import MB, Job, Limits, Manifest
+from pipeline.manifest import MB, Job, Limits, Manifest, Parsed, job_label, parse_manifest
 from pipeline.media import MediaInfo, MediaProbeError, probe, sha256_file
 
 VIDEO_CONTAINERS = frozenset({"mp4", "mov"})
@@ -57,6 +57,42 @@ class Checked:
         return self.whole if self.whole is not None else self.manifest
 
 
+def load_all(path: Path) -> Manifest:
+    """`manifest.load_manifest`, but a manifest with structural problems is refused with every
+    file problem too: the jobs that could be built are preflighted, the files of entries that
+    could not are probed, and everything goes out in one list (one pass, README)."""
+    parsed = parse_manifest(path)
+    if not parsed.problems:
+        return parsed.manifest
+    raise ManifestError(parsed.problems + _file_problems(parsed))
+
+
+def _file_problems(parsed: Parsed) -> list[str]:
+    try:
+        checked = preflight(parsed.manifest, keep_going=True)
+    except ManifestError as exc:  # every job built has a problem
+        found = list(exc.problems)
+    else:
+        found = [p for problems in checked.invalid.values() for p in problems]
+    words, limits = parsed.manifest.wording, parsed.manifest.limits
+    media: dict[Path, MediaFile | str] = {}
+    for where, fld, path in parsed.loose:
+        if path not in media:
+            try:
+                media[path] = _inspect(path)
+            except MediaProbeError as exc:
+                media[path] = str(exc)
+        facts = media[path]
+        head = f"{where} {words.noun} '{words.name(fld)}'"
+        if isinstance(facts, str):
+            found.append(f"{head}: {path}: {facts}")
+        else:
+            found.extend(
+                f"{head}: {path.name}: {p}" for p in _limit_problems(fld, facts.info, limits)
+            )
+    return found
+
+
 def select(manifest: Manifest, only: Collection[str]) -> list[str]:
     """The problems with `--only` ids: one line for each id no job has."""
     ids = {job.id for job in manifest.jobs}
@@ -77,9 +113,10 @@ def preflight(
     invalid: dict[str, list[str]] = {}
     plans: dict[str, LongPlan] = {}
     pauses: dict[Path, list[Pause]] = {}  # a dub shared by several jobs is decoded once
+    words = manifest.wording
     for job in chosen:
         before = len(problems)
-        label = f"job '{job.id}'" + ("" if job.where == f"job '{job.id}'" else f" ({job.where})")
+        label = job_label(job)
         for media_path in job.media_paths():
             if media_path not in media and media_path not in failed:
                 try:
@@ -90,21 +127,23 @@ def preflight(
         for fld, path in (("video", job.video), ("audio", job.audio)):
             if path is None:
                 continue
+            head = f"{label} {words.noun} '{words.name(fld)}'"
             if path in failed:
-                problems.append(f"{label} field '{fld}': {path}: {failed[path]}")
+                problems.append(f"{head}: {path}: {failed[path]}")
             else:
                 problems.extend(
-                    f"{label} field '{fld}': {path.name}: {p}"
+                    f"{head}: {path.name}: {p}"
                     for p in _limit_problems(fld, media[path].info, manifest.limits, job, long)
                 )
         problems.extend(
-            f"{label} field 'tts.text': {p}" for p in _tts_problems(job, manifest.limits)
+            f"{label} {words.noun} '{words.name('tts.text')}': {p}"
+            for p in _tts_problems(job, manifest.limits)
         )
         if long and len(problems) == before:
             try:
                 plans[job.id] = _plan(job, media, manifest.limits, pauses)
             except PlanError as exc:
-                problems.append(f"{label} field '{exc.field}': {exc}")
+                problems.append(f"{label} {words.noun} '{words.name(exc.field)}': {exc}")
         if len(problems) > before:
             invalid[job.id] = problems[before:]
     if problems and (not keep_going or len(invalid) == len(chosen)):
@@ -169,7 +208,7 @@ def _inspect(path: Path) -> MediaFile:
 
 
 def _limit_problems(
-    fld: str, info: MediaInfo, limits: Limits, job: Job, long: bool = False
+    fld: str, info: MediaInfo, limits: Limits, job: Job | None = None, long: bool = False
 ) -> list[str]:
     """What breaks the API's limits; a long job's length is planned instead (`_plan`)."""
     if fld == "video":
@@ -186,7 +225,8 @@ def _limit_problems(
     if info.size > max_mb * MB:
         problems.append(f"{info.size / MB:.1f} MB is over the limit of {max_mb:g} MB")
     if info.duration > max_s and not long:
-        problems.append(f"{info.duration:.1f} s is over the limit of {max_s:g} s" + _hint(job))
+        hint = _hint(job) if job is not None else ""
+        problems.append(f"{info.duration:.1f} s is over the limit of {max_s:g} s{hint}")
     if fld == "video" and info.width and info.height:
         side = max(info.width, info.height)
         if side > limits.video_max_side:

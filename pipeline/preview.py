@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.jobstate import JobState
 from pipeline.longform.segments import LongPlan
 from pipeline.manifest import Job
-from pipeline.outputs import SEGMENT_MARK, result_path
+from pipeline.outputs import SEGMENT_MARK, job_path
 from pipeline.plan import (
     CREDITS_PER_AUDIO_SECOND,
     changed_inputs,
@@ -26,7 +26,7 @@ from pipeline.plan import (
     input_facts,
 )
 from pipeline.preflight import Checked
-from pipeline.reconcile import decide, intact, plan_records
+from pipeline.reconcile import decide, intact, movable, plan_records
 from pipeline.state import JobRecord, LongRecord
 from pipeline.submit import foreign_key
 
@@ -95,10 +95,15 @@ def forecast(
             step = Step(job.id, "resubmit", f"{why}: its paid result is kept aside", cost)
         else:
             record = taken.get(job.id) or before[job.id]
-            # a taken-over result is still at its old name: it moves when the run starts
-            where = Path(record.output) if job.id in taken and record.output else None
-            in_place = intact(record, where or result_path(output_dir, job.id))
+            # a taken-over result is still at its old name, a result whose `output` changed
+            # at its old path: either moves when the run starts
+            home = job_path(output_dir, job.id, job.output)
+            moves = record.output != str(home) and movable(record, output_dir)
+            where = Path(record.output) if (job.id in taken or moves) and record.output else None
+            in_place = intact(record, where or home)
             step = _step(job, record, fps[job.id], cost, facts, in_place, options)
+            if moves and job.id not in taken and step.action == "skip":
+                step = Step(job.id, "skip", f"{step.detail}; its file moves to {home}")
             if job.id in taken:
                 step = Step(
                     job.id, step.action, f"{step.detail}; {plan.details[record.id]}", step.credits

@@ -19,6 +19,11 @@ Files follow their records without ever overwriting a result (`pipeline.outputs`
 crash may interrupt anywhere: a moving result goes to its staging name (by video id), then the
 id moves are committed in one transaction, then files go to their final names, then those are
 committed. Each run starts by finding files an interrupted run left behind (`_recover`).
+
+A job's final name is its `output` path when the manifest gives one (`outputs.job_path`), so a
+done job whose path changed is the same move: its file goes to the new path, the record says
+so, nothing is paid or downloaded. The state file's `output` is where each file is; no other
+record of the paths is needed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from pathlib import Path
 
 from pipeline.jobstate import PAID_STATES, JobState
 from pipeline.manifest import Job
-from pipeline.outputs import SUPERSEDED, archive_path, place, result_path, staging_path
+from pipeline.outputs import (
+    SEGMENTS,
+    archive_path,
+    job_path,
+    place,
+    prune_empty,
+    result_path,
+    staging_path,
+)
 from pipeline.plan import changed_inputs, estimate_credits, fingerprint, input_facts
 from pipeline.preflight import Checked
 from pipeline.state import ARCHIVE_MARK, JobRecord, StateStore
@@ -134,10 +147,11 @@ def reconcile(
     jobs = checked.manifest.jobs
     fps = {job.id: fingerprint(job, checked.media) for job in jobs}
     facts = {job.id: input_facts(job, checked.media) for job in jobs}
-    _recover(store, output_dir)
+    homes = {job.id: job_path(output_dir, job.id, job.output) for job in jobs}
+    _recover(store, output_dir, homes)
     before = {r.id: r for r in store.jobs(archived=True) if r.id not in checked.untouched}
     plan = plan_records(before, jobs, fps, redo)
-    _take_over(store, plan, output_dir, jobs, fps, facts)
+    _take_over(store, plan, output_dir, homes, fps, facts)
     order = {
         JobState.GENERATING: 0,
         JobState.SUBMITTING: 1,
@@ -156,7 +170,7 @@ def reconcile(
             job.id,
             record,
             fp,
-            intact=intact(record, result_path(output_dir, job.id)),
+            intact=intact(record, homes[job.id]),
             # a job whose paid record was just set aside starts fresh already
             redo=redo - plan.fresh.keys(),
             retry_failed=retry_failed,
@@ -263,7 +277,7 @@ def _take_over(
     store: StateStore,
     plan: _Plan,
     output_dir: Path,
-    jobs: Sequence[Job],
+    homes: Mapping[str, Path],
     fps: Mapping[str, str],
     facts: Mapping[str, Mapping[str, str]],
 ) -> None:
@@ -272,7 +286,7 @@ def _take_over(
     staged: dict[str, str] = {}
     for old, new in plan.renames.items():
         record = store.job(old)
-        if ARCHIVE_MARK in new or not _movable(record, output_dir):
+        if ARCHIVE_MARK in new or not movable(record, output_dir):
             continue  # an archived file stays put; a missing one is downloaded again
         assert record.video_id is not None  # DONE always has one
         staging = staging_path(output_dir, record.video_id)
@@ -286,24 +300,25 @@ def _take_over(
     records = {r.id: r for r in store.jobs(archived=True)}
     # archived results standing where this manifest's jobs put theirs (or left at a staging
     # name by an interrupted run) go to superseded/
-    names = {str(result_path(output_dir, job.id)) for job in jobs}
+    names = {str(home) for home in homes.values()}
     aside = {
         r.id: archive_path(output_dir, r.id)
         for r in records.values()
         if r.archived
-        and _movable(r, output_dir)
+        and movable(r, output_dir)
         and (r.output in names or r.output == str(staging_path(output_dir, r.video_id or 0)))
     }
     _move(store, records, aside, "kept aside: a job of the manifest needs its name")
-    # results not at their job's name yet (just taken over, or left mid-move by a crash)
+    # results not at their job's path yet (just taken over, its `output` changed, or left
+    # mid-move by a crash)
     due = {
-        job.id: result_path(output_dir, job.id)
-        for job in jobs
-        if (r := records[job.id]).fingerprint == fps[job.id]
-        and r.output != str(result_path(output_dir, job.id))
-        and _movable(r, output_dir)
+        job_id: home
+        for job_id, home in homes.items()
+        if (r := records[job_id]).fingerprint == fps[job_id]
+        and r.output != str(home)
+        and movable(r, output_dir)
     }
-    _move(store, records, due, "moved to its job's name")
+    _settle(store, records, due, output_dir)
 
 
 def _move(
@@ -316,17 +331,44 @@ def _move(
         store.save_outputs({i: str(dest) for i, dest in moves.items()}, detail)
 
 
-def _recover(store: StateStore, output_dir: Path) -> None:
+def _settle(
+    store: StateStore, records: Mapping[str, JobRecord], due: Mapping[str, Path], output_dir: Path
+) -> None:
+    """Move results to their jobs' paths. When one's path is where another's file is now (two
+    jobs swapped their `output`s), every file waits at its staging name first, so no move
+    ever displaces a result that is itself about to move; the folders they left go when
+    empty."""
+    sources = {str(records[i].output) for i in due}
+    left = {Path(source).parent for source in sources}
+    if any(str(dest) in sources for dest in due.values()):
+        staged = {}
+        for record_id in due:
+            record = records[record_id]
+            assert record.video_id is not None  # done, so it has one
+            if record.output != str(stage := staging_path(output_dir, record.video_id)):
+                staged[record_id] = stage
+        _move(store, records, staged, "waiting at its staging name")
+        records = {r.id: r for r in store.jobs(archived=True)}
+    _move(store, records, due, "moved to its job's path")
+    for folder in left:
+        prune_empty(folder, output_dir)
+
+
+def _recover(store: StateStore, output_dir: Path, homes: Mapping[str, Path]) -> None:
     """Find the file of each done record that lost it to an interrupted move: at its staging
-    name, or at its home (`<job id>.mp4`, or superseded/<archive id>.mp4), with its length and
-    no other record's claim. What is found nowhere is downloaded again (never regenerated)."""
+    name, or at its home (its job's path, `<job id>.mp4`, or superseded/<archive id>.mp4),
+    with its length and no other record's claim. What is found nowhere is downloaded again
+    (never regenerated)."""
     records = store.jobs(archived=True)
     claimed = {r.output for r in records if r.output and intact(r)}
     found: dict[str, str] = {}
     for record in records:
         if record.state is not JobState.DONE or record.video_id is None or intact(record):
             continue
-        home = (archive_path if record.archived else result_path)(output_dir, record.id)
+        if record.archived:
+            home = archive_path(output_dir, record.id)
+        else:
+            home = homes.get(record.id) or result_path(output_dir, record.id)
         for candidate in (str(staging_path(output_dir, record.video_id)), str(home)):
             if candidate not in claimed and intact(record, Path(candidate)):
                 found[record.id] = candidate
@@ -361,15 +403,16 @@ def _restart(
     return store.transition(record.id, JobState.PENDING, detail, **fields)
 
 
-def _movable(record: JobRecord, output_dir: Path) -> bool:
-    """A done record whose file is intact in this output folder: renames move it along. (A file
-    elsewhere, as under an earlier `--out`, is left alone: its job downloads its result again.)"""
-    return (
-        record.state is JobState.DONE
-        and record.output is not None
-        and Path(record.output).parent in (output_dir, output_dir / SUPERSEDED)
-        and intact(record)
-    )
+def movable(record: JobRecord, output_dir: Path) -> bool:
+    """A done record whose file is intact in this output folder (at any depth, outside the
+    segment folders): renames and new `output` paths move it along. (A file elsewhere, as
+    under an earlier `--out`, is left alone: its job downloads its result again.)"""
+    if record.state is not JobState.DONE or record.output is None:
+        return False
+    where = Path(record.output)
+    if not where.is_relative_to(output_dir):
+        return False
+    return where.relative_to(output_dir).parts[0] != SEGMENTS and intact(record)
 
 
 def intact(record: JobRecord, path: Path | None = None) -> bool:

@@ -34,9 +34,9 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from pipeline.account import check_balance, unknown_speakers
+from pipeline.account import check_balance
 from pipeline.budget import Budget
-from pipeline.client import PixverseClient, VideoStatus, new_trace_id
+from pipeline.client import PixverseClient, Speaker, VideoStatus, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
     ApiError,
@@ -61,7 +61,7 @@ from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
 from pipeline.longform.run import LongJobs
 from pipeline.manifest import Job
 from pipeline.media import result_problem
-from pipeline.outputs import archive_path, result_path
+from pipeline.outputs import archive_path, job_path
 from pipeline.plan import WorkQueue, estimate_credits, generate_body, input_seconds
 from pipeline.poller import Poller
 from pipeline.pool import Account, AccountPool, Binding
@@ -79,6 +79,7 @@ from pipeline.report import (
 )
 from pipeline.retry import Sleep
 from pipeline.secrets import Redactor
+from pipeline.speakers import needs_list, resolve_checked
 from pipeline.state import JobRecord, StateStore
 from pipeline.submit import Submitter, SubmitTries
 
@@ -211,6 +212,10 @@ class _Run:
     started: float = field(init=False)
     budget: Budget = field(init=False)
     longform: LongJobs | None = None  # the run's long jobs, stitched as segments finish
+    # `resolve_speakers`: why the speaker list could not be read, and the jobs whose speaker
+    # is no speaker of the list (each with its one-line problem)
+    speakers_unread: ApiError | None = None
+    speaker_problems: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.started = self.wall()
@@ -255,11 +260,34 @@ class _Run:
 
     # top level ----------------------------------------------------------------------------
 
+    async def resolve_speakers(self, checked: Checked) -> Checked:
+        """Once, before reconcile: the TTS speakers named by id or name resolved to their ids
+        from one speaker-list request (`pipeline.speakers`), so that fingerprints and bodies
+        carry the id; not asked when every TTS job is paid for already and the list a run saw
+        last (in the state file) finds their speakers. A key refused here stops the run
+        (`problem`), as in `prepare`."""
+        listed: list[Speaker] | None = None
+        saved = self.store.speakers(self.base_url)
+        if needs_list(checked, self.store, saved, self.options.redo, self.options.retry_failed):
+            try:
+                listed = await self._speaker_list()
+            except FatalError as exc:
+                if _key_rejected(exc):
+                    self.problem = exc
+                else:  # a refusal of the list itself: not the jobs'
+                    self.speakers_unread = exc
+            except ApiError as exc:
+                self.speakers_unread = exc
+        self.checked, self.speaker_problems = resolve_checked(
+            checked, self.store, listed, self.base_url
+        )
+        return self.checked
+
     async def prepare(self, jobs: list[Job]) -> list[Job]:
         """Once, before the task group: the gateway's replay (probed, per key), the TTS
-        speakers and the balance. Returns the jobs to run. Nothing here holds back paid work:
-        a job with an unknown speaker fails alone, and an unreadable list only holds the TTS
-        jobs back."""
+        speakers (as `resolve_speakers` found them) and the balance. Returns the jobs to run.
+        Nothing here holds back paid work: a job with an unknown speaker fails alone, and an
+        unreadable list only holds the TTS jobs back."""
         pending = [j for j in jobs if self.store.job(j.id).state is JobState.PENDING]
         # anything that may be sent in this run: new work, unanswered sends, and generations
         # that may end in status 8 and be submitted again
@@ -274,11 +302,8 @@ class _Run:
         if not self.sending_allowed or not pending:
             return jobs
         held: set[str] = set()
-        try:
-            unknown = await self._unknown_speakers(pending)
-        except ApiError as exc:  # transient, or a refusal of the list itself: not the jobs'
-            if _key_rejected(exc):
-                raise
+        if self.speakers_unread is not None:  # not the jobs' fault: they wait
+            exc = self.speakers_unread
             held = {j.id for j in pending if j.tts is not None}
             if held:
                 self._note_problem(TransientError(f"cannot list the TTS speakers: {exc}"))
@@ -289,6 +314,8 @@ class _Run:
                     len(held),
                 )
         else:
+            ids = {j.id for j in pending}
+            unknown = {i: p for i, p in self.speaker_problems.items() if i in ids}
             for job_id, problem in unknown.items():
                 self.store.transition(
                     job_id, JobState.FAILED, problem, error=problem, error_class="ManifestError"
@@ -299,18 +326,19 @@ class _Run:
         await check_balance(self.checked, [j for j in pending if j.id not in held], clients)
         return [j for j in jobs if j.id not in held]
 
-    async def _unknown_speakers(self, pending: list[Job]) -> dict[str, str]:
-        """`unknown_speakers` with the first usable key; a refused key is retired and the
-        next one asked (one key: the refusal stops the run, as ever)."""
+    async def _speaker_list(self) -> list[Speaker]:
+        """The speaker list, asked with the first usable key; a refused key is retired and
+        the next one asked (one key: the refusal stops the run, as ever)."""
         while True:
-            account = self.pool.usable()[0]
+            usable = self.pool.usable()
+            if not usable:  # the others cannot send: nothing new goes out anyway
+                raise TransientError("no key left to list the TTS speakers with")
+            account = usable[0]
             try:
-                return await unknown_speakers(pending, account.client)
+                return await account.client.speakers()
             except AuthError as exc:
                 if not _key_rejected(exc) or self.pool.retire(account, exc):
                     raise
-                if not self.pool.usable():
-                    return {}  # the others cannot send: nothing new goes out anyway
 
     async def _check_gateways(self, records: list[JobRecord]) -> None:
         """Probe the keys that may send: every key when there is new work (or a send no key
@@ -564,7 +592,8 @@ class _Run:
                 resumed = False
             elif state is JobState.DOWNLOADING:
                 self._leave_admission(ticket)
-                dest = result_path(self.options.output_dir, job.id)
+                dest = job_path(self.options.output_dir, job.id, job.output)
+                dest.parent.mkdir(parents=True, exist_ok=True)  # `output: es/intro.mp4`
                 record = await self._download(job.id, record, dest, ticket.account, job)
             else:
                 return
@@ -949,13 +978,15 @@ async def run_batch(
     run_id = options.run_id or new_run_id(started)
     credits_before = store.total_credits()
     redo = _redo_segments(options.redo, longform)
+    expanded = await run.resolve_speakers(expanded)  # names -> ids, before fingerprints
     jobs = reconcile(expanded, store, options.output_dir, redo, retry_failed=options.retry_failed)
     for job_id, problems in checked.invalid.items():
         log.error("%s: not run (--keep-going): %s", job_id, "; ".join(problems))
-    try:
-        jobs = await run.prepare(jobs)
-    except FatalError as exc:
-        run.problem = exc
+    if run.problem is None:
+        try:
+            jobs = await run.prepare(jobs)
+        except FatalError as exc:
+            run.problem = exc
     tracker = Tracker(wall, started=run.started)
     with anyio.CancelScope() as scope:
         if not isinstance(run.problem, FatalError):

@@ -15,7 +15,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +146,21 @@ MIGRATIONS: list[tuple[str, str]] = [
             output TEXT,
             bytes INTEGER,
             updated_at REAL NOT NULL
+        )
+        """,
+    ),
+    (
+        # The TTS speaker list a run last read, per base URL (pipeline.speakers): speakers by
+        # name resolve to the same ids offline (validate, --dry-run) and when the list cannot
+        # be read. Only ever replaced whole by a newer list.
+        "0010_speakers",
+        """
+        CREATE TABLE speakers (
+            base_url TEXT NOT NULL,
+            speaker_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (base_url, speaker_id)
         )
         """,
     ),
@@ -593,6 +608,38 @@ class StateStore:
                 " WHERE id = ?",
                 (int(output is not None), output, size, self._clock(), job_id),
             )
+
+    # the TTS speaker list, as a run last read it (pipeline.speakers) ------------------------
+
+    def save_speakers(self, base_url: str, speakers: Sequence[tuple[str, str]]) -> None:
+        """Replace the list kept for `base_url` by `speakers` ((id, name), in list order)."""
+        with self._write():
+            self._conn.execute("DELETE FROM speakers WHERE base_url = ?", (base_url,))
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO speakers VALUES (?, ?, ?, ?)",
+                [(base_url, sid, name, self._clock()) for sid, name in speakers],
+            )
+
+    def speakers(self, base_url: str | None = None) -> list[tuple[str, str]]:
+        """(id, name) of the list kept for `base_url` (None: the base URL read last), in the
+        order it was saved; none in a file of an older version (read unmigrated)."""
+        known = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'speakers'"
+        ).fetchone()
+        if known is None:
+            return []
+        if base_url is None:
+            row = self._conn.execute(
+                "SELECT base_url FROM speakers ORDER BY seen_at DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return []
+            base_url = str(row[0])
+        rows = self._conn.execute(
+            "SELECT speaker_id, name FROM speakers WHERE base_url = ? ORDER BY rowid",
+            (base_url,),
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     # internals ----------------------------------------------------------------------------
 

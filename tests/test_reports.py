@@ -300,9 +300,12 @@ def test_a_manifest_that_does_not_load_still_replaces_the_report(
     report, jobs, rows = read_report(out)
     assert report["run_id"] != "last night"
     assert report["exit_code"] == 2
+    # the files are checked in the same pass (README: every problem at once)
     assert report["problems"] == [
         "job 'a' field 'speed': unknown field"
-        " (allowed: audio, dubs, extend, id, tts, video, video_id)"
+        " (allowed: audio, dubs, extend, id, output, tts, video, video_id)",
+        f"job 'a' field 'video': {tmp_path / 'x.mp4'}: file not found",
+        f"job 'a' field 'audio': {tmp_path / 'y.wav'}: file not found",
     ]
     assert jobs == {}
     assert rows == []

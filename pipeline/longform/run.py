@@ -8,11 +8,14 @@ the same machinery and the same state file. The plan a job was cut by is saved i
 file (`long_jobs`) and reused, so a resumed run cuts at the same frames.
 
 When a run's last segment of a job is done (`settle`), the results are stitched
-(`pipeline.longform.stitch`) into `OUT/<id>.mp4`, placed without overwriting anything, and
+(`pipeline.longform.stitch`) into the job's path (`OUT/<id>.mp4`, or its `output`), placed
+without overwriting anything, and
 only then is the job recorded as stitched; the segment folder is removed after that unless
 `--keep-segments`. A stitched job whose file is intact is not expanded again, and its
-segments' records are left as they are. The job's state is derived from its segments: failed
-when one of them failed for good (its row names the segment and why), done once stitched.
+segments' records are left as they are; if the job's `output` changed since, the stitched
+file moves there (nothing is stitched, downloaded or paid again). The job's state is derived
+from its segments: failed when one of them failed for good (its row names the segment and
+why), done once stitched.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pipeline.longform.segments import LongPlan
 from pipeline.longform.stitch import StitchError, stitch
 from pipeline.manifest import MB, Job
 from pipeline.media import MediaProbeError, probe, sha256_file
-from pipeline.outputs import SEGMENT_MARK, place, result_path, segments_dir
+from pipeline.outputs import SEGMENT_MARK, job_path, place, prune_empty, segments_dir
 from pipeline.preflight import Checked, MediaFile
 from pipeline.report import ReportRow
 from pipeline.state import JobRecord, LongRecord, StateStore
@@ -80,7 +83,7 @@ class LongJobs:
             plan = self._plan(job, plan)
             if job.id in self.redo:
                 self.store.save_stitched(job.id, None, None)
-            elif self._is_stitched(job.id, plan):
+            elif self._is_stitched(job, plan):
                 self.stitched.add(job.id)
                 leave.add(job.id)
                 self._tidy(job.id)
@@ -112,14 +115,25 @@ class LongJobs:
         self.plans[job.id] = plan
         return plan
 
-    def _is_stitched(self, job_id: str, plan: LongPlan) -> bool:
-        row = next((r for r in self.store.long_jobs() if r.id == job_id), None)
+    def _is_stitched(self, job: Job, plan: LongPlan) -> bool:
+        """Stitched for these inputs, its file at the job's path: moved there if the job's
+        `output` changed, found there if a run died between that move and its record."""
+        row = next((r for r in self.store.long_jobs() if r.id == job.id), None)
         if row is None or not row.stitched or row.basis != plan.basis or row.output is None:
             return False
-        try:
-            return Path(row.output).stat().st_size == row.bytes
-        except OSError:
-            return False
+        home = job_path(self.output_dir, job.id, job.output)
+        if _size(Path(row.output)) == row.bytes:
+            if row.output != str(home):
+                with map_disk_errors(f"cannot move {row.output} to {home}"):
+                    place(Path(row.output), home)
+                self.store.save_stitched(job.id, str(home), row.bytes)
+                prune_empty(Path(row.output).parent, self.output_dir)
+                log.info("%s: stitched result moved to %s", job.id, home)
+            return True
+        if row.output != str(home) and _size(home) == row.bytes:
+            self.store.save_stitched(job.id, str(home), row.bytes)
+            return True
+        return False
 
     def _cut(self, job: Job, plan: LongPlan, media: dict[Path, MediaFile]) -> list[Job]:
         assert job.video is not None
@@ -177,7 +191,7 @@ class LongJobs:
         assert job.audio is not None
         plan = self.plans[job_id]
         tmp = self.output_dir / f".{job_id}.stitch.mp4"
-        dest = result_path(self.output_dir, job_id)
+        dest = job_path(self.output_dir, job_id, job.output)
         with map_disk_errors(f"cannot write {dest}"):
             try:
                 mode = stitch(plan, results, job.audio, tmp)
@@ -229,7 +243,8 @@ class LongJobs:
         ]
         state, error = self._state(row.id, segments)
         done = state == JobState.DONE.value
-        output = str(result_path(self.output_dir, row.id)) if done else None
+        job = next(j for j in self.checked.manifest.jobs if j.id == row.id)
+        output = str(job_path(self.output_dir, row.id, job.output)) if done else None
         try:
             info = probe(Path(output)) if output else None
         except MediaProbeError:

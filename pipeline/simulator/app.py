@@ -24,7 +24,7 @@ from typing import Any
 import anyio.to_thread
 from aiohttp import BodyPartReader, web
 
-from pipeline.simulator.catalog import SPEAKERS
+from pipeline.simulator.catalog import speaker_list
 from pipeline.simulator.config import TTS_LIST, TTS_SPEAKER, SimConfig
 from pipeline.simulator.envelope import (
     NOT_FOUND,
@@ -153,7 +153,7 @@ async def tts_list(request: web.Request, call: Call) -> Reply:
     """The documented speaker list: any positive page_size."""
     page_num = _positive_int(request.query.get("page_num", "1"), "page_num")
     page_size = _positive_int(request.query.get("page_size", "30"), "page_size")
-    return _speaker_page(page_num, page_size)
+    return _speaker_page(request.app[STATE].config, page_num, page_size)
 
 
 async def tts_speaker(request: web.Request, call: Call) -> Reply:
@@ -164,15 +164,13 @@ async def tts_speaker(request: web.Request, call: Call) -> Reply:
         raise ApiError(PARAM_TYPE, "page_size must be one of 10, 20, 50, 100")
     if request.query.get("speaker_type", "all") != "all":
         raise ApiError(PARAM_INVALID, "unsupported speaker_type")
-    return _speaker_page(page_num, page_size)
+    return _speaker_page(request.app[STATE].config, page_num, page_size)
 
 
-def _speaker_page(page_num: int, page_size: int) -> Reply:
+def _speaker_page(config: SimConfig, page_num: int, page_size: int) -> Reply:
     start = (page_num - 1) * page_size
-    page = [
-        {"speaker_id": s.speaker_id, "name": s.name} for s in SPEAKERS[start : start + page_size]
-    ]
-    return success({"total": len(SPEAKERS), "data": page})
+    speakers = speaker_list(config.speakers)
+    return success({"total": len(speakers), "data": speakers[start : start + page_size]})
 
 
 def _speaker_route(name: str, handler: ApiHandler) -> Handler:

@@ -40,8 +40,24 @@ CREDITS_PER_TTS_CHUNK = 4
 TTS_CHUNK_BYTES = 15
 
 
-def find_speaker(speaker_id: str) -> Speaker | None:
-    return _BY_FOLDED_ID.get(speaker_id.casefold())
+def find_speaker(
+    speaker_id: str, listed: tuple[dict[str, object], ...] | None = None
+) -> Speaker | None:
+    """The speaker with this id (ignoring case): of `listed` when given (`SimConfig.speakers`),
+    else of the documented list."""
+    if listed is None:
+        return _BY_FOLDED_ID.get(speaker_id.casefold())
+    for entry in listed:
+        if str(entry["speaker_id"]).casefold() == speaker_id.casefold():
+            return Speaker(str(entry["speaker_id"]), str(entry.get("name", "")))
+    return None
+
+
+def speaker_list(listed: tuple[dict[str, object], ...] | None = None) -> list[dict[str, object]]:
+    """The speaker list as served: `listed` (`SimConfig.speakers`), else the documented one."""
+    if listed is not None:
+        return [dict(entry) for entry in listed]
+    return [{"speaker_id": s.speaker_id, "name": s.name} for s in SPEAKERS]
 
 
 def audio_price(seconds: float) -> int:

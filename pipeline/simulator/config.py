@@ -56,6 +56,10 @@ class SimConfig:
     tts_max_chars: int = 200
     # the speaker-list paths served; one left out answers a plain 404, like an unknown route
     speaker_paths: frozenset[str] = frozenset({TTS_LIST, TTS_SPEAKER})
+    # the speaker list served instead of the documented one (`catalog.SPEAKERS`): each entry
+    # a `speaker_id`, a `name` and whatever other fields an account's list may carry; generate
+    # accepts its ids (ignoring case). For speakers by name: two of one name, extra fields.
+    speakers: tuple[dict[str, object], ...] | None = None
     send_credits: bool = False  # generate replies carry `credits` (the lip-sync docs show none)
     price_multiplier: int = 1  # the account charges this many times the published prices
     size_units: Literal["bytes", "kb"] = "bytes"  # the status `size` (unit undocumented)

@@ -95,7 +95,7 @@ def _voice(
 
 def check_tts(script: TtsScript, config: SimConfig) -> None:
     """The speaker must be on the list and the script within the length and content rules."""
-    if find_speaker(script.speaker_id) is None:
+    if find_speaker(script.speaker_id, config.speakers) is None:
         raise ApiError(PARAM_INVALID, f"unsupported lip_sync_tts_speaker_id {script.speaker_id!r}")
     if len(script.content) > config.tts_max_chars:
         raise ApiError(
