@@ -16,6 +16,7 @@ from pipeline.runner import ExitCode
 from pipeline.simulator import serve
 from pipeline.state import StateStore
 from tests.harness import SAMPLES, STATE_NAME, fast_sim, project, run_once, sha256, sim_in_thread
+from tests.media_factory import make_audio, make_video
 
 ONE_TTS = """
 version: 1
@@ -241,3 +242,57 @@ def test_a7_init_output_pattern_with_lang_works_for_a_video_with_one_dub(
     assert code == 0, err
     assert main(["validate", "dubs.yaml", "--json"]) == 0
     assert "es/talk.mp4" in capsys.readouterr().out
+
+
+LONG_AND_SHORT = """
+version: 1
+jobs:
+  - {{id: talk-es, video: media/talk.mp4, audio: media/talk_es.mp3, output: {long}}}
+  - {{id: a, video: media/intro.mp4, audio: media/intro_es.mp3, output: {short}}}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="A8: a long job moved onto an ordinary job's path (outputs swapped) pushes that"
+    " job's result into superseded/ (no staging): it is downloaded again, or failed if the"
+    " video is gone",
+)
+@pytest.mark.anyio
+async def test_a8_a_long_job_and_a_job_swapping_outputs_keep_both_results(
+    tmp_path: Path,
+) -> None:
+    """Scenario: a stitched long job (talk-es at L/t.mp4) and an ordinary done job (a at
+    N/a.mp4) swap their `output`s. `LongJobs.expand` moves the stitched file first, before
+    reconcile stages anything, so `place` pushes a's result into N/superseded/a~1.mp4;
+    reconcile then finds a's file missing and downloads it again. If the account's owner
+    has deleted that video meanwhile (status 6, as the contract allows), job a is failed
+    although its paid result is on disk, only in superseded/. architecture.md promises that
+    in a swap every moving file waits at its staging name, so no move displaces a result
+    about to move. Breaks: losing a paid result (its job failed), a needless download."""
+    manifest = project(tmp_path, LONG_AND_SHORT.format(long="L/t.mp4", short="N/a.mp4"))
+    make_video(tmp_path / "media" / "talk.mp4", seconds=35, width=64, height=36, fps=5, audio=False)
+    make_audio(tmp_path / "media" / "talk_es.mp3", seconds=35, pauses=((20.0, 20.6),))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code is ExitCode.OK
+        a_made = sha256(out / "N" / "a.mp4")
+        a_video = _video_id(out, "a")
+        sim.config.deleted_video_ids.add(a_video)  # gone on PixVerse; the file is ours
+        manifest.write_text(LONG_AND_SHORT.format(long="N/a.mp4", short="L/t.mp4"), "utf-8")
+        second = await run_once(sim, manifest, out)
+    rows = {r.id: r for r in second.rows}
+    assert rows["talk-es"].state == "done"
+    assert rows["a"].state == "done", rows["a"].error
+    assert sha256(out / "L" / "t.mp4") == a_made
+    assert not (out / "N" / "superseded").exists()
+
+
+def _video_id(out: Path, job_id: str) -> int:
+    store = StateStore.read_only(out / STATE_NAME)
+    try:
+        video_id = store.job(job_id).video_id
+    finally:
+        store.close()
+    assert video_id is not None
+    return video_id
