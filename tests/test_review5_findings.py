@@ -1,0 +1,221 @@
+"""Review 5: long jobs, several keys, nightly runs and report.html, attacked for the three
+sins (paying twice, losing a paid result, an idle slot while work waits) and for truthfulness.
+
+Each test is a demonstrated finding on the code as reviewed, marked strict xfail: it passes
+(as an expected failure) while the defect is there, and turns into an error once it is fixed,
+so the fix removes the mark. The real client and runner talk to the bundled simulator over
+loopback, as everywhere else in the suite."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from pipeline.manifest import load_manifest
+from pipeline.media import probe
+from pipeline.preflight import preflight
+from pipeline.simulator import Simulator, serve
+from pipeline.state import JobRecord, StateStore
+from tests.harness import STATE_NAME, fast_sim, project, run_once
+from tests.media_factory import make_audio, make_video
+
+FPS = 5
+LONG = """
+version: 1
+jobs:
+  - id: talk
+    video: media/talk.mp4
+    audio: media/talk.mp3
+"""
+
+
+def long_job(
+    tmp_path: Path, seconds: float = 35.0, pauses: Sequence[tuple[float, float]] = ((20.0, 20.6),)
+) -> Path:
+    """A manifest with one long job (a 35 s video and dub: two segments)."""
+    manifest = project(tmp_path, LONG)
+    media = tmp_path / "media"
+    make_video(media / "talk.mp4", seconds=seconds, width=64, height=36, fps=FPS, audio=False)
+    make_audio(media / "talk.mp3", seconds=seconds, pauses=pauses)
+    return manifest
+
+
+def paid_per_inputs(sim: Simulator) -> list[int]:
+    return sorted(sim.ledger.generations_per_inputs().values())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L1: cut files of an old plan are reused after the dub changed: old audio paid again",
+)
+@pytest.mark.anyio
+async def test_l1_a_changed_dub_is_cut_again_not_served_from_the_old_cuts(
+    tmp_path: Path,
+) -> None:
+    """A long job is stopped midway (here by --max-credits; a kill or a failed segment leaves
+    the same folder), its cuts left in `OUT/segments/<id>/`. The user then fixes the dub (a
+    pause moved) and runs again. The new dub gives a new plan and new segment fingerprints,
+    but `cut_segments` writes only *missing* files named `cut-<n>`, so the new segments are
+    the old cuts: the old audio is sent (its media id even comes from the cache), a generation
+    of exactly the inputs already paid for is paid again, and the stitched result lip-syncs
+    the old dub under the new one. Sins: paying twice for one segment, and a wrong result
+    counted done."""
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        first = await run_once(sim, manifest, out, max_credits=90)  # one segment of two
+        assert first.exit_code == 75
+        assert len(sim.ledger.generations) == 1
+        # the user fixes the dub: the pause is at 17 s now
+        make_audio(tmp_path / "media" / "talk.mp3", seconds=35.0, pauses=((17.0, 17.6),))
+        second = await run_once(sim, manifest, out, keep_segments=True)
+        assert second.exit_code == 0
+        paid = paid_per_inputs(sim)
+    cut = out / "segments" / "talk" / "cut-1.wav"
+    # the new plan's first segment ends in the new pause; the cut sent is the old one
+    assert paid == [1, 1, 1], "an input pair already paid for was generated again"
+    assert 16.9 < probe(cut).duration < 17.7
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L2: an archived paid segment's result is moved into the segment folder, then deleted",
+)
+@pytest.mark.anyio
+async def test_l2_an_archived_segment_result_survives_the_stitch(tmp_path: Path) -> None:
+    """A long job's first segment is paid and downloaded, then the run stops (--max-credits).
+    The user changes the video; the next run archives the paid segment record (`talk~1@<video
+    id>`, as reconcile does for any paid record no job wants: "an archived result stays at its
+    old name until a job needs that name, then goes to superseded/"). Its file is in
+    `OUT/segments/talk/`, where `_movable` does not look, so it is never moved aside properly:
+    the new segment's download pushes it into `segments/talk/superseded/`, the archived record
+    still names `segments/talk/talk~1.mp4`, and once the job is stitched the whole segment
+    folder is removed. Sin: losing a paid result (the archive record points at nothing)."""
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        await run_once(sim, manifest, out, max_credits=90)
+        [paid] = [r for r in _records(out) if r.state.value == "done"]
+        make_video(tmp_path / "media" / "talk.mp4", seconds=35, width=80, height=48, fps=FPS)
+        second = await run_once(sim, manifest, out)
+        assert second.exit_code == 0
+    [archived] = [r for r in _records(out, archived=True) if r.video_id == paid.video_id]
+    assert "@" in archived.id
+    assert archived.output is not None
+    assert Path(archived.output).is_file(), f"{archived.id}'s file {archived.output} is gone"
+    assert Path(archived.output).stat().st_size == archived.bytes
+
+
+def _records(out: Path, *, archived: bool = False) -> list[JobRecord]:
+    store = StateStore.open(out / STATE_NAME)
+    try:
+        return store.jobs(archived=archived)
+    finally:
+        store.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L3: a limits change that leaves every cut where it was pays every segment again",
+)
+@pytest.mark.anyio
+async def test_l3_limits_that_give_the_same_cuts_pay_nothing_again(tmp_path: Path) -> None:
+    """A 35 s long job is done (two segments, cut in the pause at 20.3 s). The user then adds
+    `limits: {audio_max_seconds: 28}` to the manifest (or any `segment_min_seconds`): the
+    planner cuts at exactly the same frame, the segments send exactly the same inputs, yet
+    the plan's `basis` hashes the limits, every segment fingerprint changes, and both
+    segments are generated and paid again (and the done result is set aside for a copy of
+    itself). Sin: paying twice for one segment."""
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        assert len(sim.ledger.generations) == 2
+        text = manifest.read_text().replace("jobs:", "limits: {audio_max_seconds: 28}\njobs:")
+        manifest.write_text(text)
+        plan = preflight(load_manifest(manifest)).long["talk"]
+        assert len(plan.cuts) == 2
+        assert 20.0 < plan.cuts[1] / FPS < 20.6  # the same cut as before
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        assert len(sim.ledger.generations) == 2, "the same segments were paid again"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L4: a dub changed only in the last segment pays every segment again",
+)
+@pytest.mark.anyio
+async def test_l4_a_dub_changed_in_its_last_segment_pays_only_that_segment(
+    tmp_path: Path,
+) -> None:
+    """A 35 s long job is done. The user re-records only the end of the dub (a pause added at
+    27 s, inside the second segment). The planner cuts at the same frame, and the first
+    segment's cut files are byte for byte the ones already paid for (the simulator's ledger
+    counts generations per input content), but each segment's fingerprint is the parent's
+    whole-file hashes plus its range, so the unchanged first segment is generated and paid
+    again. The issue asks for "the same exactly-once rules" as any job, and an ordinary job
+    with the same input content never pays twice. Sin: paying twice for one segment."""
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        make_audio(tmp_path / "media" / "talk.mp3", seconds=35, pauses=((20.0, 20.6), (27, 27.5)))
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        generations = len(sim.ledger.generations)
+        paid = paid_per_inputs(sim)
+    assert paid == [1, 1, 1], "byte-identical segment inputs were generated twice"
+    assert generations == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L5: failed.yaml of a long job re-runs it in retry/ and pays its done segments again",
+)
+@pytest.mark.anyio
+async def test_l5_failed_yaml_of_a_long_job_does_not_pay_its_done_segments_again(
+    tmp_path: Path,
+) -> None:
+    """A long job's second segment is refused by input moderation (500054); its first is paid
+    and done. The run writes failed.yaml with the long job, to be run "as is" into `retry/`
+    (its own state file). Once the cause is gone (here: the moderation knob off, standing for
+    the user's fix), running failed.yaml cuts the job again into a fresh state file and pays
+    for *every* segment, the done one included: a failed ordinary job has nothing paid, but a
+    failed long job does. Sin: paying twice for one segment."""
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    config = fast_sim(moderated_filenames=frozenset({"cut-2.mp4"}))
+    async with serve(config) as sim:
+        first = await run_once(sim, manifest, out)
+        assert first.exit_code == 1
+        assert len(sim.ledger.generations) == 1  # segment 1 paid and done
+        failed = out / "failed.yaml"
+        assert "talk" in failed.read_text()
+        config.moderated_filenames = frozenset()
+        retry = await run_once(sim, failed, out / "retry")
+        assert retry.exit_code == 0
+        generations = len(sim.ledger.generations)
+    assert generations == 2, "segment 1, done before, was generated and paid again"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L6: a long job stitched from a suspect segment is reported done, exit 0",
+)
+@pytest.mark.anyio
+async def test_l6_a_suspect_segment_makes_its_long_job_suspect(tmp_path: Path) -> None:
+    """The first generation of a long job comes back flawed (the simulator's `short_results`:
+    one frame, no sound). The download probe marks that segment's record suspect, as for any
+    job, but the stitcher fills the missing frames by holding the one it has, the parent is
+    reported `done` and the run exits 0: a 20 s frozen picture in the middle of the result,
+    and the morning report says all is well, where an ordinary job with that result is
+    `suspect` (exit 1). Promise broken: the report and exit code tell the truth."""
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim(short_results=1)) as sim:
+        outcome = await run_once(sim, manifest, out, concurrency=1)
+        assert len(sim.ledger.generations) == 2
+    assert any(r.suspect for r in _records(out)), "a segment was marked suspect"
+    [row] = outcome.rows
+    assert (row.state, outcome.exit_code) == ("suspect", 1), (row.state, outcome.exit_code)
