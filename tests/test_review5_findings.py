@@ -219,3 +219,65 @@ async def test_l6_a_suspect_segment_makes_its_long_job_suspect(tmp_path: Path) -
     assert any(r.suspect for r in _records(out)), "a segment was marked suspect"
     [row] = outcome.rows
     assert (row.state, outcome.exit_code) == ("suspect", 1), (row.state, outcome.exit_code)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L7: dry-run/validate say a renamed long job pays every segment again; it pays none",
+)
+@pytest.mark.anyio
+async def test_l7_the_forecast_of_a_renamed_long_job_is_what_the_run_pays(
+    tmp_path: Path,
+) -> None:
+    """A long job is done; the user renames it (`talk` -> `talk-2`). The run takes every paid
+    segment record over by fingerprint and pays nothing (right), but `preview._long_step`
+    looks for segment records by the new id only, so `run --dry-run` says "long job: 2 of 2
+    segments to submit (about 144 credits)" and `validate` counts them as credits left.
+    Promise broken (issue 7, before spending): the forecast is what the run would do."""
+    from pipeline.preview import forecast, remaining_credits
+
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        manifest.write_text(manifest.read_text().replace("id: talk", "id: talk-2"))
+        checked = preflight(load_manifest(manifest))
+        store = StateStore.read_only(out / STATE_NAME)
+        try:
+            steps = forecast(checked, store.jobs(archived=True), out, long=store.long_jobs())
+        finally:
+            store.close()
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        assert len(sim.ledger.generations) == 2  # the run paid nothing
+    assert remaining_credits(steps) == {"talk-2": 0}, [s.detail for s in steps]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L8: a long job failed for good is told 'the next run retries it'; it is held",
+)
+@pytest.mark.anyio
+async def test_l8_report_advice_for_a_long_job_failed_for_good_is_true(tmp_path: Path) -> None:
+    """A long job's second segment is refused by input moderation (500054): a failure the next
+    run holds back (`reconcile.permanent_failure`). The parent's report row carries the text
+    ("segment 2 (...) failed: ...") but none of the segment's facts (err_code, error_class:
+    None), so report.html's advice, which reads them, says "the next run retries it: run the
+    same command again"; the next run indeed sends nothing and the job stays failed, night
+    after night. Promise broken (issue 10: each problem "with its one-line reason and what to
+    do"; issue 7: report.json carries the ErrCode per job)."""
+    import json
+
+    from pipeline.htmlreport import advice
+
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim(moderated_filenames=frozenset({"cut-2.mp4"}))) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code == 1
+        again = await run_once(sim, manifest, out)  # the advice followed
+        assert again.exit_code == 1
+        assert len(sim.ledger.generations) == 1  # nothing was retried: the segment is held
+    [row] = json.loads((out / "report.json").read_text())["jobs"]
+    assert row["state"] == "failed"
+    assert "500054" in row["error"]
+    told = advice(row)
+    assert "fails the same way" in told, told
