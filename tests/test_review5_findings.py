@@ -281,3 +281,29 @@ async def test_l8_report_advice_for_a_long_job_failed_for_good_is_true(tmp_path:
     assert "500054" in row["error"]
     told = advice(row)
     assert "fails the same way" in told, told
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L9: `pixverse-batch report OUT` shows a done long job as unfinished, no segments",
+)
+@pytest.mark.anyio
+async def test_l9_the_report_command_shows_a_long_job_as_the_run_did(tmp_path: Path) -> None:
+    """A long job is done and stitched; the run's own report.html shows its card `done` with
+    its segments. `pixverse-batch report OUT` (issue 10: the page again "at any time, offline,
+    from the state file") builds its rows with `report.job_rows` over the manifest, which knows
+    nothing of long jobs (`LongJobs.rows` is only applied by the runner): the parent has no
+    record of its own, so its card says it was never started and the problems list tells the
+    producer to run again a job that is finished. Promise broken: report truthfulness."""
+    from pipeline.reportpage import rebuild_page
+    from tests.pagecheck import Page
+
+    manifest = long_job(tmp_path)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+    run_page = Page.parse((out / "report.html").read_text(encoding="utf-8"))
+    assert run_page.card("talk").attrs["data-state"] == "done"
+    rebuilt = Page.parse(rebuild_page(out).read_text(encoding="utf-8"))
+    card = rebuilt.card("talk")
+    assert card.attrs["data-state"] == "done", card.attrs
