@@ -402,3 +402,45 @@ async def test_l12_credits_in_total_count_every_run(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert recorded == charged
     assert report["credits_total"] == recorded, (report["credits_total"], recorded)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L13: no job is submitted until every long job of the manifest is cut: slots idle",
+)
+@pytest.mark.anyio
+async def test_l13_ordinary_work_is_not_held_back_while_long_jobs_are_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest with an ordinary job and a long one. `LongJobs.expand` cuts every long job
+    (H.264 re-encoding at CRF 18, in one worker thread, one job after another) before
+    reconcile and before the first submission, so every slot of the account sits idle for
+    the whole cutting, minutes for a few minutes of HD video per long job, while an ordinary
+    job could be generating. Here the cut waits (up to 5 s) for the ordinary job's generation
+    to start; it never does. Sin: a slot idle while work waits."""
+    import time
+
+    from pipeline.longform import run as longrun
+
+    manifest = long_job(tmp_path)
+    text = (
+        manifest.read_text()
+        + "  - {id: short, video: media/intro.mp4, audio: media/intro_es.mp3}\n"
+    )
+    manifest.write_text(text)
+    out = tmp_path / "out"
+    seen: list[bool] = []
+    real = longrun.cut_segments
+
+    async with serve(fast_sim()) as sim:
+
+        def slow_cut(*args: object, **kwargs: object) -> object:
+            deadline = time.monotonic() + 5.0
+            while not sim.ledger.generations and time.monotonic() < deadline:
+                time.sleep(0.05)  # stands for a long encode
+            seen.append(bool(sim.ledger.generations))
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(longrun, "cut_segments", slow_cut)
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+    assert seen == [True], "nothing was generating while the long job was cut"
