@@ -517,3 +517,36 @@ async def test_l15_done_segments_are_stitched_whatever_else_went_wrong(
         outcome = await run_once(sim, manifest, out)
     states = {row.id: row.state for row in outcome.rows}
     assert states["talk"] == "done", states
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="L16: --only another job archives a long job's paid segment records (not untouched)",
+)
+@pytest.mark.anyio
+async def test_l16_only_leaves_a_long_jobs_segment_records_alone(tmp_path: Path) -> None:
+    """A long job is done; then `run --only short` runs the manifest's other job. Records of
+    jobs left out by `--only` must be "left exactly as they are" (`reconcile`), and
+    `LongJobs.expand` adds the segments of parents not run to `untouched`, but only when the
+    run has a long job of its own (`if not self.checked.long: return self.checked`). Here
+    it has none, so reconcile finds `talk~1` and `talk~2`, paid records no job of the run
+    wants, and archives them. That run's report calls the finished long job
+    `unfinished:pending`, and every later report gives it 0 credits (its spend vanishes from
+    "credits in total"). Promise broken: --only leaves other jobs' records alone; reports
+    true."""
+    manifest = long_job(tmp_path)
+    short = "  - {id: short, video: media/intro.mp4, audio: media/intro_es.mp3}\n"
+    manifest.write_text(manifest.read_text() + short)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        first = await run_once(sim, manifest, out, only=("talk",))
+        assert first.exit_code == 0
+        paid = {r.id: r.credits for r in _records(out)}
+        assert set(paid) == {"talk~1", "talk~2"}
+        second = await run_once(sim, manifest, out, only=("short",))
+        assert second.exit_code == 0
+        records = {r.id for r in _records(out)}
+        third = await run_once(sim, manifest, out)
+    assert set(paid) <= records, f"segment records archived by --only short: {records}"
+    talk = next(r for r in third.rows if r.id == "talk")
+    assert (talk.state, talk.credits) == ("done", sum(paid.values()))
