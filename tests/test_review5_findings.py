@@ -8,18 +8,27 @@ loopback, as everywhere else in the suite."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from pipeline.cli import main
+from pipeline.htmlreport import advice
+from pipeline.longform import run as longrun
 from pipeline.manifest import load_manifest
 from pipeline.media import probe
 from pipeline.preflight import preflight
+from pipeline.preview import forecast, remaining_credits
+from pipeline.reportpage import rebuild_page
 from pipeline.simulator import Simulator, serve
+from pipeline.simulator.media import spoil
 from pipeline.state import JobRecord, StateStore
-from tests.harness import STATE_NAME, fast_sim, project, run_once
+from tests.harness import STATE_NAME, fast_sim, project, run_once, sim_in_thread
 from tests.media_factory import make_audio, make_video
+from tests.pagecheck import Page
 
 FPS = 5
 LONG = """
@@ -44,6 +53,14 @@ def long_job(
 
 def paid_per_inputs(sim: Simulator) -> list[int]:
     return sorted(sim.ledger.generations_per_inputs().values())
+
+
+def _records(out: Path, *, archived: bool = False) -> list[JobRecord]:
+    store = StateStore.open(out / STATE_NAME)
+    try:
+        return store.jobs(archived=archived)
+    finally:
+        store.close()
 
 
 @pytest.mark.xfail(
@@ -106,14 +123,6 @@ async def test_l2_an_archived_segment_result_survives_the_stitch(tmp_path: Path)
     assert archived.output is not None
     assert Path(archived.output).is_file(), f"{archived.id}'s file {archived.output} is gone"
     assert Path(archived.output).stat().st_size == archived.bytes
-
-
-def _records(out: Path, *, archived: bool = False) -> list[JobRecord]:
-    store = StateStore.open(out / STATE_NAME)
-    try:
-        return store.jobs(archived=archived)
-    finally:
-        store.close()
 
 
 @pytest.mark.xfail(
@@ -234,8 +243,6 @@ async def test_l7_the_forecast_of_a_renamed_long_job_is_what_the_run_pays(
     looks for segment records by the new id only, so `run --dry-run` says "long job: 2 of 2
     segments to submit (about 144 credits)" and `validate` counts them as credits left.
     Promise broken (issue 7, before spending): the forecast is what the run would do."""
-    from pipeline.preview import forecast, remaining_credits
-
     manifest = long_job(tmp_path)
     out = tmp_path / "out"
     async with serve(fast_sim()) as sim:
@@ -265,10 +272,6 @@ async def test_l8_report_advice_for_a_long_job_failed_for_good_is_true(tmp_path:
     same command again"; the next run indeed sends nothing and the job stays failed, night
     after night. Promise broken (issue 10: each problem "with its one-line reason and what to
     do"; issue 7: report.json carries the ErrCode per job)."""
-    import json
-
-    from pipeline.htmlreport import advice
-
     manifest = long_job(tmp_path)
     out = tmp_path / "out"
     async with serve(fast_sim(moderated_filenames=frozenset({"cut-2.mp4"}))) as sim:
@@ -295,9 +298,6 @@ async def test_l9_the_report_command_shows_a_long_job_as_the_run_did(tmp_path: P
     nothing of long jobs (`LongJobs.rows` is only applied by the runner): the parent has no
     record of its own, so its card says it was never started and the problems list tells the
     producer to run again a job that is finished. Promise broken: report truthfulness."""
-    from pipeline.reportpage import rebuild_page
-    from tests.pagecheck import Page
-
     manifest = long_job(tmp_path)
     out = tmp_path / "out"
     async with serve(fast_sim()) as sim:
@@ -310,8 +310,6 @@ async def test_l9_the_report_command_shows_a_long_job_as_the_run_did(tmp_path: P
 
 
 def _cli(*args: str) -> int:
-    from pipeline.cli import main
-
     return main([*args])
 
 
@@ -328,8 +326,6 @@ def test_l10_one_bad_segment_can_be_redone_alone(
     adopt and redo work on them [segments]". The runner redoes a segment given its id, but the
     CLI refuses `--redo talk~1` ("no job with id"), so the only way out is `--redo talk`,
     which pays for every segment again, the good ones too. Sin: paying twice for a segment."""
-    from tests.harness import sim_in_thread
-
     manifest = long_job(tmp_path)
     out = tmp_path / "out"
     base = ["--out", str(out), "--poll-interval", "0.02", "--concurrency", "1"]
@@ -357,8 +353,6 @@ def test_l11_status_exits_as_the_run_did_for_a_long_job_that_cannot_be_stitched(
     `longform.status_rows` only knows segment states: every segment is done, so it says
     `unfinished:stitching` and exits 75, which tells cron "run again, it resumes"; it does
     not. Promise broken: status exit codes."""
-    from tests.harness import sim_in_thread
-
     manifest = long_job(tmp_path)
     out = tmp_path / "out"
     base = ["--out", str(out), "--poll-interval", "0.02", "--concurrency", "1"]
@@ -382,8 +376,6 @@ async def test_l12_credits_in_total_count_every_run(tmp_path: Path) -> None:
     report.html as "credits in total (all runs)", sums only the current records and says one
     generation's price: the archived paid record is left out. Promise broken: the morning
     report's spend is true."""
-    import json
-
     manifest = project(
         tmp_path,
         "version: 1\njobs:\n  - {id: j, video: media/intro.mp4, audio: media/intro_es.mp3}\n",
@@ -418,10 +410,6 @@ async def test_l13_ordinary_work_is_not_held_back_while_long_jobs_are_cut(
     the whole cutting, minutes for a few minutes of HD video per long job, while an ordinary
     job could be generating. Here the cut waits (up to 5 s) for the ordinary job's generation
     to start; it never does. Sin: a slot idle while work waits."""
-    import time
-
-    from pipeline.longform import run as longrun
-
     manifest = long_job(tmp_path)
     text = (
         manifest.read_text()
@@ -458,9 +446,6 @@ async def test_l14_a_long_job_that_cannot_be_cut_is_in_failed_yaml(tmp_path: Pat
     from segment failures only (`LongJobs.failed_since`), so it is not written at all and
     report.json says `failed_manifest: null`. Promise broken: failed.yaml lists this run's
     failures."""
-    import json
-
-    from pipeline.simulator.media import spoil
 
     manifest = long_job(tmp_path)
     video = tmp_path / "media" / "talk.mp4"
@@ -496,8 +481,6 @@ async def test_l15_done_segments_are_stitched_whatever_else_went_wrong(
     paid, downloaded segments are not stitched, the long job stays `unfinished:stitching`
     and the morning has no result, for a problem that has nothing to do with it. Promise
     broken: a paid result is delivered as soon as it can be (it is only local work)."""
-    from pipeline.longform import run as longrun
-
     manifest = long_job(tmp_path)
     out = tmp_path / "out"
     config = fast_sim()
