@@ -502,10 +502,6 @@ async def test_l15_done_segments_are_stitched_whatever_else_went_wrong(
     assert states["talk"] == "done", states
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L16: --only another job archives a long job's paid segment records (not untouched)",
-)
 @pytest.mark.anyio
 async def test_l16_only_leaves_a_long_jobs_segment_records_alone(tmp_path: Path) -> None:
     """A long job is done; then `run --only short` runs the manifest's other job. Records of

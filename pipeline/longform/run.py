@@ -67,8 +67,6 @@ class LongJobs:
     async def expand(self) -> Checked:
         """The checked manifest with each long job replaced by its segments (missing cut
         files are cut, in a worker thread). Raises DiskError when a cut cannot be written."""
-        if not self.checked.long:
-            return self.checked
         jobs: list[Job] = []
         media = dict(self.checked.media)
         leave = set(self.checked.untouched)  # parents not run: their segments stay as they are
