@@ -31,7 +31,14 @@ from pathlib import Path
 
 from pipeline.jobstate import PAID_STATES, JobState
 from pipeline.manifest import Job
-from pipeline.outputs import SUPERSEDED, archive_path, place, result_path, staging_path
+from pipeline.outputs import (
+    SUPERSEDED,
+    archive_path,
+    in_segments_dir,
+    place,
+    result_path,
+    staging_path,
+)
 from pipeline.plan import changed_inputs, estimate_credits, fingerprint, input_facts
 from pipeline.preflight import Checked
 from pipeline.state import ARCHIVE_MARK, JobRecord, StateStore
@@ -285,14 +292,19 @@ def _take_over(
         store.add_jobs(plan.fresh, {i: json.dumps(facts[i], sort_keys=True) for i in plan.fresh})
     records = {r.id: r for r in store.jobs(archived=True)}
     # archived results standing where this manifest's jobs put theirs (or left at a staging
-    # name by an interrupted run) go to superseded/
+    # name by an interrupted run, or in a long job's segment folder, which goes once it is
+    # stitched) go to superseded/
     names = {str(result_path(output_dir, job.id)) for job in jobs}
     aside = {
         r.id: archive_path(output_dir, r.id)
         for r in records.values()
         if r.archived
         and _movable(r, output_dir)
-        and (r.output in names or r.output == str(staging_path(output_dir, r.video_id or 0)))
+        and (
+            r.output in names
+            or r.output == str(staging_path(output_dir, r.video_id or 0))
+            or in_segments_dir(Path(str(r.output)), output_dir)
+        )
     }
     _move(store, records, aside, "kept aside: a job of the manifest needs its name")
     # results not at their job's name yet (just taken over, or left mid-move by a crash)
@@ -362,14 +374,14 @@ def _restart(
 
 
 def _movable(record: JobRecord, output_dir: Path) -> bool:
-    """A done record whose file is intact in this output folder: renames move it along. (A file
-    elsewhere, as under an earlier `--out`, is left alone: its job downloads its result again.)"""
-    return (
-        record.state is JobState.DONE
-        and record.output is not None
-        and Path(record.output).parent in (output_dir, output_dir / SUPERSEDED)
-        and intact(record)
-    )
+    """A done record whose file is intact in this output folder (its top, superseded/, or a
+    long job's segment folder): renames move it along. (A file elsewhere, as under an earlier
+    `--out`, is left alone: its job downloads its result again.)"""
+    if record.state is not JobState.DONE or record.output is None:
+        return False
+    path = Path(record.output)
+    here = path.parent in (output_dir, output_dir / SUPERSEDED) or in_segments_dir(path, output_dir)
+    return here and intact(record)
 
 
 def intact(record: JobRecord, path: Path | None = None) -> bool:

@@ -96,10 +96,6 @@ async def test_l1_a_changed_dub_is_cut_again_not_served_from_the_old_cuts(
     assert 16.9 < probe(cut).duration < 17.7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L2: an archived paid segment's result is moved into the segment folder, then deleted",
-)
 @pytest.mark.anyio
 async def test_l2_an_archived_segment_result_survives_the_stitch(tmp_path: Path) -> None:
     """A long job's first segment is paid and downloaded, then the run stops (--max-credits).
