@@ -62,8 +62,9 @@ class Dub:
 @dataclass(frozen=True)
 class Segment:
     """What makes a job one segment of a long job (`pipeline.longform`): its parent's id, its
-    place and time range, and the fingerprint it is paid under (the parent's input hashes,
-    the range and the planning parameters: never the bytes of a re-encoded cut)."""
+    place and time range, and the fingerprint it is paid under (what it sends: the content of
+    the parent's inputs in its range, `pipeline.longform.cut.fingerprinted`; never the bytes
+    of a re-encoded cut)."""
 
     parent: str
     index: int  # 1-based

@@ -26,8 +26,8 @@ TTS_CHARS_PER_SECOND = 15.0
 
 def fingerprint(job: Job, media: Mapping[Path, MediaFile]) -> str:
     """A hash of everything that decides the job's result: content, not file names. A
-    segment of a long job has its own, made of its parent's inputs and its time range: the
-    bytes of its re-encoded cut (encoders need not be deterministic) never count."""
+    segment of a long job has its own, made of the content of its parent's inputs in its
+    range: the bytes of its re-encoded cut (encoders need not be deterministic) never count."""
     if job.segment is not None:
         return job.segment.fingerprint
     parts: dict[str, Any] = {

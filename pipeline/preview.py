@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.jobstate import JobState
-from pipeline.longform.segments import LongPlan
+from pipeline.longform.run import resolve_plan
 from pipeline.manifest import Job
 from pipeline.outputs import SEGMENT_MARK, result_path
 from pipeline.plan import (
@@ -85,7 +85,7 @@ def forecast(
         facts = input_facts(job, checked.media)
         old = before.get(job.id)
         if job.id in checked.long:
-            step = _long_step(checked.long[job.id], before, long, output_dir, redo)
+            step = _long_step(checked, job, before, long, output_dir, redo)
         elif job.id in plan.fresh and old is None:
             step = Step(job.id, "submit", "new job", cost)
         elif job.id in plan.fresh and old is not None:
@@ -159,7 +159,8 @@ def _step(
 
 
 def _long_step(
-    planned: LongPlan,
+    checked: Checked,
+    job: Job,
     records: Mapping[str, JobRecord],
     long: Sequence[LongRecord],
     output_dir: Path,
@@ -167,9 +168,13 @@ def _long_step(
 ) -> Step:
     """A long job's forecast: what its unpaid segments cost (paid ones are taken as they
     are), or nothing once it is stitched."""
+    planned = checked.long[job.id]
     job_id = planned.job_id
+    assert job.video is not None
+    assert job.audio is not None
+    video_sha = checked.media[job.video].sha256
     saved = next((r.plan for r in long if r.basis == planned.basis), None)
-    plan = LongPlan.from_json(job_id, planned.basis, saved) if saved else planned
+    plan = resolve_plan(planned, saved, video_sha, job.audio)
     row = next((r for r in long if r.id == job_id), None)
     output = row.output if row is not None and row.stitched and row.basis == plan.basis else None
     if job_id not in redo and output is not None and Path(output).is_file():
@@ -181,7 +186,8 @@ def _long_step(
         if (
             record is None
             or job_id in redo
-            or record.fingerprint != plan.segment_fingerprint(index)
+            or record.fingerprint
+            not in (plan.segment_fingerprint(index), plan.legacy_fingerprint(index))
             or record.state in unpaid
         ):
             cost += CREDITS_PER_AUDIO_SECOND * math.ceil(end - start)

@@ -571,13 +571,17 @@ class StateStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def save_long_plan(self, job_id: str, basis: str, plan: str) -> None:
-        """Record the job's plan; a row of other inputs (another basis) starts over."""
+    def save_long_plan(self, job_id: str, basis: str, plan: str, *, keep: bool = False) -> None:
+        """Record the job's plan; a row of other inputs (another basis) starts over, unless
+        `keep`: its stitched result is this plan's too."""
         with self._write():
             row = self._conn.execute(
                 "SELECT basis FROM long_jobs WHERE id = ?", (job_id,)
             ).fetchone()
-            if row is not None and row[0] == basis:
+            if row is not None and (keep or row[0] == basis):
+                self._conn.execute(
+                    "UPDATE long_jobs SET basis = ?, plan = ? WHERE id = ?", (basis, plan, job_id)
+                )
                 return
             self._conn.execute(
                 "INSERT OR REPLACE INTO long_jobs (id, basis, plan, stitched, updated_at)"

@@ -63,10 +63,6 @@ def _records(out: Path, *, archived: bool = False) -> list[JobRecord]:
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L1: cut files of an old plan are reused after the dub changed: old audio paid again",
-)
 @pytest.mark.anyio
 async def test_l1_a_changed_dub_is_cut_again_not_served_from_the_old_cuts(
     tmp_path: Path,
@@ -121,10 +117,6 @@ async def test_l2_an_archived_segment_result_survives_the_stitch(tmp_path: Path)
     assert Path(archived.output).stat().st_size == archived.bytes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L3: a limits change that leaves every cut where it was pays every segment again",
-)
 @pytest.mark.anyio
 async def test_l3_limits_that_give_the_same_cuts_pay_nothing_again(tmp_path: Path) -> None:
     """A 35 s long job is done (two segments, cut in the pause at 20.3 s). The user then adds
@@ -147,10 +139,6 @@ async def test_l3_limits_that_give_the_same_cuts_pay_nothing_again(tmp_path: Pat
         assert len(sim.ledger.generations) == 2, "the same segments were paid again"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L4: a dub changed only in the last segment pays every segment again",
-)
 @pytest.mark.anyio
 async def test_l4_a_dub_changed_in_its_last_segment_pays_only_that_segment(
     tmp_path: Path,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,7 +30,7 @@ import av
 
 from pipeline.errors import map_disk_errors
 from pipeline.jobstate import JobState
-from pipeline.longform.cut import cut_segments
+from pipeline.longform.cut import cut_segments, fingerprinted
 from pipeline.longform.segments import LongPlan
 from pipeline.longform.stitch import StitchError, stitch
 from pipeline.manifest import MB, Job
@@ -75,7 +75,7 @@ class LongJobs:
             if plan is None:
                 jobs.append(job)
                 continue
-            plan = self._plan(job, plan)
+            plan = await self._plan(job, plan)
             if job.id in self.redo:
                 self.store.save_stitched(job.id, None, None)
             elif self._is_stitched(job.id, plan):
@@ -92,6 +92,7 @@ class LongJobs:
                 continue
             self.segments[job.id] = segments
             jobs.extend(segments)
+        self._upgrade_fingerprints()
         untouched = {
             r.id for r in self.store.jobs() if (parent := parent_of(r.id)) and parent in leave
         }
@@ -102,22 +103,38 @@ class LongJobs:
             untouched=self.checked.untouched | untouched,
         )
 
-    def _plan(self, job: Job, planned: LongPlan) -> LongPlan:
-        """The plan saved for these inputs and parameters, else `planned` (then saved)."""
+    async def _plan(self, job: Job, planned: LongPlan) -> LongPlan:
+        """The plan saved for these inputs and parameters, else `planned`; saved, keeping a
+        stitched result that the plan would stitch again the same (`LongPlan.same_result`:
+        other limits that cut in the same places)."""
+        assert job.video is not None
+        assert job.audio is not None
+        video_sha = self.checked.media[job.video].sha256
         saved = self.store.long_plan(planned.basis)
-        plan = LongPlan.from_json(job.id, planned.basis, saved) if saved else planned
-        self.store.save_long_plan(job.id, plan.basis, plan.to_json())
+        plan = await anyio.to_thread.run_sync(resolve_plan, planned, saved, video_sha, job.audio)
+        row = long_row(self.store.long_jobs(), job.id)
+        self.store.save_long_plan(
+            job.id, plan.basis, plan.to_json(), keep=row is not None and _same(row, plan)
+        )
         self.plans[job.id] = plan
         return plan
 
     def _is_stitched(self, job_id: str, plan: LongPlan) -> bool:
-        row = next((r for r in self.store.long_jobs() if r.id == job_id), None)
-        if row is None or not row.stitched or row.basis != plan.basis or row.output is None:
+        row = long_row(self.store.long_jobs(), job_id)
+        if row is None or not row.stitched or not _same(row, plan) or row.output is None:
             return False
-        try:
-            return Path(row.output).stat().st_size == row.bytes
-        except OSError:
-            return False
+        return _size(Path(row.output)) == row.bytes
+
+    def _upgrade_fingerprints(self) -> None:
+        """Records saved under a segment's fingerprint of an earlier version take its content
+        fingerprint, so what they paid for is theirs still (`LongPlan.legacy_fingerprint`)."""
+        records = self.store.jobs(archived=True)
+        for record_id, fingerprint in legacy_upgrades(records, self.plans.values()).items():
+            self.store.update(
+                record_id,
+                "fingerprint: the segment's content (the earlier range-only one recognised)",
+                fingerprint=fingerprint,
+            )
 
     def _cut(self, job: Job, plan: LongPlan, media: dict[Path, MediaFile]) -> list[Job]:
         assert job.video is not None
@@ -277,6 +294,45 @@ class LongJobs:
                         failed.append(job)
                         break
         return failed
+
+
+def resolve_plan(planned: LongPlan, saved: str | None, video_sha: str, audio: Path) -> LongPlan:
+    """The plan a run goes by: the one saved for `planned`'s basis when there is one (a
+    resumed run cuts where it did), fingerprinted (a plan saved by an earlier version has no
+    fingerprints: `planned`'s when it cuts the same, else made: blocking), else `planned`."""
+    if saved is None:
+        return planned
+    plan = LongPlan.from_json(planned.job_id, planned.basis, saved)
+    if plan.fingerprints and plan.dub:
+        return plan
+    plan = replace(plan, dub=planned.dub)
+    bare = replace(planned, fingerprints=(), notes=plan.notes)
+    if bare == plan:
+        return replace(plan, fingerprints=planned.fingerprints)
+    return fingerprinted(plan, video_sha, audio)
+
+
+def long_row(rows: Sequence[LongRecord], job_id: str) -> LongRecord | None:
+    return next((r for r in rows if r.id == job_id), None)
+
+
+def _same(row: LongRecord, plan: LongPlan) -> bool:
+    """Whether the state file's row for a job is of `plan`: its basis, or a plan that
+    stitches into the same file."""
+    if row.basis == plan.basis:
+        return True
+    return plan.same_result(LongPlan.from_json(plan.job_id, row.basis, row.plan))
+
+
+def legacy_upgrades(records: Sequence[JobRecord], plans: Iterable[LongPlan]) -> dict[str, str]:
+    """Record id -> its content fingerprint, for each record saved under a segment
+    fingerprint of an earlier version (`LongPlan.legacy_fingerprint`) of one of `plans`."""
+    legacy = {
+        plan.legacy_fingerprint(index): plan.segment_fingerprint(index)
+        for plan in plans
+        for index in range(1, len(plan.cuts) + 1)
+    }
+    return {r.id: legacy[r.fingerprint] for r in records if r.fingerprint in legacy}
 
 
 def _done(record: JobRecord | None) -> bool:
