@@ -53,6 +53,7 @@ from pipeline.errors import (
     StateError,
     TransientError,
     VideoGoneError,
+    map_disk_errors,
 )
 from pipeline.failed import failed_this_run, write_failed_manifest
 from pipeline.generating import is_terminal, settle, started_at
@@ -211,6 +212,8 @@ class _Run:
     started: float = field(init=False)
     budget: Budget = field(init=False)
     longform: LongJobs | None = None  # the run's long jobs, stitched as segments finish
+    _arrived: anyio.Event = field(default_factory=anyio.Event)  # a cut segment joined the queue
+    _cutting: bool = False  # segments are being cut: more work may join the queue
 
     def __post_init__(self) -> None:
         self.started = self.wall()
@@ -367,8 +370,17 @@ class _Run:
                     ):
                         await self.admission.acquire()
                         tg.start_soon(self._archived_task, record.id)
-                queue = WorkQueue(jobs, self.checked.media)
-                while queue:
+                # segments still to be sent wait for their cut files, made meanwhile
+                later = [j for j in jobs if self._waits_for_cut(j)]
+                queue = WorkQueue([j for j in jobs if j not in later], self.checked.media)
+                if later:
+                    self._cutting = True
+                    tg.start_soon(self._cut_segments, later, queue)
+                while queue or self._cutting:
+                    if not queue:
+                        await self._arrived.wait()
+                        self._arrived = anyio.Event()
+                        continue
                     await self.admission.acquire()
                     job = queue.pop(longest_first=self.poller.size_predicts())
                     if self.stop_submitting.is_set() and self._is_new(job):
@@ -379,6 +391,42 @@ class _Run:
                 # long jobs whose segments were all done before this run
                 await self._stitch(self.longform.settle_all())
             polling.cancel_scope.cancel()
+
+    def _waits_for_cut(self, job: Job) -> bool:
+        """A long job's segment that will be sent but has no cut files yet in this run."""
+        if self.longform is None or not self.longform.needs_inputs(job):
+            return False
+        return self.store.job(job.id).state in (JobState.PENDING, JobState.SUBMITTING)
+
+    async def _cut_segments(self, later: list[Job], queue: WorkQueue) -> None:
+        """Cut the segments in `later` (one worker thread, a long job at a time, in manifest
+        order) while the spawner admits other work; each joins `queue` once its files are
+        made. A job that cannot be cut leaves its segments out (its problem is reported)."""
+        assert self.longform is not None
+        waiting: dict[str, dict[int, Job]] = {}
+        for job in later:
+            assert job.segment is not None
+            waiting.setdefault(job.segment.parent, {})[job.segment.index] = job
+        try:
+            for parent, segments in waiting.items():
+
+                def ready(index: int, segments: dict[int, Job] = segments) -> None:
+                    queue.push(segments[index])
+                    self._arrived.set()
+
+                await self.longform.prepare_inputs(parent, list(segments), ready)
+        except DiskError as exc:
+            self._stop_run(exc)
+        finally:
+            self._cutting = False
+            self._arrived.set()
+
+    async def _inputs_ready(self, job: Job) -> bool:
+        """A segment about to be sent has its cut files (made now if it had none: a segment
+        sent again after status 8). False: it cannot be cut."""
+        if self.longform is None or job.segment is None or not self.longform.needs_inputs(job):
+            return True
+        return await self.longform.prepare_inputs(job.segment.parent, [job.segment.index])
 
     def _is_new(self, job: Job) -> bool:
         return self.store.job(job.id).state is JobState.PENDING
@@ -530,6 +578,8 @@ class _Run:
                     return
                 if not self._budget_allows(job, record):
                     return
+                if not await self._inputs_ready(job):
+                    return
                 if not await self._take_slot(job, ticket):
                     return
                 if self.stop_submitting.is_set():
@@ -565,6 +615,8 @@ class _Run:
             elif state is JobState.DOWNLOADING:
                 self._leave_admission(ticket)
                 dest = result_path(self.options.output_dir, job.id)
+                with map_disk_errors(f"cannot create {dest.parent}"):
+                    dest.parent.mkdir(parents=True, exist_ok=True)  # a segment folder gone since
                 record = await self._download(job.id, record, dest, ticket.account, job)
             else:
                 return
@@ -879,7 +931,11 @@ class _Run:
 
     def _suspect(self, job: Job | None, path: Path) -> str | None:
         """Why the downloaded result at `path` looks wrong (`media.result_problem`), or None.
-        The audio's length is the yardstick; for TTS (or an archived record) only the frame."""
+        The audio's length is the yardstick; for TTS (or an archived record) only the frame;
+        a long job's segment is measured by its range."""
+        if job is not None and job.segment is not None:
+            seconds = job.segment.end - job.segment.start
+            return result_problem(path, seconds, seconds)
         media = self.checked.media
         audio = video = None
         if job is not None and job.audio is not None and job.audio in media:

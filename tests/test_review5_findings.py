@@ -380,10 +380,6 @@ async def test_l12_credits_in_total_count_every_run(tmp_path: Path) -> None:
     assert report["credits_total"] == recorded, (report["credits_total"], recorded)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L13: no job is submitted until every long job of the manifest is cut: slots idle",
-)
 @pytest.mark.anyio
 async def test_l13_ordinary_work_is_not_held_back_while_long_jobs_are_cut(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

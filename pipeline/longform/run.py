@@ -2,10 +2,14 @@
 
 Before reconcile, `LongJobs.expand` replaces each long job of the run by its segment jobs
 (`<id>~1`, `<id>~2`, ...: manifest ids cannot hold `~`), their inputs the cut files in
-`OUT/segments/<id>/` (cut again when missing). From there on the segments are jobs like any
-other: uploaded, submitted exactly once, polled, downloaded, resumed, adopted and redone by
-the same machinery and the same state file. The plan a job was cut by is saved in the state
-file (`long_jobs`) and reused, so a resumed run cuts at the same frames.
+`OUT/segments/<id>/`, with their fingerprints from the plan (what each sends), so reconcile
+knows every segment before anything is cut. Cutting happens during the run, in a worker
+thread (`prepare_inputs`), only for the segments that still have to be sent: the runner
+submits other work meanwhile and admits each segment as soon as its files are made. From
+there on the segments are jobs like any other: uploaded, submitted exactly once, polled,
+downloaded, resumed, adopted and redone by the same machinery and the same state file. The
+plan a job was cut by is saved in the state file (`long_jobs`) and reused, so a resumed run
+cuts at the same frames.
 
 When a run's last segment of a job is done (`settle`), the results are stitched
 (`pipeline.longform.stitch`) into `OUT/<id>.mp4`, placed without overwriting anything, and
@@ -20,17 +24,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import av
 
 from pipeline.errors import map_disk_errors
 from pipeline.jobstate import JobState
-from pipeline.longform.cut import cut_segments, fingerprinted
+from pipeline.longform.cut import cut_files, cut_segments, fingerprinted
 from pipeline.longform.segments import LongPlan
 from pipeline.longform.stitch import StitchError, stitch
 from pipeline.manifest import MB, Job
@@ -60,15 +65,19 @@ class LongJobs:
     segments: dict[str, list[Job]] = field(default_factory=dict)  # of the jobs expanded
     stitched: set[str] = field(default_factory=set)
     problems: dict[str, str] = field(default_factory=dict)  # job id -> why it was not stitched
+    uncut: set[str] = field(default_factory=set)  # jobs whose segments could not be cut
+    media: dict[Path, MediaFile] = field(default_factory=dict)  # the run's, with the cuts
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    _cut_locks: dict[str, anyio.Lock] = field(default_factory=dict)
 
     # before the run ------------------------------------------------------------------------
 
     async def expand(self) -> Checked:
-        """The checked manifest with each long job replaced by its segments (missing cut
-        files are cut, in a worker thread). Raises DiskError when a cut cannot be written."""
+        """The checked manifest with each long job replaced by its segments. Nothing is cut
+        here: a segment's cut files are made when it needs them (`prepare_inputs`), while the
+        rest of the run goes on."""
         jobs: list[Job] = []
-        media = dict(self.checked.media)
+        self.media = dict(self.checked.media)  # cut files join it as they are made
         leave = set(self.checked.untouched)  # parents not run: their segments stay as they are
         for job in self.checked.manifest.jobs:
             plan = self.checked.long.get(job.id)
@@ -83,15 +92,13 @@ class LongJobs:
                 leave.add(job.id)
                 self._tidy(job.id)
                 continue
-            try:
-                segments = await anyio.to_thread.run_sync(self._cut, job, plan, media)
-            except (av.FFmpegError, MediaProbeError, ValueError, IndexError) as exc:
-                self.problems[job.id] = f"cannot cut its segments: {exc}"
-                log.error("%s: %s", job.id, self.problems[job.id])
-                leave.add(job.id)
-                continue
-            self.segments[job.id] = segments
-            jobs.extend(segments)
+            for note in plan.notes:
+                log.info("%s: %s", job.id, note)
+            log.info("%s", plan.line())
+            folder = segments_dir(self.output_dir, job.id)
+            files = [cut_files(folder, i) for i in range(1, len(plan.cuts) + 1)]
+            self.segments[job.id] = plan.segment_jobs(job, files)
+            jobs.extend(self.segments[job.id])
         self._upgrade_fingerprints()
         untouched = {
             r.id for r in self.store.jobs() if (parent := parent_of(r.id)) and parent in leave
@@ -99,7 +106,7 @@ class LongJobs:
         return replace(
             self.checked,
             manifest=replace(self.checked.manifest, jobs=tuple(jobs)),
-            media=media,
+            media=self.media,
             untouched=self.checked.untouched | untouched,
         )
 
@@ -136,19 +143,62 @@ class LongJobs:
                 fingerprint=fingerprint,
             )
 
-    def _cut(self, job: Job, plan: LongPlan, media: dict[Path, MediaFile]) -> list[Job]:
-        assert job.video is not None
-        assert job.audio is not None
-        for note in plan.notes:
-            log.info("%s: %s", job.id, note)
-        folder = segments_dir(self.output_dir, job.id)
-        limit = self.checked.manifest.limits.video_max_mb * MB
-        with map_disk_errors(f"cannot cut {job.id}'s segments into {folder}"):
-            files = cut_segments(plan, job.video, job.audio, folder, max_bytes=limit)
-        for path in (p for pair in files for p in pair):
-            media[path] = MediaFile(path, probe(path), sha256_file(path))
-        log.info("%s", plan.line())
-        return plan.segment_jobs(job, files)
+    # cutting, while the run goes on ---------------------------------------------------------
+
+    def needs_inputs(self, job: Job) -> bool:
+        """A segment whose cut files are not made (or not checked) yet in this run."""
+        return job.segment is not None and any(p not in self.media for p in job.media_paths())
+
+    async def prepare_inputs(
+        self, job_id: str, indexes: Sequence[int], ready: Callable[[int], None] | None = None
+    ) -> bool:
+        """Make the cut files of segments `indexes` of `job_id` (those not made for their
+        fingerprint), in a worker thread, one call for them all; each is hashed and probed
+        into the run's media and `ready(index)` told as soon as its files are (in the event
+        loop). False: the job cannot be cut (its problem said). Raises DiskError."""
+        lock = self._cut_locks.setdefault(job_id, anyio.Lock())
+        async with lock:
+            if job_id in self.uncut:
+                return False
+            segments = {s.segment.index: s for s in self.segments[job_id] if s.segment}
+            todo = [i for i in indexes if self.needs_inputs(segments[i])]
+            for index in (i for i in indexes if i not in todo):
+                if ready is not None:
+                    ready(index)
+            if not todo:
+                return True
+            job = next(j for j in self.checked.manifest.jobs if j.id == job_id)
+            assert job.video is not None
+            assert job.audio is not None
+            folder = segments_dir(self.output_dir, job_id)
+            limit = self.checked.manifest.limits.video_max_mb * MB
+            video, audio, plan = job.video, job.audio, self.plans[job_id]
+
+            def arrived(index: int, facts: list[MediaFile]) -> None:
+                for fact in facts:
+                    self.media[fact.path] = fact
+                if ready is not None:
+                    ready(index)
+
+            def made(index: int, files: tuple[Path, Path]) -> None:  # in the worker thread
+                anyio.from_thread.check_cancelled()  # a stopped run waits for one cut at most
+                facts = [MediaFile(path, probe(path), sha256_file(path)) for path in files]
+                anyio.from_thread.run_sync(arrived, index, facts)
+
+            def work() -> None:
+                with map_disk_errors(f"cannot cut {job_id}'s segments into {folder}"):
+                    cut_segments(
+                        plan, video, audio, folder, max_bytes=limit, wanted=todo, on_cut=made
+                    )
+
+            try:
+                await anyio.to_thread.run_sync(work)
+            except (av.FFmpegError, MediaProbeError, ValueError, IndexError) as exc:
+                self.problems[job_id] = f"cannot cut its segments: {' '.join(str(exc).split())}"
+                self.uncut.add(job_id)
+                log.error("%s: %s", job_id, self.problems[job_id])
+                return False
+            return True
 
     def _tidy(self, job_id: str) -> None:
         """A stitched job's segment folder goes, unless `--keep-segments`."""
