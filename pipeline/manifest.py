@@ -21,7 +21,7 @@ from pipeline.errors import ManifestError
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MB = 1024 * 1024
 
-_TOP_KEYS = {"version", "output_dir", "defaults", "limits", "jobs"}
+_TOP_KEYS = {"version", "output_dir", "defaults", "limits", "jobs", "resume_from"}
 _JOB_KEYS = {"id", "video", "video_id", "audio", "tts", "dubs", "extend"}
 # `extend`: what a long job does when its dub outlasts its video (pipeline.longform)
 EXTEND_MODES = ("loop", "freeze")
@@ -97,6 +97,9 @@ class Manifest:
     output_dir: Path | None
     limits: Limits
     jobs: tuple[Job, ...] = field(default_factory=tuple)
+    # a state file whose paid work these jobs take instead of paying again (failed.yaml names
+    # the state of the run it came from: `pipeline.reconcile.take_paid_from`)
+    resume_from: Path | None = None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -168,6 +171,7 @@ class _Parser:
         if data.get("version") != 1:
             self.fail("manifest", "version", f"must be 1, got {data.get('version')!r}")
         output_dir = self._output_dir(data.get("output_dir"))
+        resume_from = self._output_dir(data.get("resume_from"), "resume_from")
         limits = self._limits(data.get("limits"))
         speaker = self._default_speaker(data.get("defaults"))
         raw_jobs = data.get("jobs")
@@ -180,13 +184,13 @@ class _Parser:
         self._check_unique(jobs)
         if self.problems:
             raise ManifestError(self.problems)
-        return Manifest(path=self.path, output_dir=output_dir, limits=limits, jobs=tuple(jobs))
+        return Manifest(self.path, output_dir, limits, tuple(jobs), resume_from)
 
-    def _output_dir(self, value: Any) -> Path | None:
+    def _output_dir(self, value: Any, name: str = "output_dir") -> Path | None:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            self.fail("manifest", "output_dir", "must be a non-empty path string")
+            self.fail("manifest", name, "must be a non-empty path string")
             return None
         return self.base / value
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pipeline.errors import StateError
 from pipeline.jobstate import PAID_STATES, JobState
 from pipeline.manifest import Job
 from pipeline.outputs import (
@@ -181,6 +182,52 @@ def reconcile(
             continue
         todo.append((order[record.state], index, job))
     return [job for _, _, job in sorted(todo, key=lambda t: (t[0], t[1]))]
+
+
+def take_paid_from(store: StateStore, source: Path, wanted: Mapping[str, str]) -> list[str]:
+    """Copy in the paid records of the state file `source` (a manifest's `resume_from`: for
+    failed.yaml, the state file of the run that wrote it) whose fingerprint a job of this run
+    has (`wanted`: a fingerprint, or an earlier version's of it, -> the job's fingerprint) and
+    that no paid record here has, nor their video. They come in under archive ids, so the
+    reconcile that follows takes each over as it takes any paid record with a job's inputs: a
+    done result is fetched again (its file is the other folder's), never generated again; a
+    generating one is polled. Returns the ids copied in. (Both state files then count what
+    such a record paid: each tells its own folder's jobs.)"""
+    if not source.exists() or source.resolve() == store.path.resolve():
+        return []
+    try:
+        other = StateStore.read_only(source)
+    except StateError as exc:
+        log.warning("%s not read (%s): nothing paid there is taken", source, exc)
+        return []
+    try:
+        records = other.jobs(archived=True)
+    finally:
+        other.close()
+    mine = store.jobs(archived=True)
+    paid = {r.fingerprint for r in mine if r.state in PAID_STATES}
+    videos = {r.video_id for r in mine if r.video_id is not None}
+    names = {r.id for r in mine}
+    taken = []
+    for record in sorted(records, key=lambda r: (_PREFERENCE.get(r.state, 3), r.id)):
+        fp = wanted.get(record.fingerprint)
+        if (
+            fp is None
+            or fp in paid
+            or record.state not in _PREFERENCE
+            or record.video_id is None
+            or record.video_id in videos
+        ):
+            continue
+        state = JobState.DOWNLOADING if record.state is JobState.DONE else record.state
+        new_id = _archive_id(replace(record, id=record.id.partition(ARCHIVE_MARK)[0]), names)
+        detail = f"taken from {source} (as '{record.id}'): paid there, not paid again"
+        store.import_record(replace(record, fingerprint=fp), new_id, state, detail)
+        log.info("%s: %s", new_id, detail)
+        paid.add(fp)
+        videos.add(record.video_id)
+        taken.append(new_id)
+    return taken
 
 
 def _changed(job: Job, record: JobRecord, facts: Mapping[str, Mapping[str, str]]) -> str:

@@ -59,16 +59,22 @@ from pipeline.failed import failed_this_run, write_failed_manifest
 from pipeline.generating import is_terminal, settle, started_at
 from pipeline.jobstate import JobState
 from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
-from pipeline.longform.run import LongJobs
+from pipeline.longform.run import LongJobs, legacy_fingerprints
 from pipeline.manifest import Job
 from pipeline.media import result_problem
 from pipeline.outputs import archive_path, result_path
-from pipeline.plan import WorkQueue, estimate_credits, generate_body, input_seconds
+from pipeline.plan import (
+    WorkQueue,
+    estimate_credits,
+    fingerprint,
+    generate_body,
+    input_seconds,
+)
 from pipeline.poller import Poller
 from pipeline.pool import Account, AccountPool, Binding
 from pipeline.preflight import Checked
 from pipeline.progress import LogProgress, ProgressSink, Snapshot, Tracker
-from pipeline.reconcile import reconcile
+from pipeline.reconcile import reconcile, take_paid_from
 from pipeline.report import (
     ReportRow,
     job_rows,
@@ -999,6 +1005,10 @@ async def run_batch(
         checked, store, options.output_dir, options.keep_segments, redo=options.redo
     )
     expanded = await longform.expand()  # long jobs -> their segments, as jobs
+    if checked.manifest.resume_from is not None:  # failed.yaml: what its run paid for
+        fps = {fingerprint(job, expanded.media) for job in expanded.manifest.jobs}
+        wanted = {fp: fp for fp in fps} | legacy_fingerprints(longform.plans.values())
+        take_paid_from(store, checked.manifest.resume_from, wanted)
     run = _Run(expanded, store, clients, options, sleep, wall, longform=longform)
     sink = progress if progress is not None else LogProgress(options.progress_every)
     started = options.started_at if options.started_at is not None else wall()
@@ -1045,7 +1055,9 @@ async def run_batch(
     exit_code = _exit_code([r for r in rows if r.id in considered], run.problem, interrupted)
     failed = failed_this_run(store, checked.manifest, started) + longform.failed_since(started)
     failed += [job for job in checked.full.jobs if job.id in checked.invalid]
-    failed_path = write_failed_manifest(options.output_dir, checked.full, failed, run_id)
+    failed_path = write_failed_manifest(
+        options.output_dir, checked.full, failed, run_id, state=store.path
+    )
     spent = store.total_credits() - credits_before
     report_path = write_report(
         options.output_dir,

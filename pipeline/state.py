@@ -331,6 +331,12 @@ class StateStore:
             raise StateError(f"{path}: cannot read state file: {exc}") from exc
         return cls(conn, None, time.time)
 
+    @property
+    def path(self) -> Path:
+        """The state file's path, as SQLite opened it."""
+        row = self._conn.execute("PRAGMA database_list").fetchone()
+        return Path(str(row[2]))
+
     def close(self) -> None:
         self._conn.close()
         if self._lock_fd is not None:
@@ -382,6 +388,33 @@ class StateStore:
                     ),
                 )
                 self._event(job_id, None, JobState.PENDING, "new job")
+
+    def import_record(self, record: JobRecord, job_id: str, state: JobState, detail: str) -> None:
+        """Copy a paid record of another state file in as `job_id` (in `state`), what it paid
+        for and its generation with it, never its file (the other folder's) or error."""
+        values = {
+            "id": job_id,
+            "fingerprint": record.fingerprint,
+            "state": state.value,
+            "attempts": record.attempts,
+            "trace_id": record.trace_id,
+            "video_id": record.video_id,
+            "credits": record.credits,
+            "last_credits": record.last_credits,
+            "ambiguous": record.ambiguous,
+            "submitted_at": record.submitted_at,
+            "updated_at": self._clock(),
+            "key_fp": record.key_fp,
+            "credits_estimated": int(record.credits_estimated),
+            "inputs": record.inputs,
+        }
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._write():
+            self._conn.execute(
+                f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(values.values())
+            )
+            self._event(job_id, None, state, detail)
 
     def transition(
         self, job_id: str, target: JobState, detail: str = "", **fields: Any

@@ -162,10 +162,6 @@ async def test_l4_a_dub_changed_in_its_last_segment_pays_only_that_segment(
     assert generations == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L5: failed.yaml of a long job re-runs it in retry/ and pays its done segments again",
-)
 @pytest.mark.anyio
 async def test_l5_failed_yaml_of_a_long_job_does_not_pay_its_done_segments_again(
     tmp_path: Path,

@@ -374,14 +374,20 @@ def _same(row: LongRecord, plan: LongPlan) -> bool:
     return plan.same_result(LongPlan.from_json(plan.job_id, row.basis, row.plan))
 
 
-def legacy_upgrades(records: Sequence[JobRecord], plans: Iterable[LongPlan]) -> dict[str, str]:
-    """Record id -> its content fingerprint, for each record saved under a segment
-    fingerprint of an earlier version (`LongPlan.legacy_fingerprint`) of one of `plans`."""
-    legacy = {
+def legacy_fingerprints(plans: Iterable[LongPlan]) -> dict[str, str]:
+    """Each segment's fingerprint of an earlier version (`LongPlan.legacy_fingerprint`) ->
+    its content fingerprint, for the segments of `plans`."""
+    return {
         plan.legacy_fingerprint(index): plan.segment_fingerprint(index)
         for plan in plans
         for index in range(1, len(plan.cuts) + 1)
     }
+
+
+def legacy_upgrades(records: Sequence[JobRecord], plans: Iterable[LongPlan]) -> dict[str, str]:
+    """Record id -> its content fingerprint, for each record saved under a segment
+    fingerprint of an earlier version of one of `plans`."""
+    legacy = legacy_fingerprints(plans)
     return {r.id: legacy[r.fingerprint] for r in records if r.fingerprint in legacy}
 
 
