@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.errors import ManifestError
 from pipeline.htmlreport import build_page
+from pipeline.longform.run import long_rows, parent_of, status_rows
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.report import (
     MEANINGS,
@@ -107,11 +108,13 @@ def _rows_from_state(
     store = StateStore.read_only(state_path)
     try:
         run_id = str(last.get("run_id") or "") or None
-        if manifest is not None:
-            return job_rows(manifest, store, run_id=run_id or "", now=now)
+        if manifest is not None:  # a long job's row derived from its segments, as the run's
+            return long_rows(job_rows(manifest, store, run_id=run_id or "", now=now), store)
         earlier = {job.get("id"): job for job in last.get("jobs") or []}
         rows = []
-        for row in build_rows(store.jobs()):
+        records = store.jobs()
+        singles = build_rows([r for r in records if parent_of(r.id) is None])
+        for row in singles + status_rows(records, store.long_jobs()):
             before = earlier.get(row.id) or {}
             rows.append(
                 replace(

@@ -149,6 +149,9 @@ MIGRATIONS: list[tuple[str, str]] = [
         )
         """,
     ),
+    # Why a long job could not be cut or stitched (so `status` and `report` tell what the run
+    # said); cleared when it is expanded again or stitched.
+    ("0010_long_job_errors", "ALTER TABLE long_jobs ADD COLUMN error TEXT"),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -265,6 +268,7 @@ class LongRecord(NamedTuple):
     stitched: bool
     output: str | None
     bytes: int | None
+    error: str | None = None  # why it could not be cut or stitched (the last run's word)
 
 
 class StateStore:
@@ -592,10 +596,12 @@ class StateStore:
         ).fetchone()
         if known is None:
             return []
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(long_jobs)")}
+        error = "error" if "error" in columns else "NULL"  # a file of 0009 (read unmigrated)
         rows = self._conn.execute(
-            "SELECT id, basis, plan, stitched, output, bytes FROM long_jobs ORDER BY id"
+            f"SELECT id, basis, plan, stitched, output, bytes, {error} FROM long_jobs ORDER BY id"
         ).fetchall()
-        return [LongRecord(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows]
+        return [LongRecord(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def long_plan(self, basis: str) -> str | None:
         """The plan saved for `basis` (under any job id), or None."""
@@ -626,9 +632,17 @@ class StateStore:
         """The job's segments are stitched into `output` (None: not, or no longer)."""
         with self._write():
             self._conn.execute(
-                "UPDATE long_jobs SET stitched = ?, output = ?, bytes = ?, updated_at = ?"
-                " WHERE id = ?",
+                "UPDATE long_jobs SET stitched = ?, output = ?, bytes = ?, error = NULL,"
+                " updated_at = ? WHERE id = ?",
                 (int(output is not None), output, size, self._clock(), job_id),
+            )
+
+    def save_long_error(self, job_id: str, error: str | None) -> None:
+        """Why the job could not be cut or stitched (None: no such problem now)."""
+        with self._write():
+            self._conn.execute(
+                "UPDATE long_jobs SET error = ?, updated_at = ? WHERE id = ?",
+                (None if error is None else self._redact(error), self._clock(), job_id),
             )
 
     # internals ----------------------------------------------------------------------------

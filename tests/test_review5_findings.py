@@ -188,10 +188,6 @@ async def test_l5_failed_yaml_of_a_long_job_does_not_pay_its_done_segments_again
     assert generations == 2, "segment 1, done before, was generated and paid again"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L6: a long job stitched from a suspect segment is reported done, exit 0",
-)
 @pytest.mark.anyio
 async def test_l6_a_suspect_segment_makes_its_long_job_suspect(tmp_path: Path) -> None:
     """The first generation of a long job comes back flawed (the simulator's `short_results`:
@@ -239,10 +235,6 @@ async def test_l7_the_forecast_of_a_renamed_long_job_is_what_the_run_pays(
     assert remaining_credits(steps) == {"talk-2": 0}, [s.detail for s in steps]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L8: a long job failed for good is told 'the next run retries it'; it is held",
-)
 @pytest.mark.anyio
 async def test_l8_report_advice_for_a_long_job_failed_for_good_is_true(tmp_path: Path) -> None:
     """A long job's second segment is refused by input moderation (500054): a failure the next
@@ -266,10 +258,6 @@ async def test_l8_report_advice_for_a_long_job_failed_for_good_is_true(tmp_path:
     assert "fails the same way" in told, told
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L9: `pixverse-batch report OUT` shows a done long job as unfinished, no segments",
-)
 @pytest.mark.anyio
 async def test_l9_the_report_command_shows_a_long_job_as_the_run_did(tmp_path: Path) -> None:
     """A long job is done and stitched; the run's own report.html shows its card `done` with
@@ -320,10 +308,6 @@ def test_l10_one_bad_segment_can_be_redone_alone(
     assert (code, generations) == (0, 3), "redoing the bad segment alone"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L11: status says a long job that cannot be stitched is unfinished (75); run said 1",
-)
 def test_l11_status_exits_as_the_run_did_for_a_long_job_that_cannot_be_stitched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -410,10 +394,6 @@ async def test_l13_ordinary_work_is_not_held_back_while_long_jobs_are_cut(
     assert seen == [True], "nothing was generating while the long job was cut"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L14: a long job that cannot be cut fails the run but is left out of failed.yaml",
-)
 @pytest.mark.anyio
 async def test_l14_a_long_job_that_cannot_be_cut_is_in_failed_yaml(tmp_path: Path) -> None:
     """A long job's video probes (preflight passes) but its pictures do not decode, so its

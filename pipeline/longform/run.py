@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,10 +42,11 @@ from pipeline.manifest import MB, Job
 from pipeline.media import MediaProbeError, probe, sha256_file
 from pipeline.outputs import SEGMENT_MARK, place, result_path, segments_dir
 from pipeline.preflight import Checked, MediaFile
-from pipeline.report import ReportRow
+from pipeline.report import SUSPECT, ReportRow
 from pipeline.state import JobRecord, LongRecord, StateStore
 
 log = logging.getLogger("pipeline.longform")
+CANNOT_CUT = "cannot cut its segments"
 
 
 def parent_of(record_id: str) -> str | None:
@@ -92,6 +93,7 @@ class LongJobs:
                 leave.add(job.id)
                 self._tidy(job.id)
                 continue
+            self.store.save_long_error(job.id, None)  # tried again now: said again if it recurs
             for note in plan.notes:
                 log.info("%s: %s", job.id, note)
             log.info("%s", plan.line())
@@ -194,8 +196,9 @@ class LongJobs:
             try:
                 await anyio.to_thread.run_sync(work)
             except (av.FFmpegError, MediaProbeError, ValueError, IndexError) as exc:
-                self.problems[job_id] = f"cannot cut its segments: {' '.join(str(exc).split())}"
+                self.problems[job_id] = f"{CANNOT_CUT}: {' '.join(str(exc).split())}"
                 self.uncut.add(job_id)
+                self.store.save_long_error(job_id, self.problems[job_id])
                 log.error("%s: %s", job_id, self.problems[job_id])
                 return False
             return True
@@ -223,6 +226,15 @@ class LongJobs:
             results = [Path(str(r.output)) for r in records if r is not None]
             stitched = await anyio.to_thread.run_sync(self._stitch, job_id, results)
             if stitched is None:
+                problem = self.problems[job_id]
+                suspect = next((r for r in records if r is not None and r.suspect), None)
+                if suspect is not None:  # what the API made: paid again only on purpose
+                    problem += (
+                        f"; {suspect.id} is suspect ({suspect.suspect}): --redo {suspect.id}"
+                        " pays for that segment alone"
+                    )
+                self.problems[job_id] = problem
+                self.store.save_long_error(job_id, problem)
                 return
             # the file is in place before the state file says so: a crash in between
             # stitches again next time (the first file goes to superseded/), never loses one
@@ -267,75 +279,17 @@ class LongJobs:
     # after the run -------------------------------------------------------------------------
 
     def rows(self, rows: Sequence[ReportRow]) -> list[ReportRow]:
-        """Report rows with each long job's derived from its segments (and their list)."""
-        return [self._row(r) if r.id in self.plans else r for r in rows]
-
-    def _row(self, row: ReportRow) -> ReportRow:
-        plan = self.plans[row.id]
-        records = {r.id: r for r in self.store.jobs() if parent_of(r.id) == row.id}
-        segments: list[dict[str, object]] = []
-        for index, (start, end) in enumerate(plan.ranges(), 1):
-            record = records.get(f"{row.id}{SEGMENT_MARK}{index}")
-            segments.append(
-                {
-                    "index": index,
-                    "start": round(start, 3),
-                    "end": round(end, 3),
-                    "video_id": record.video_id if record else None,
-                    "credits": record.credits if record else 0,
-                    "state": _segment_state(record),
-                    "error": record.error if record and record.state is JobState.FAILED else None,
-                }
-            )
-        ours = [
-            records[k]
-            for k in (f"{row.id}{SEGMENT_MARK}{s['index']}" for s in segments)
-            if k in records
-        ]
-        state, error = self._state(row.id, segments)
-        done = state == JobState.DONE.value
-        output = str(result_path(self.output_dir, row.id)) if done else None
-        try:
-            info = probe(Path(output)) if output else None
-        except MediaProbeError:
-            info = None
-        return replace(
-            row,
-            duration=round(info.duration, 3) if info else None,
-            resolution=f"{info.width}x{info.height}" if info and info.width else None,
-            state=state,
-            error=error if error is not None else row.error if not done else None,
-            output=output,
-            bytes=info.size if info else None,
-            credits=sum(r.credits for r in ours),
-            credits_estimated=any(r.credits_estimated for r in ours),
-            attempts=sum(r.attempts for r in ours),
-            ambiguous_submissions=sum(r.ambiguous for r in ours),
-            segments=segments,
-        )
-
-    def _state(self, job_id: str, segments: Sequence[dict[str, object]]) -> tuple[str, str | None]:
-        if job_id in self.stitched:
-            return JobState.DONE.value, None
-        for segment in segments:
-            if segment["state"] == JobState.FAILED.value:
-                why = (
-                    f"segment {segment['index']} ({segment['start']}-{segment['end']} s)"
-                    f" failed: {segment['error']}"
-                )
-                return JobState.FAILED.value, why
-        if job_id in self.problems:
-            return JobState.FAILED.value, self.problems[job_id]
-        states = [str(s["state"]) for s in segments]
-        if all(s == JobState.DONE.value for s in states):
-            return "unfinished:stitching", None
-        behind = next(s for s in states if s != JobState.DONE.value)
-        return behind if behind.startswith("unfinished") else f"unfinished:{behind}", None
+        """Report rows with each long job's derived from the state file (`long_rows`)."""
+        return long_rows(rows, self.store)
 
     def failed_since(self, since: float) -> list[Job]:
-        """Long jobs of the run failed now by a segment that failed at or after `since`."""
+        """Long jobs of the run failed now: by a segment that failed at or after `since`, or
+        in this run, as they could not be cut or stitched."""
         failed = []
         for job in self.checked.manifest.jobs:
+            if job.id in self.problems and job.id not in self.stitched:
+                failed.append(job)
+                continue
             for segment in self.segments.get(job.id, []):
                 record = self.store.find(segment.id)
                 if record is not None and record.state is JobState.FAILED:
@@ -408,39 +362,120 @@ def _segment_state(record: JobRecord | None) -> str:
     return f"unfinished:{record.state.value}"
 
 
+def long_rows(
+    rows: Sequence[ReportRow], store: StateStore, *, probe_results: bool = True
+) -> list[ReportRow]:
+    """`rows` with each long job's (one with a row in the state file's `long_jobs`) derived
+    from that row and its segments' records: the run's report, `report`, `status` alike."""
+    entries = {entry.id: entry for entry in store.long_jobs()}
+    if not any(row.id in entries for row in rows):
+        return list(rows)
+    records = {r.id: r for r in store.jobs() if parent_of(r.id) is not None}
+    return [
+        derived(row, entries[row.id], records, probe_results) if row.id in entries else row
+        for row in rows
+    ]
+
+
 def status_rows(records: Sequence[JobRecord], long: Sequence[LongRecord]) -> list[ReportRow]:
     """A row for each long job of the state file, from its row and its segments' records
-    alone (`status` reads no media): done once stitched with the file in place, failed when a
-    segment failed, else unfinished at its least advanced segment."""
-    rows = []
-    for entry in long:
-        ours = sorted(
-            (r for r in records if parent_of(r.id) == entry.id),
-            key=lambda r: int(r.id.rpartition(SEGMENT_MARK)[2] or 0),
+    alone (`status` reads no media)."""
+    segments = {r.id: r for r in records if parent_of(r.id) is not None}
+    blank = ReportRow("", "unfinished:pending", None, None, None, 0, False, 0, 0, None)
+    return [derived(replace(blank, id=e.id), e, segments, probe_results=False) for e in long]
+
+
+def derived(
+    row: ReportRow, entry: LongRecord, records: Mapping[str, JobRecord], probe_results: bool
+) -> ReportRow:
+    """A long job's row: done once stitched with its file in place (suspect when a segment's
+    result is: the stitched file shows it), failed when a segment failed (its facts: the
+    segment's ErrCode and class) or the job could not be cut or stitched, else unfinished at
+    its least advanced segment, or `unfinished:stitching`."""
+    plan = LongPlan.from_json(entry.id, entry.basis, entry.plan)
+    segments: list[dict[str, object]] = []
+    ours: list[JobRecord] = []
+    for index, (start, end) in enumerate(plan.ranges(), 1):
+        record = records.get(f"{entry.id}{SEGMENT_MARK}{index}")
+        if record is not None:
+            ours.append(record)
+        segments.append(
+            {
+                "index": index,
+                "start": round(start, 3),
+                "end": round(end, 3),
+                "video_id": record.video_id if record else None,
+                "credits": record.credits if record else 0,
+                "state": _segment_state(record),
+                "error": record.error if record and record.state is JobState.FAILED else None,
+            }
         )
-        row = ReportRow(entry.id, "unfinished:pending", None, None, None, 0, False, 0, 0, None)
-        row = replace(
+    row = replace(
+        row,
+        video_id=None,
+        output=None,
+        bytes=None,
+        duration=None,
+        resolution=None,
+        credits=sum(r.credits for r in ours),
+        credits_estimated=any(r.credits_estimated for r in ours),
+        attempts=sum(r.attempts for r in ours),
+        ambiguous_submissions=sum(r.ambiguous for r in ours),
+        segments=segments,
+        key_fp=None,
+    )
+
+    def where(index: int) -> str:
+        start, end = plan.ranges()[index - 1]
+        return f"segment {index} ({round(start, 3)}-{round(end, 3)} s)"
+
+    if entry.stitched and entry.output is not None and _size(Path(entry.output)) == entry.bytes:
+        suspect = next((r for r in ours if r.suspect), None)
+        row = replace(row, state=JobState.DONE.value, output=entry.output, bytes=entry.bytes)
+        if suspect is not None:
+            why = f"{where(_index(suspect))} suspect: {suspect.suspect}"
+            row = replace(row, state=SUSPECT, error=why)
+        else:
+            row = replace(row, error=None, error_class=None, err_code=None, err_msg=None)
+        if probe_results:
+            try:
+                info = probe(Path(entry.output))
+            except MediaProbeError:
+                info = None
+            if info is not None:
+                resolution = f"{info.width}x{info.height}" if info.width else None
+                row = replace(row, duration=round(info.duration, 3), resolution=resolution)
+        return row
+    failed = next((r for r in ours if r.state is JobState.FAILED), None)
+    if failed is not None:
+        return replace(
             row,
-            credits=sum(r.credits for r in ours),
-            attempts=sum(r.attempts for r in ours),
-            segments=[
-                {"index": i, "video_id": r.video_id, "state": _segment_state(r)}
-                for i, r in enumerate(ours, 1)
-            ],
+            state=JobState.FAILED.value,
+            error=f"{where(_index(failed))} failed: {failed.error}",
+            error_class=failed.error_class,
+            err_code=failed.err_code,
+            err_msg=failed.err_msg,
         )
-        failed = next((r for r in ours if r.state is JobState.FAILED), None)
-        intact = entry.output is not None and _size(Path(entry.output)) == entry.bytes
-        if entry.stitched and intact:
-            row = replace(row, state="done", output=entry.output, bytes=entry.bytes)
-        elif failed is not None:
-            row = replace(row, state="failed", error=f"segment {failed.id} failed: {failed.error}")
-        elif ours and all(r.state is JobState.DONE for r in ours):
-            row = replace(row, state="unfinished:stitching")
-        elif ours:
-            behind = next(r for r in ours if r.state is not JobState.DONE)
-            row = replace(row, state=_segment_state(behind))
-        rows.append(row)
-    return rows
+    if entry.error is not None:
+        return replace(
+            row,
+            state=JobState.FAILED.value,
+            error=entry.error,
+            # a cut that fails is the input's problem; a stitch, a segment result's
+            error_class="ManifestError" if entry.error.startswith(CANNOT_CUT) else "StitchError",
+            err_code=None,
+            err_msg=None,
+        )
+    states = [str(s["state"]) for s in segments]
+    if all(state == JobState.DONE.value for state in states):
+        return replace(row, state="unfinished:stitching")
+    behind = next(state for state in states if state != JobState.DONE.value)
+    return replace(row, state=behind)
+
+
+def _index(record: JobRecord) -> int:
+    """A segment record's place in its job (1-based)."""
+    return int(record.id.rpartition(SEGMENT_MARK)[2])
 
 
 def _size(path: Path) -> int | None:
