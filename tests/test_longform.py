@@ -15,6 +15,7 @@ from typing import Any
 import av
 import pytest
 
+from pipeline.cli import main
 from pipeline.client import PixverseClient
 from pipeline.longform import run as longrun
 from pipeline.longform.cut import cut_segments, fingerprinted, video_rate
@@ -522,3 +523,19 @@ def _records(out: Path) -> list[Any]:
         return list(store.jobs())
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("redo", "said"),
+    [
+        ("talk-es~4", "--redo: 'talk-es~4': job 'talk-es' has 3 segments"),
+        ("talk-es~0", "--redo: no job with id 'talk-es~0'"),
+        ("other~1", "--redo: no job with id 'other~1'"),
+    ],
+)
+def test_redo_of_a_segment_names_one_of_its_plan(
+    tmp_path: Path, long_media: Path, capsys: pytest.CaptureFixture[str], redo: str, said: str
+) -> None:
+    manifest = long_project(tmp_path, long_media)
+    assert main(["run", str(manifest), "--dry-run", "--redo", redo]) == 2
+    assert said in capsys.readouterr().err

@@ -281,10 +281,6 @@ def _cli(*args: str) -> int:
     return main([*args])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L10: one bad segment cannot be redone (--redo ID~N refused): only all, paid again",
-)
 def test_l10_one_bad_segment_can_be_redone_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

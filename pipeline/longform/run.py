@@ -86,8 +86,8 @@ class LongJobs:
                 jobs.append(job)
                 continue
             plan = await self._plan(job, plan)
-            if job.id in self.redo:
-                self.store.save_stitched(job.id, None, None)
+            if job.id in self.redo or any(parent_of(i) == job.id for i in self.redo):
+                self.store.save_stitched(job.id, None, None)  # (a segment of it) redone
             elif self._is_stitched(job.id, plan):
                 self.stitched.add(job.id)
                 leave.add(job.id)
