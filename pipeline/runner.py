@@ -393,9 +393,6 @@ class _Run:
                         self.admission.release()
                         continue
                     tg.start_soon(self._job_task, job)
-            if self.longform is not None and self.problem is None:
-                # long jobs whose segments were all done before this run
-                await self._stitch(self.longform.settle_all())
             polling.cancel_scope.cancel()
 
     def _waits_for_cut(self, job: Job) -> bool:
@@ -1031,6 +1028,15 @@ async def run_batch(
                 tg.start_soon(_sample_progress, run, tracker, sink)
                 await run.execute(jobs)
                 tg.cancel_scope.cancel()
+        # long jobs whose segments were all done before this run (or whose stitch waited):
+        # local work, done whatever else went wrong, unless files cannot be written
+        if not isinstance(run.problem, DiskError | StateError):
+            try:
+                await longform.settle_all()
+            except DiskError as exc:
+                if run.problem is None or isinstance(run.problem, TransientError):
+                    run.problem = exc
+                log.error("stopping the run: %s", exc)
     _tell_progress(run, tracker, sink)  # the final picture
     sink.close()
     interrupted = scope.cancel_called

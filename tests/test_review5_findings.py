@@ -418,10 +418,6 @@ class _Crash(BaseException):
     """Stands for a power cut: no `except Exception` catches it."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L15: segments all downloaded are not stitched when the run has an unrelated problem",
-)
 @pytest.mark.anyio
 async def test_l15_done_segments_are_stitched_whatever_else_went_wrong(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
