@@ -77,6 +77,7 @@ from pipeline.progress import LogProgress, ProgressSink, Snapshot, Tracker
 from pipeline.reconcile import reconcile, take_paid_from
 from pipeline.report import (
     ReportRow,
+    credits_total,
     job_rows,
     keys_line,
     new_run_id,
@@ -1079,7 +1080,7 @@ async def run_batch(
             else None,
             "problems": invalid_problems,
             "credits_this_run": spent,
-            "credits_total": sum(r.credits for r in rows),
+            "credits_total": credits_total(rows, store),
             "failed_manifest": str(failed_path) if failed_path else None,
             "interrupted": interrupted,
             "peak_slots": run.pool.peak,

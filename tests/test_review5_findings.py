@@ -323,10 +323,6 @@ def test_l11_status_exits_as_the_run_did_for_a_long_job_that_cannot_be_stitched(
     assert _cli("status", "--out", str(out)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L12: report's credits in total (all runs) leaves out what was paid before a --redo",
-)
 @pytest.mark.anyio
 async def test_l12_credits_in_total_count_every_run(tmp_path: Path) -> None:
     """A job is done (one generation paid), then run again with `--redo` (a second paid). The

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -279,8 +279,9 @@ class LongJobs:
     # after the run -------------------------------------------------------------------------
 
     def rows(self, rows: Sequence[ReportRow]) -> list[ReportRow]:
-        """Report rows with each long job's derived from the state file (`long_rows`)."""
-        return long_rows(rows, self.store)
+        """Report rows with each long job's derived from the state file (`long_rows`), but
+        for jobs found invalid (`--keep-going`)."""
+        return long_rows(rows, self.store, leave=self.checked.invalid)
 
     def failed_since(self, since: float) -> list[Job]:
         """Long jobs of the run failed now: by a segment that failed at or after `since`, or
@@ -363,11 +364,16 @@ def _segment_state(record: JobRecord | None) -> str:
 
 
 def long_rows(
-    rows: Sequence[ReportRow], store: StateStore, *, probe_results: bool = True
+    rows: Sequence[ReportRow],
+    store: StateStore,
+    *,
+    probe_results: bool = True,
+    leave: Collection[str] = (),
 ) -> list[ReportRow]:
     """`rows` with each long job's (one with a row in the state file's `long_jobs`) derived
-    from that row and its segments' records: the run's report, `report`, `status` alike."""
-    entries = {entry.id: entry for entry in store.long_jobs()}
+    from that row and its segments' records: the run's report, `report`, `status` alike.
+    Rows of `leave` (jobs refused by preflight now) stay as they are."""
+    entries = {e.id: e for e in store.long_jobs() if e.id not in leave}
     if not any(row.id in entries for row in rows):
         return list(rows)
     records = {r.id: r for r in store.jobs() if parent_of(r.id) is not None}
