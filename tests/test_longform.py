@@ -25,6 +25,7 @@ from pipeline.longform.stitch import stitch
 from pipeline.manifest import Job, Limits, load_manifest
 from pipeline.media import probe
 from pipeline.preflight import preflight
+from pipeline.preview import forecast
 from pipeline.simulator import Simulator, serve
 from pipeline.state import StateStore
 from tests.harness import STATE_NAME, fast_sim, project, run_once, sim_in_thread
@@ -539,3 +540,38 @@ def test_redo_of_a_segment_names_one_of_its_plan(
     manifest = long_project(tmp_path, long_media)
     assert main(["run", str(manifest), "--dry-run", "--redo", redo]) == 2
     assert said in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_the_forecast_of_a_long_job_is_what_the_run_then_pays(
+    tmp_path: Path, short_long_media: Path
+) -> None:
+    manifest = long_project(tmp_path, short_long_media)
+    out = tmp_path / "out"
+
+    def told(redo: frozenset[str] = frozenset()) -> tuple[str, str, int]:
+        checked = preflight(load_manifest(manifest))
+        records, long = [], []
+        if (out / STATE_NAME).exists():
+            store = StateStore.read_only(out / STATE_NAME)
+            try:
+                records, long = store.jobs(archived=True), store.long_jobs()
+            finally:
+                store.close()
+        [step] = forecast(checked, records, out, long=long, redo=redo)
+        return step.action, step.detail, step.credits
+
+    async with serve(fast_sim()) as sim:
+        plan = preflight(load_manifest(manifest)).long["talk-es"]
+        assert told() == ("submit", "long job: 2 of 2 segments to submit", plan.credits())
+        await run_once(sim, manifest, out, max_credits=90)  # the first segment only
+        action, detail, credits = told()
+        assert (action, detail) == ("submit", "long job: 1 of 2 segments to submit")
+        assert 0 < credits < plan.credits()
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        assert told()[:2] == ("skip", "done: its segments are stitched")
+        # one segment redone: that one is paid, the other downloaded again, for free
+        redo = frozenset({"talk-es~2"})
+        assert told(redo)[:2] == ("submit", "long job: 1 of 2 segments to submit")
+        assert (await run_once(sim, manifest, out, redo=redo)).exit_code == 0
+        assert len(sim.ledger.generations) == 3

@@ -206,10 +206,6 @@ async def test_l6_a_suspect_segment_makes_its_long_job_suspect(tmp_path: Path) -
     assert (row.state, outcome.exit_code) == ("suspect", 1), (row.state, outcome.exit_code)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="L7: dry-run/validate say a renamed long job pays every segment again; it pays none",
-)
 @pytest.mark.anyio
 async def test_l7_the_forecast_of_a_renamed_long_job_is_what_the_run_pays(
     tmp_path: Path,

@@ -123,14 +123,14 @@ class LongJobs:
         plan = await anyio.to_thread.run_sync(resolve_plan, planned, saved, video_sha, job.audio)
         row = long_row(self.store.long_jobs(), job.id)
         self.store.save_long_plan(
-            job.id, plan.basis, plan.to_json(), keep=row is not None and _same(row, plan)
+            job.id, plan.basis, plan.to_json(), keep=row is not None and same_plan(row, plan)
         )
         self.plans[job.id] = plan
         return plan
 
     def _is_stitched(self, job_id: str, plan: LongPlan) -> bool:
         row = long_row(self.store.long_jobs(), job_id)
-        if row is None or not row.stitched or not _same(row, plan) or row.output is None:
+        if row is None or not row.stitched or not same_plan(row, plan) or row.output is None:
             return False
         return _size(Path(row.output)) == row.bytes
 
@@ -321,7 +321,7 @@ def long_row(rows: Sequence[LongRecord], job_id: str) -> LongRecord | None:
     return next((r for r in rows if r.id == job_id), None)
 
 
-def _same(row: LongRecord, plan: LongPlan) -> bool:
+def same_plan(row: LongRecord, plan: LongPlan) -> bool:
     """Whether the state file's row for a job is of `plan`: its basis, or a plan that
     stitches into the same file."""
     if row.basis == plan.basis:
