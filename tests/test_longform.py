@@ -575,3 +575,23 @@ async def test_the_forecast_of_a_long_job_is_what_the_run_then_pays(
         assert told(redo)[:2] == ("submit", "long job: 1 of 2 segments to submit")
         assert (await run_once(sim, manifest, out, redo=redo)).exit_code == 0
         assert len(sim.ledger.generations) == 3
+
+
+@pytest.mark.anyio
+async def test_keep_going_leaves_an_invalid_long_jobs_segment_records_alone(
+    tmp_path: Path, short_long_media: Path
+) -> None:
+    """The manifest's only long job is invalid tonight (its dub now outlasts its video): the
+    run of the other jobs must not archive the long job's paid segments (review 5, L16)."""
+    text = LONG + "  - {id: short, video: media/intro.mp4, audio: media/intro_es.mp3}\n"
+    manifest = long_project(tmp_path, short_long_media, text)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        paid = {r.id for r in _records(out)}
+        assert {"talk-es~1", "talk-es~2"} <= paid
+        make_audio(tmp_path / "media" / "talk_es.mp3", seconds=40, pauses=GAPS[:1])
+        outcome = await run_once(sim, manifest, out, keep_going=True)
+    assert outcome.exit_code == 1
+    assert {r.id for r in _records(out)} == paid
+    assert {row.id: row.state for row in outcome.rows}["talk-es"] == "failed"
