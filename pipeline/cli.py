@@ -48,6 +48,7 @@ from pipeline.keys import api_keys, keys_to_hide
 from pipeline.logs import LOG_FORMATS, logging_to_stderr
 from pipeline.longform.run import parent_of, status_rows
 from pipeline.manifest import Manifest, load_manifest
+from pipeline.outputs import SEGMENT_MARK
 from pipeline.preflight import Checked, load_all, preflight, select
 from pipeline.preview import forecast, remaining_credits, render
 from pipeline.progress import LiveProgress
@@ -331,7 +332,8 @@ def _add_run_options(
         action="append",
         default=[],
         metavar="ID",
-        help="start this job over even if it was paid for (repeatable)",
+        help="start this job (or segment ID~N of a long job) over even if it was paid for"
+        " (repeatable)",
     )
     parser.add_argument(
         "--only",
@@ -646,10 +648,35 @@ def _only(args: argparse.Namespace) -> list[str]:
 
 
 def _check_ids(args: argparse.Namespace, manifest: Manifest) -> None:
-    """`--redo` and `--only` name jobs of the manifest, or nothing runs (exit 2)."""
+    """`--redo` and `--only` name jobs of the manifest (`--redo` also a segment `ID~N` of
+    one: checked against its plan by `_check_segments`), or nothing runs (exit 2)."""
     problems = select(manifest, _only(args))
-    unknown = sorted(set(args.redo) - {job.id for job in manifest.jobs})
+    ids = {job.id for job in manifest.jobs}
+    unknown = sorted(job_id for job_id in set(args.redo) - ids if _segment_of(job_id)[0] not in ids)
     problems += [f"--redo: no job with id {job_id!r}" for job_id in unknown]
+    if problems:
+        raise ManifestError(problems)
+
+
+def _segment_of(job_id: str) -> tuple[str | None, int]:
+    """(parent id, index) of a segment id `ID~N`, or (None, 0)."""
+    parent, mark, index = job_id.partition(SEGMENT_MARK)
+    return (parent, int(index)) if mark and index.isdigit() and int(index) > 0 else (None, 0)
+
+
+def _check_segments(args: argparse.Namespace, checked: Checked) -> None:
+    """`--redo ID~N` names a segment of long job ID's plan (exit 2 otherwise)."""
+    problems = []
+    for job_id in sorted(args.redo):
+        parent, index = _segment_of(job_id)
+        if parent is None or any(job.id == job_id for job in checked.full.jobs):
+            continue
+        plan = checked.long.get(parent)
+        if plan is None:
+            problems.append(f"--redo: {job_id!r}: job {parent!r} is not a long job")
+        elif index > len(plan.cuts):
+            count = len(plan.cuts)
+            problems.append(f"--redo: {job_id!r}: job {parent!r} has {count} segments")
     if problems:
         raise ManifestError(problems)
 
@@ -659,6 +686,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     manifest = load_all(args.manifest)
     _check_ids(args, manifest)
     checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
+    _check_segments(args, checked)
     output_dir = _output_dir(manifest, args.out)
     state = _read_state(args.state or output_dir / STATE_NAME)
     records, long, speakers = state or ([], [], [])
@@ -699,6 +727,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         StateStore.ensure_unlocked(session.state_path)
         _check_ids(args, manifest)
         checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
+        _check_segments(args, checked)
         configs = _client_configs(args)
         return anyio.run(_run_async, session, checked, configs, args)
 
@@ -1079,6 +1108,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         session.log_start(args.concurrency, "the bundled simulator", key_fingerprint("sim-key"))
         _check_ids(args, manifest)
         checked = preflight(manifest, only=_only(args), keep_going=args.keep_going)
+        _check_segments(args, checked)
 
         async def start() -> int:
             async with serve(sim_config) as sim:

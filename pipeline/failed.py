@@ -5,7 +5,9 @@ that had none, so it never lists an older night's failures. Paths are relative t
 folder (where the file is); jobs of a `dubs:` fan-out are written back as fan-out, under the
 same ids, with the same `output` paths, so a fix made there and run carries over. Its own
 `output_dir` is `retry/` next to it: running it never touches the nightly folder's state
-(whose done jobs it would otherwise set aside as unwanted, see `pipeline.reconcile`).
+(whose done jobs it would otherwise set aside as unwanted, see `pipeline.reconcile`). Its
+`resume_from` names that state file, read only: what the run paid for a job of the list (a
+long job's done segments) is taken, not paid again (`pipeline.reconcile.take_paid_from`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ RETRY_DIR = "retry"
 
 _HEADER = """\
 # The jobs that failed in run {run_id}, as a manifest: fix what their `error` in report.csv
-# names, then `pixverse-batch run {name}` (results go to {retry}/ next to this file, or --out).
+# names, then `pixverse-batch run {name}` (results go to {retry}/ next to this file, or --out;
+# what that run paid for these jobs, such as a long job's done segments, is taken from the
+# state file `resume_from` names, not paid again).
 # Written by pixverse-batch at the end of the run; the next run replaces or removes it.
 """
 
@@ -49,16 +53,22 @@ def failed_this_run(store: StateStore, manifest: Manifest, since: float) -> list
 
 
 def write_failed_manifest(
-    output_dir: Path, manifest: Manifest, failed: Sequence[Job], run_id: str
+    output_dir: Path,
+    manifest: Manifest,
+    failed: Sequence[Job],
+    run_id: str,
+    *,
+    state: Path | None = None,
 ) -> Path | None:
     """Write `failed` as OUTPUT/failed.yaml, or remove the file when nothing failed; return
-    its path (None when removed). Raises DiskError."""
+    its path (None when removed). `state`: the run's state file, its `resume_from`. Raises
+    DiskError."""
     path = output_dir / FAILED_NAME
     if not failed:
         with map_disk_errors(f"cannot remove {path}"):
             path.unlink(missing_ok=True)
         return None
-    document = to_manifest(manifest, failed, output_dir.resolve())
+    document = to_manifest(manifest, failed, output_dir.resolve(), state)
     text = _HEADER.format(run_id=run_id, name=FAILED_NAME, retry=RETRY_DIR)
     text += yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
     atomic_write(path, text)
@@ -66,13 +76,20 @@ def write_failed_manifest(
 
 
 def to_manifest(
-    manifest: Manifest, jobs: Sequence[Job], folder: Path, output_dir: str | None = RETRY_DIR
+    manifest: Manifest,
+    jobs: Sequence[Job],
+    folder: Path,
+    state: Path | None = None,
+    output_dir: str | None = RETRY_DIR,
 ) -> dict[str, Any]:
     """A version-1 manifest document of `jobs`, paths relative to `folder`; each job's
-    `output` spelled out where it has one (a pattern is not carried over, its paths are)."""
+    `output` spelled out where it has one (a pattern is not carried over, its paths are);
+    `state` (the run's state file) as its `resume_from`."""
     document: dict[str, Any] = {"version": 1}
     if output_dir is not None:
         document["output_dir"] = output_dir
+    if state is not None:
+        document["resume_from"] = os.path.relpath(state.resolve(), folder)
     limits = _changed_limits(manifest.limits)
     if limits:
         document["limits"] = limits

@@ -35,7 +35,7 @@ from pipeline.outputs import (
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MB = 1024 * 1024
 
-_TOP_KEYS = {"version", "output_dir", "output_pattern", "defaults", "limits", "jobs"}
+_TOP_KEYS = {"version", "output_dir", "output_pattern", "defaults", "limits", "jobs", "resume_from"}
 _JOB_KEYS = {"id", "video", "video_id", "audio", "tts", "dubs", "extend", "output"}
 # `extend`: what a long job does when its dub outlasts its video (pipeline.longform)
 EXTEND_MODES = ("loop", "freeze")
@@ -76,8 +76,9 @@ class Dub:
 @dataclass(frozen=True)
 class Segment:
     """What makes a job one segment of a long job (`pipeline.longform`): its parent's id, its
-    place and time range, and the fingerprint it is paid under (the parent's input hashes,
-    the range and the planning parameters: never the bytes of a re-encoded cut)."""
+    place and time range, and the fingerprint it is paid under (what it sends: the content of
+    the parent's inputs in its range, `pipeline.longform.cut.fingerprinted`; never the bytes
+    of a re-encoded cut)."""
 
     parent: str
     index: int  # 1-based
@@ -127,6 +128,9 @@ class Manifest:
     jobs: tuple[Job, ...] = field(default_factory=tuple)
     output_pattern: str | None = None  # as written (failed.yaml writes each job's `output`)
     wording: Wording = field(default_factory=Wording)  # how its problems name places
+    # a state file whose paid work these jobs take instead of paying again (failed.yaml names
+    # the state of the run it came from: `pipeline.reconcile.take_paid_from`)
+    resume_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,7 @@ class _Parser:
             self.fail("manifest", "version", f"must be 1, got {data.get('version')!r}")
         output_dir = self._output_dir(data.get("output_dir"))
         self.pattern = self._pattern(data.get("output_pattern"))
+        resume_from = self._output_dir(data.get("resume_from"), "resume_from")
         limits = self._limits(data.get("limits"))
         speaker = self._default_speaker(data.get("defaults"))
         raw_jobs = data.get("jobs")
@@ -220,6 +225,7 @@ class _Parser:
             jobs=tuple(jobs),
             output_pattern=self.pattern,
             wording=self.words,
+            resume_from=resume_from,
         )
         used = {p for job in jobs for p in job.media_paths()}
         loose = [(w, f, p) for w, f, p in self.files if p not in used]
@@ -257,11 +263,11 @@ class _Parser:
             return None
         return path
 
-    def _output_dir(self, value: Any) -> Path | None:
+    def _output_dir(self, value: Any, name: str = "output_dir") -> Path | None:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            self.fail("manifest", "output_dir", "must be a non-empty path string")
+            self.fail("manifest", name, "must be a non-empty path string")
             return None
         return self.base / value
 

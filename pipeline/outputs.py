@@ -10,7 +10,7 @@ Names, all in the output folder `out/`:
   need two files on one name (`staging_path`). Named by the video id, the one thing no two
   results share, so a run that died mid-move finds the file again.
 * `out/superseded/<archive id>.mp4`: an archived record's result, once a job of the manifest
-  needs its old name (`archive_path`).
+  needs its old name, or at once from a segment folder (`archive_path`).
 * `out/superseded/<name>~<n>.mp4`: whatever stood where a file was placed (`place`).
 * `out/segments/<parent>/`: a long job's cut inputs and its segments' results
   (`<parent>~<n>.mp4`), until they are stitched into `out/<parent>.mp4` (`pipeline.longform`).
@@ -137,6 +137,11 @@ def shared_outputs(paths: Sequence[tuple[str, str, str | None]]) -> list[tuple[s
 def segments_dir(output_dir: Path, parent: str) -> Path:
     """Where a long job's cuts and segment results wait until they are stitched."""
     return output_dir / SEGMENTS / parent
+
+
+def in_segments_dir(path: Path, output_dir: Path) -> bool:
+    """Is `path` a file in one of `output_dir`'s segment folders (removed once stitched)?"""
+    return path.parent.parent == output_dir / SEGMENTS
 
 
 def staging_path(output_dir: Path, video_id: int) -> Path:

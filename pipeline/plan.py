@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import math
 from collections import deque
@@ -26,8 +27,8 @@ TTS_CHARS_PER_SECOND = 15.0
 
 def fingerprint(job: Job, media: Mapping[Path, MediaFile]) -> str:
     """A hash of everything that decides the job's result: content, not file names. A
-    segment of a long job has its own, made of its parent's inputs and its time range: the
-    bytes of its re-encoded cut (encoders need not be deterministic) never count."""
+    segment of a long job has its own, made of the content of its parent's inputs in its
+    range: the bytes of its re-encoded cut (encoders need not be deterministic) never count."""
     if job.segment is not None:
         return job.segment.fingerprint
     parts: dict[str, Any] = {
@@ -97,7 +98,10 @@ def generate_body(job: Job, media_ids: Mapping[Path, int]) -> dict[str, Any]:
 
 def input_seconds(job: Job, media: Mapping[Path, MediaFile]) -> float:
     """How long the job's voice is (the audio, or the script spoken): what a generation's
-    time may follow. The runner submits longest first and the poller learns from it."""
+    time may follow. The runner submits longest first and the poller learns from it. A
+    segment's is its range (its cut files may not be made yet)."""
+    if job.segment is not None:
+        return job.segment.end - job.segment.start
     if job.audio is not None:
         return media[job.audio].info.duration
     if job.tts is not None:
@@ -114,9 +118,18 @@ class WorkQueue:
         self._media = media
         self._in_order: deque[Job] = deque(jobs)
         self._longest: list[tuple[float, int, Job]] | None = None
+        self._added = itertools.count(len(jobs))
 
     def __bool__(self) -> bool:
         return bool(self._in_order or self._longest)
+
+    def push(self, job: Job) -> None:
+        """A job that joins later (a long job's segment once it is cut)."""
+        if self._longest is None:
+            self._in_order.append(job)
+        else:
+            entry = (-input_seconds(job, self._media), next(self._added), job)
+            heapq.heappush(self._longest, entry)
 
     def pop(self, *, longest_first: bool = False) -> Job:
         if longest_first and self._longest is None:
@@ -132,7 +145,7 @@ class WorkQueue:
 
 def estimate_credits(job: Job, media: Mapping[Path, MediaFile]) -> int:
     if job.audio is not None:
-        seconds: float = media[job.audio].info.duration
+        seconds = input_seconds(job, media)
         return CREDITS_PER_AUDIO_SECOND * math.ceil(seconds)
     assert job.tts is not None
     return CREDITS_PER_TTS_CHUNK * math.ceil(len(job.tts.text.encode()) / TTS_CHUNK_BYTES)

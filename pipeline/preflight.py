@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 
 from pipeline.errors import ManifestError
-from pipeline.longform.cut import video_rate
+from pipeline.longform.cut import fingerprinted, video_rate
 from pipeline.longform.pauses import Pause, pauses_in
 from pipeline.longform.segments import LongPlan, PlanError, plan_job
 from pipeline.manifest import MB, Job, Limits, Manifest, Parsed, job_label, parse_manifest
@@ -185,7 +185,7 @@ def _plan(
         fps = video_rate(job.video)
     except (av.FFmpegError, ValueError, IndexError) as exc:
         raise PlanError("audio", f"cannot read it to plan its segments: {exc}") from exc
-    return plan_job(
+    plan = plan_job(
         job,
         video_seconds=video.info.duration,
         dub_seconds=audio.info.duration,
@@ -195,6 +195,10 @@ def _plan(
         audio_sha=audio.sha256,
         limits=limits,
     )
+    try:
+        return fingerprinted(plan, video.sha256, job.audio)
+    except (av.FFmpegError, ValueError, IndexError) as exc:
+        raise PlanError("audio", f"cannot read it to plan its segments: {exc}") from exc
 
 
 def _inspect(path: Path) -> MediaFile:

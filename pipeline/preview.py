@@ -8,18 +8,18 @@ and `decide`, so the forecast cannot drift from the run. It sends nothing.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.jobstate import JobState
+from pipeline.longform.cut import cut_files
+from pipeline.longform.run import legacy_upgrades, long_row, parent_of, resolve_plan, same_plan
 from pipeline.longform.segments import LongPlan
 from pipeline.manifest import Job
-from pipeline.outputs import SEGMENT_MARK, job_path
+from pipeline.outputs import job_path, segments_dir
 from pipeline.plan import (
-    CREDITS_PER_AUDIO_SECOND,
     changed_inputs,
     estimate_credits,
     fingerprint,
@@ -69,24 +69,33 @@ def forecast(
     """Each job of `checked` (invalid ones too) in manifest order, with what a run given the
     same options would do with it. `key_fp` None: the key is unknown, so no record is said to
     belong to another key; `key_fps`: several keys, a record of none of them is another's.
-    Jobs over `max_credits` are counted in manifest order. A long job is told from its
-    segments' records and its row in `long` (the state file's)."""
+    Jobs over `max_credits` are counted in manifest order. A long job is expanded into its
+    segments as the run would (`_expand`), they go through `plan_records` with the rest (a
+    renamed long job's segments are taken over), and its step sums theirs."""
     jobs = checked.manifest.jobs
-    fps = {job.id: fingerprint(job, checked.media) for job in jobs}
-    before = {r.id: r for r in records if r.id not in checked.untouched}
-    plan = plan_records(before, jobs, fps, redo)
+    expanded, plans, skipped = _expand(checked, long, output_dir, redo)
+    segments = [j for parent in expanded.values() for j in parent]
+    run_jobs = [j for j in jobs if j.id not in expanded] + segments
+    fps = {job.id: fingerprint(job, checked.media) for job in run_jobs}
+    # as the run leaves them: records of jobs not run, segments of a job stitched already
+    leave = set(checked.untouched) | skipped
+    upgraded = legacy_upgrades(records, plans)
+    before = {
+        r.id: replace(r, fingerprint=upgraded.get(r.id, r.fingerprint))
+        for r in records
+        if r.id not in checked.untouched and parent_of(r.id) not in leave
+    }
+    redo = redo | {s.id for job_id in redo for s in expanded.get(job_id, [])}
+    plan = plan_records(before, run_jobs, fps, redo)
     taken = {new: before[old] for old, new in plan.renames.items() if new in fps}
     keys = key_fps if key_fps is not None else frozenset({key_fp}) if key_fp else None
     options = _Options(redo - plan.fresh.keys(), retry_failed, keys)
-    steps: dict[str, Step] = {}
-    spent = 0
-    for job in jobs:
+    told: dict[str, Step] = {}
+    for job in run_jobs:
         cost = estimate_credits(job, checked.media)
         facts = input_facts(job, checked.media)
         old = before.get(job.id)
-        if job.id in checked.long:
-            step = _long_step(checked.long[job.id], before, long, output_dir, redo)
-        elif job.id in plan.fresh and old is None:
+        if job.id in plan.fresh and old is None:
             step = Step(job.id, "submit", "new job", cost)
         elif job.id in plan.fresh and old is not None:
             why = (
@@ -108,6 +117,16 @@ def forecast(
                 step = Step(
                     job.id, step.action, f"{step.detail}; {plan.details[record.id]}", step.credits
                 )
+        told[job.id] = step
+    steps: dict[str, Step] = {}
+    spent = 0
+    for job in jobs:
+        if job.id in expanded:
+            step = _long_step(job.id, [told[s.id] for s in expanded[job.id]])
+        elif job.id in skipped:
+            step = Step(job.id, "skip", "done: its segments are stitched")
+        else:
+            step = told[job.id]
         if step.action in _PAYING and max_credits is not None:
             if spent + step.credits > max_credits:
                 detail = f"{step.action} held back: it would pass --max-credits {max_credits}"
@@ -118,6 +137,42 @@ def forecast(
     for job_id, problems in checked.invalid.items():
         steps[job_id] = Step(job_id, "invalid", "; ".join(problems))
     return [steps[job.id] for job in checked.full.jobs if job.id in steps]
+
+
+def _expand(
+    checked: Checked, long: Sequence[LongRecord], output_dir: Path, redo: frozenset[str]
+) -> tuple[dict[str, list[Job]], list[LongPlan], set[str]]:
+    """As `LongJobs.expand` would: the segment jobs of each long job to run, the plans the
+    run goes by (of every long job), and the long jobs stitched already (skipped)."""
+    expanded: dict[str, list[Job]] = {}
+    plans: list[LongPlan] = []
+    skipped: set[str] = set()
+    for job in checked.manifest.jobs:
+        planned = checked.long.get(job.id)
+        if planned is None:
+            continue
+        assert job.video is not None
+        assert job.audio is not None
+        saved = next((r.plan for r in long if r.basis == planned.basis), None)
+        plan = resolve_plan(planned, saved, checked.media[job.video].sha256, job.audio)
+        plans.append(plan)
+        row = long_row(long, job.id)
+        redone = job.id in redo or any(parent_of(i) == job.id for i in redo)
+        if (
+            not redone
+            and row is not None
+            and row.stitched
+            and row.output is not None
+            and same_plan(row, plan)
+            and Path(row.output).is_file()
+        ):
+            skipped.add(job.id)
+            continue
+        folder = segments_dir(output_dir, job.id)
+        expanded[job.id] = plan.segment_jobs(
+            job, [cut_files(folder, i) for i in range(1, len(plan.cuts) + 1)]
+        )
+    return expanded, plans, skipped
 
 
 def _step(
@@ -163,41 +218,20 @@ def _step(
     return Step(job.id, "submit", why, cost)
 
 
-def _long_step(
-    planned: LongPlan,
-    records: Mapping[str, JobRecord],
-    long: Sequence[LongRecord],
-    output_dir: Path,
-    redo: frozenset[str],
-) -> Step:
-    """A long job's forecast: what its unpaid segments cost (paid ones are taken as they
-    are), or nothing once it is stitched."""
-    job_id = planned.job_id
-    saved = next((r.plan for r in long if r.basis == planned.basis), None)
-    plan = LongPlan.from_json(job_id, planned.basis, saved) if saved else planned
-    row = next((r for r in long if r.id == job_id), None)
-    output = row.output if row is not None and row.stitched and row.basis == plan.basis else None
-    if job_id not in redo and output is not None and Path(output).is_file():
-        return Step(job_id, "skip", "done: its segments are stitched")
-    cost, paid, done = 0, 0, 0
-    unpaid = (JobState.PENDING, JobState.FAILED)
-    for index, (start, end) in enumerate(plan.ranges(), 1):
-        record = records.get(f"{job_id}{SEGMENT_MARK}{index}")
-        if (
-            record is None
-            or job_id in redo
-            or record.fingerprint != plan.segment_fingerprint(index)
-            or record.state in unpaid
-        ):
-            cost += CREDITS_PER_AUDIO_SECOND * math.ceil(end - start)
-        else:
-            paid += 1
-            done += record.state is JobState.DONE
-    count = len(plan.cuts)
-    if cost:
-        return Step(
-            job_id, "submit", f"long job: {count - paid} of {count} segments to submit", cost
-        )
+def _long_step(job_id: str, segments: Sequence[Step]) -> Step:
+    """A long job's forecast from its segments': what the unpaid ones cost (paid ones are
+    taken as they are), or that all are done and wait to be stitched."""
+    count = len(segments)
+    paying = [s for s in segments if s.action in _PAYING]
+    done = sum(1 for s in segments if s.action == "skip" or s.detail.startswith("output missing"))
+    held = [f"segment {i} {s.detail}" for i, s in enumerate(segments, 1) if s.action == "held"]
+    note = f"; {held[0]}" if held else ""
+    if paying:
+        cost = sum(s.credits for s in paying)
+        what = f"long job: {len(paying)} of {count} segments to submit{note}"
+        return Step(job_id, "submit", what, cost)
+    if held:
+        return Step(job_id, "held", f"long job: {held[0]}")
     if done == count:
         return Step(job_id, "stitch", f"long job: {count} segments done, to stitch")
     return Step(job_id, "poll", f"long job: {count} segments paid for, {done} done")

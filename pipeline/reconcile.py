@@ -31,14 +31,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pipeline.errors import StateError
 from pipeline.jobstate import PAID_STATES, JobState
 from pipeline.manifest import Job
 from pipeline.outputs import (
-    SEGMENTS,
     archive_path,
+    in_segments_dir,
     job_path,
     place,
     prune_empty,
@@ -190,6 +191,52 @@ def reconcile(
     return [job for _, _, job in sorted(todo, key=lambda t: (t[0], t[1]))]
 
 
+def take_paid_from(store: StateStore, source: Path, wanted: Mapping[str, str]) -> list[str]:
+    """Copy in the paid records of the state file `source` (a manifest's `resume_from`: for
+    failed.yaml, the state file of the run that wrote it) whose fingerprint a job of this run
+    has (`wanted`: a fingerprint, or an earlier version's of it, -> the job's fingerprint) and
+    that no paid record here has, nor their video. They come in under archive ids, so the
+    reconcile that follows takes each over as it takes any paid record with a job's inputs: a
+    done result is fetched again (its file is the other folder's), never generated again; a
+    generating one is polled. Returns the ids copied in. (Both state files then count what
+    such a record paid: each tells its own folder's jobs.)"""
+    if not source.exists() or source.resolve() == store.path.resolve():
+        return []
+    try:
+        other = StateStore.read_only(source)
+    except StateError as exc:
+        log.warning("%s not read (%s): nothing paid there is taken", source, exc)
+        return []
+    try:
+        records = other.jobs(archived=True)
+    finally:
+        other.close()
+    mine = store.jobs(archived=True)
+    paid = {r.fingerprint for r in mine if r.state in PAID_STATES}
+    videos = {r.video_id for r in mine if r.video_id is not None}
+    names = {r.id for r in mine}
+    taken = []
+    for record in sorted(records, key=lambda r: (_PREFERENCE.get(r.state, 3), r.id)):
+        fp = wanted.get(record.fingerprint)
+        if (
+            fp is None
+            or fp in paid
+            or record.state not in _PREFERENCE
+            or record.video_id is None
+            or record.video_id in videos
+        ):
+            continue
+        state = JobState.DOWNLOADING if record.state is JobState.DONE else record.state
+        new_id = _archive_id(replace(record, id=record.id.partition(ARCHIVE_MARK)[0]), names)
+        detail = f"taken from {source} (as '{record.id}'): paid there, not paid again"
+        store.import_record(replace(record, fingerprint=fp), new_id, state, detail)
+        log.info("%s: %s", new_id, detail)
+        paid.add(fp)
+        videos.add(record.video_id)
+        taken.append(new_id)
+    return taken
+
+
 def _changed(job: Job, record: JobRecord, facts: Mapping[str, Mapping[str, str]]) -> str:
     return changed_inputs(job, record.inputs, facts[job.id]) + " changed"
 
@@ -299,14 +346,19 @@ def _take_over(
         store.add_jobs(plan.fresh, {i: json.dumps(facts[i], sort_keys=True) for i in plan.fresh})
     records = {r.id: r for r in store.jobs(archived=True)}
     # archived results standing where this manifest's jobs put theirs (or left at a staging
-    # name by an interrupted run) go to superseded/
+    # name by an interrupted run, or in a long job's segment folder, which goes once it is
+    # stitched) go to superseded/
     names = {str(home) for home in homes.values()}
     aside = {
         r.id: archive_path(output_dir, r.id)
         for r in records.values()
         if r.archived
         and movable(r, output_dir)
-        and (r.output in names or r.output == str(staging_path(output_dir, r.video_id or 0)))
+        and (
+            r.output in names
+            or r.output == str(staging_path(output_dir, r.video_id or 0))
+            or in_segments_dir(Path(str(r.output)), output_dir)
+        )
     }
     _move(store, records, aside, "kept aside: a job of the manifest needs its name")
     # results not at their job's path yet (just taken over, its `output` changed, or left
@@ -404,15 +456,13 @@ def _restart(
 
 
 def movable(record: JobRecord, output_dir: Path) -> bool:
-    """A done record whose file is intact in this output folder (at any depth, outside the
-    segment folders): renames and new `output` paths move it along. (A file elsewhere, as
-    under an earlier `--out`, is left alone: its job downloads its result again.)"""
+    """A done record whose file is intact in this output folder (at any depth, a long job's
+    segment folder included): renames and new `output` paths move it along. (A file
+    elsewhere, as under an earlier `--out`, is left alone: its job downloads its result
+    again.)"""
     if record.state is not JobState.DONE or record.output is None:
         return False
-    where = Path(record.output)
-    if not where.is_relative_to(output_dir):
-        return False
-    return where.relative_to(output_dir).parts[0] != SEGMENTS and intact(record)
+    return Path(record.output).is_relative_to(output_dir) and intact(record)
 
 
 def intact(record: JobRecord, path: Path | None = None) -> bool:

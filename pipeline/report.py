@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -145,6 +146,21 @@ def build_rows(records: Sequence[JobRecord], stopped_by: str | None = None) -> l
             for r in rows
         ]
     return rows
+
+
+def credits_total(rows: Sequence[ReportRow], store: StateStore | None) -> int:
+    """What the jobs of `rows` have cost over all runs: their records' credits, and those of
+    the records set aside from them (archived `<id>@<video id>`, a long job's `<id>~<n>@...`:
+    after `--redo` or changed inputs), which were paid all the same."""
+    total = sum(row.credits for row in rows)
+    if store is None:
+        return total
+    ids = {row.id for row in rows}
+    return total + sum(
+        record.credits
+        for record in store.jobs(archived=True)
+        if record.archived and re.split(r"[~@]", record.id, maxsplit=1)[0] in ids
+    )
 
 
 def new_run_id(started: float) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.errors import ManifestError
 from pipeline.htmlreport import build_page
+from pipeline.longform.run import long_rows, parent_of, status_rows
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.report import (
     MEANINGS,
@@ -28,6 +29,7 @@ from pipeline.report import (
     ReportRow,
     atomic_write,
     build_rows,
+    credits_total,
     job_rows,
     summary_counts,
 )
@@ -53,16 +55,17 @@ def rebuild_page(
     last = _last_report(out)
     state_path = state or out / STATE_NAME
     if state_path.exists():
-        rows = _rows_from_state(state_path, _manifest(manifest, last), last, now())
+        rows, total = _rows_from_state(state_path, _manifest(manifest, last), last, now())
         jobs: list[dict[str, Any]] = [asdict(row) for row in rows]
         summary: dict[str, Any] = dict(summary_counts(rows))
     elif last.get("jobs"):
         jobs, summary = list(last["jobs"]), dict(last.get("summary") or {})
+        total = int(last.get("credits_total") or 0)
     else:
         raise ManifestError([f"{out}: nothing to report: no state file and no report.json"])
     document = {
         **{k: v for k, v in last.items() if k not in ("jobs", "summary")},
-        "credits_total": sum(int(job.get("credits") or 0) for job in jobs),
+        "credits_total": total,
         "summary": summary,
         "jobs": jobs,
     }
@@ -103,21 +106,29 @@ def _manifest(given: Path | None, last: Mapping[str, Any]) -> Manifest | None:
 
 def _rows_from_state(
     state_path: Path, manifest: Manifest | None, last: Mapping[str, Any], now: float
-) -> list[ReportRow]:
+) -> tuple[list[ReportRow], int]:
+    """The job rows, and what they cost over all runs (`report.credits_total`)."""
     store = StateStore.read_only(state_path)
     try:
-        run_id = str(last.get("run_id") or "") or None
-        if manifest is not None:
-            return job_rows(manifest, store, run_id=run_id or "", now=now)
-        earlier = {job.get("id"): job for job in last.get("jobs") or []}
-        rows = []
-        for row in build_rows(store.jobs()):
-            before = earlier.get(row.id) or {}
-            rows.append(
-                replace(
-                    row, inputs=list(before.get("inputs") or []), language=before.get("language")
-                )
-            )
-        return rows
+        rows = _rows(store, manifest, last, now)
+        return rows, credits_total(rows, store)
     finally:
         store.close()
+
+
+def _rows(
+    store: StateStore, manifest: Manifest | None, last: Mapping[str, Any], now: float
+) -> list[ReportRow]:
+    run_id = str(last.get("run_id") or "") or None
+    if manifest is not None:  # a long job's row derived from its segments, as the run's
+        return long_rows(job_rows(manifest, store, run_id=run_id or "", now=now), store)
+    earlier = {job.get("id"): job for job in last.get("jobs") or []}
+    rows = []
+    records = store.jobs()
+    singles = build_rows([r for r in records if parent_of(r.id) is None])
+    for row in singles + status_rows(records, store.long_jobs()):
+        before = earlier.get(row.id) or {}
+        rows.append(
+            replace(row, inputs=list(before.get("inputs") or []), language=before.get("language"))
+        )
+    return rows

@@ -53,23 +53,31 @@ from pipeline.errors import (
     StateError,
     TransientError,
     VideoGoneError,
+    map_disk_errors,
 )
 from pipeline.failed import failed_this_run, write_failed_manifest
 from pipeline.generating import is_terminal, settle, started_at
 from pipeline.jobstate import JobState
 from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
-from pipeline.longform.run import LongJobs
+from pipeline.longform.run import LongJobs, legacy_fingerprints
 from pipeline.manifest import Job
 from pipeline.media import result_problem
 from pipeline.outputs import archive_path, job_path
-from pipeline.plan import WorkQueue, estimate_credits, generate_body, input_seconds
+from pipeline.plan import (
+    WorkQueue,
+    estimate_credits,
+    fingerprint,
+    generate_body,
+    input_seconds,
+)
 from pipeline.poller import Poller
 from pipeline.pool import Account, AccountPool, Binding
 from pipeline.preflight import Checked
 from pipeline.progress import LogProgress, ProgressSink, Snapshot, Tracker
-from pipeline.reconcile import reconcile
+from pipeline.reconcile import reconcile, take_paid_from
 from pipeline.report import (
     ReportRow,
+    credits_total,
     job_rows,
     keys_line,
     new_run_id,
@@ -216,6 +224,8 @@ class _Run:
     # is no speaker of the list (each with its one-line problem)
     speakers_unread: ApiError | None = None
     speaker_problems: dict[str, str] = field(default_factory=dict)
+    _arrived: anyio.Event = field(default_factory=anyio.Event)  # a cut segment joined the queue
+    _cutting: bool = False  # segments are being cut: more work may join the queue
 
     def __post_init__(self) -> None:
         self.started = self.wall()
@@ -395,18 +405,60 @@ class _Run:
                     ):
                         await self.admission.acquire()
                         tg.start_soon(self._archived_task, record.id)
-                queue = WorkQueue(jobs, self.checked.media)
-                while queue:
+                # segments still to be sent wait for their cut files, made meanwhile
+                later = [j for j in jobs if self._waits_for_cut(j)]
+                queue = WorkQueue([j for j in jobs if j not in later], self.checked.media)
+                if later:
+                    self._cutting = True
+                    tg.start_soon(self._cut_segments, later, queue)
+                while queue or self._cutting:
+                    if not queue:
+                        await self._arrived.wait()
+                        self._arrived = anyio.Event()
+                        continue
                     await self.admission.acquire()
                     job = queue.pop(longest_first=self.poller.size_predicts())
                     if self.stop_submitting.is_set() and self._is_new(job):
                         self.admission.release()
                         continue
                     tg.start_soon(self._job_task, job)
-            if self.longform is not None and self.problem is None:
-                # long jobs whose segments were all done before this run
-                await self._stitch(self.longform.settle_all())
             polling.cancel_scope.cancel()
+
+    def _waits_for_cut(self, job: Job) -> bool:
+        """A long job's segment that will be sent but has no cut files yet in this run."""
+        if self.longform is None or not self.longform.needs_inputs(job):
+            return False
+        return self.store.job(job.id).state in (JobState.PENDING, JobState.SUBMITTING)
+
+    async def _cut_segments(self, later: list[Job], queue: WorkQueue) -> None:
+        """Cut the segments in `later` (one worker thread, a long job at a time, in manifest
+        order) while the spawner admits other work; each joins `queue` once its files are
+        made. A job that cannot be cut leaves its segments out (its problem is reported)."""
+        assert self.longform is not None
+        waiting: dict[str, dict[int, Job]] = {}
+        for job in later:
+            assert job.segment is not None
+            waiting.setdefault(job.segment.parent, {})[job.segment.index] = job
+        try:
+            for parent, segments in waiting.items():
+
+                def ready(index: int, segments: dict[int, Job] = segments) -> None:
+                    queue.push(segments[index])
+                    self._arrived.set()
+
+                await self.longform.prepare_inputs(parent, list(segments), ready)
+        except DiskError as exc:
+            self._stop_run(exc)
+        finally:
+            self._cutting = False
+            self._arrived.set()
+
+    async def _inputs_ready(self, job: Job) -> bool:
+        """A segment about to be sent has its cut files (made now if it had none: a segment
+        sent again after status 8). False: it cannot be cut."""
+        if self.longform is None or job.segment is None or not self.longform.needs_inputs(job):
+            return True
+        return await self.longform.prepare_inputs(job.segment.parent, [job.segment.index])
 
     def _is_new(self, job: Job) -> bool:
         return self.store.job(job.id).state is JobState.PENDING
@@ -558,6 +610,8 @@ class _Run:
                     return
                 if not self._budget_allows(job, record):
                     return
+                if not await self._inputs_ready(job):
+                    return
                 if not await self._take_slot(job, ticket):
                     return
                 if self.stop_submitting.is_set():
@@ -593,7 +647,9 @@ class _Run:
             elif state is JobState.DOWNLOADING:
                 self._leave_admission(ticket)
                 dest = job_path(self.options.output_dir, job.id, job.output)
-                dest.parent.mkdir(parents=True, exist_ok=True)  # `output: es/intro.mp4`
+                with map_disk_errors(f"cannot create {dest.parent}"):
+                    dest.parent.mkdir(parents=True, exist_ok=True)  # `output: es/a.mp4`, or a
+                    # segment folder gone since
                 record = await self._download(job.id, record, dest, ticket.account, job)
             else:
                 return
@@ -908,7 +964,11 @@ class _Run:
 
     def _suspect(self, job: Job | None, path: Path) -> str | None:
         """Why the downloaded result at `path` looks wrong (`media.result_problem`), or None.
-        The audio's length is the yardstick; for TTS (or an archived record) only the frame."""
+        The audio's length is the yardstick; for TTS (or an archived record) only the frame;
+        a long job's segment is measured by its range."""
+        if job is not None and job.segment is not None:
+            seconds = job.segment.end - job.segment.start
+            return result_problem(path, seconds, seconds)
         media = self.checked.media
         audio = video = None
         if job is not None and job.audio is not None and job.audio in media:
@@ -972,6 +1032,10 @@ async def run_batch(
         checked, store, options.output_dir, options.keep_segments, redo=options.redo
     )
     expanded = await longform.expand()  # long jobs -> their segments, as jobs
+    if checked.manifest.resume_from is not None:  # failed.yaml: what its run paid for
+        fps = {fingerprint(job, expanded.media) for job in expanded.manifest.jobs}
+        wanted = {fp: fp for fp in fps} | legacy_fingerprints(longform.plans.values())
+        take_paid_from(store, checked.manifest.resume_from, wanted)
     run = _Run(expanded, store, clients, options, sleep, wall, longform=longform)
     sink = progress if progress is not None else LogProgress(options.progress_every)
     started = options.started_at if options.started_at is not None else wall()
@@ -996,6 +1060,15 @@ async def run_batch(
                 tg.start_soon(_sample_progress, run, tracker, sink)
                 await run.execute(jobs)
                 tg.cancel_scope.cancel()
+        # long jobs whose segments were all done before this run (or whose stitch waited):
+        # local work, done whatever else went wrong, unless files cannot be written
+        if not isinstance(run.problem, DiskError | StateError):
+            try:
+                await longform.settle_all()
+            except DiskError as exc:
+                if run.problem is None or isinstance(run.problem, TransientError):
+                    run.problem = exc
+                log.error("stopping the run: %s", exc)
     _tell_progress(run, tracker, sink)  # the final picture
     sink.close()
     interrupted = scope.cancel_called
@@ -1020,7 +1093,9 @@ async def run_batch(
     exit_code = _exit_code([r for r in rows if r.id in considered], run.problem, interrupted)
     failed = failed_this_run(store, checked.manifest, started) + longform.failed_since(started)
     failed += [job for job in checked.full.jobs if job.id in checked.invalid]
-    failed_path = write_failed_manifest(options.output_dir, checked.full, failed, run_id)
+    failed_path = write_failed_manifest(
+        options.output_dir, checked.full, failed, run_id, state=store.path
+    )
     spent = store.total_credits() - credits_before
     report_path = write_report(
         options.output_dir,
@@ -1036,7 +1111,7 @@ async def run_batch(
             else None,
             "problems": invalid_problems,
             "credits_this_run": spent,
-            "credits_total": sum(r.credits for r in rows),
+            "credits_total": credits_total(rows, store),
             "failed_manifest": str(failed_path) if failed_path else None,
             "interrupted": interrupted,
             "peak_slots": run.pool.peak,

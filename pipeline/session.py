@@ -28,11 +28,19 @@ from pipeline.download import check_writable
 from pipeline.errors import LockedError, ManifestError, PipelineError, StateError
 from pipeline.failed import FAILED_NAME
 from pipeline.logs import RunContext
+from pipeline.longform.run import long_rows
 from pipeline.manifest import Manifest
 from pipeline.notify import notify, payload
 from pipeline.preflight import Checked
 from pipeline.progress import ProgressSink
-from pipeline.report import MEANINGS, job_rows, new_run_id, run_facts, write_report
+from pipeline.report import (
+    MEANINGS,
+    credits_total,
+    job_rows,
+    new_run_id,
+    run_facts,
+    write_report,
+)
 from pipeline.runner import ExitCode, RunOptions, RunOutcome, exit_code_for, run_batch
 from pipeline.secrets import Redactor
 from pipeline.state import StateStore
@@ -171,6 +179,9 @@ class RunSession:
                     if store is None and self.state_path.exists()
                     else "unfinished:pending",
                 )
+                if store is not None:  # long jobs as the state file tells them
+                    refused = {r.id for r in rows if r.error_class == "ManifestError"}
+                    rows = long_rows(rows, store, leave=refused)
             # nothing failed in this run: an older failed.yaml would read as tonight's
             (out / FAILED_NAME).unlink(missing_ok=True)
             return write_report(
@@ -183,7 +194,7 @@ class RunSession:
                     "problem_class": kind,
                     "problems": problems,
                     "credits_this_run": 0,
-                    "credits_total": sum(r.credits for r in rows),
+                    "credits_total": credits_total(rows, store),
                     "failed_manifest": None,
                     "interrupted": kind == "KeyboardInterrupt",
                 },

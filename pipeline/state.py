@@ -164,6 +164,9 @@ MIGRATIONS: list[tuple[str, str]] = [
         )
         """,
     ),
+    # Why a long job could not be cut or stitched (so `status` and `report` tell what the run
+    # said); cleared when it is expanded again or stitched.
+    ("0011_long_job_errors", "ALTER TABLE long_jobs ADD COLUMN error TEXT"),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -280,6 +283,7 @@ class LongRecord(NamedTuple):
     stitched: bool
     output: str | None
     bytes: int | None
+    error: str | None = None  # why it could not be cut or stitched (the last run's word)
 
 
 class StateStore:
@@ -346,6 +350,12 @@ class StateStore:
             raise StateError(f"{path}: cannot read state file: {exc}") from exc
         return cls(conn, None, time.time)
 
+    @property
+    def path(self) -> Path:
+        """The state file's path, as SQLite opened it."""
+        row = self._conn.execute("PRAGMA database_list").fetchone()
+        return Path(str(row[2]))
+
     def close(self) -> None:
         self._conn.close()
         if self._lock_fd is not None:
@@ -397,6 +407,33 @@ class StateStore:
                     ),
                 )
                 self._event(job_id, None, JobState.PENDING, "new job")
+
+    def import_record(self, record: JobRecord, job_id: str, state: JobState, detail: str) -> None:
+        """Copy a paid record of another state file in as `job_id` (in `state`), what it paid
+        for and its generation with it, never its file (the other folder's) or error."""
+        values = {
+            "id": job_id,
+            "fingerprint": record.fingerprint,
+            "state": state.value,
+            "attempts": record.attempts,
+            "trace_id": record.trace_id,
+            "video_id": record.video_id,
+            "credits": record.credits,
+            "last_credits": record.last_credits,
+            "ambiguous": record.ambiguous,
+            "submitted_at": record.submitted_at,
+            "updated_at": self._clock(),
+            "key_fp": record.key_fp,
+            "credits_estimated": int(record.credits_estimated),
+            "inputs": record.inputs,
+        }
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._write():
+            self._conn.execute(
+                f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(values.values())
+            )
+            self._event(job_id, None, state, detail)
 
     def transition(
         self, job_id: str, target: JobState, detail: str = "", **fields: Any
@@ -574,10 +611,12 @@ class StateStore:
         ).fetchone()
         if known is None:
             return []
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(long_jobs)")}
+        error = "error" if "error" in columns else "NULL"  # a file of 0009 (read unmigrated)
         rows = self._conn.execute(
-            "SELECT id, basis, plan, stitched, output, bytes FROM long_jobs ORDER BY id"
+            f"SELECT id, basis, plan, stitched, output, bytes, {error} FROM long_jobs ORDER BY id"
         ).fetchall()
-        return [LongRecord(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows]
+        return [LongRecord(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def long_plan(self, basis: str) -> str | None:
         """The plan saved for `basis` (under any job id), or None."""
@@ -586,13 +625,17 @@ class StateStore:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def save_long_plan(self, job_id: str, basis: str, plan: str) -> None:
-        """Record the job's plan; a row of other inputs (another basis) starts over."""
+    def save_long_plan(self, job_id: str, basis: str, plan: str, *, keep: bool = False) -> None:
+        """Record the job's plan; a row of other inputs (another basis) starts over, unless
+        `keep`: its stitched result is this plan's too."""
         with self._write():
             row = self._conn.execute(
                 "SELECT basis FROM long_jobs WHERE id = ?", (job_id,)
             ).fetchone()
-            if row is not None and row[0] == basis:
+            if row is not None and (keep or row[0] == basis):
+                self._conn.execute(
+                    "UPDATE long_jobs SET basis = ?, plan = ? WHERE id = ?", (basis, plan, job_id)
+                )
                 return
             self._conn.execute(
                 "INSERT OR REPLACE INTO long_jobs (id, basis, plan, stitched, updated_at)"
@@ -604,8 +647,8 @@ class StateStore:
         """The job's segments are stitched into `output` (None: not, or no longer)."""
         with self._write():
             self._conn.execute(
-                "UPDATE long_jobs SET stitched = ?, output = ?, bytes = ?, updated_at = ?"
-                " WHERE id = ?",
+                "UPDATE long_jobs SET stitched = ?, output = ?, bytes = ?, error = NULL,"
+                " updated_at = ? WHERE id = ?",
                 (int(output is not None), output, size, self._clock(), job_id),
             )
 
@@ -640,6 +683,14 @@ class StateStore:
             (base_url,),
         ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
+
+    def save_long_error(self, job_id: str, error: str | None) -> None:
+        """Why the job could not be cut or stitched (None: no such problem now)."""
+        with self._write():
+            self._conn.execute(
+                "UPDATE long_jobs SET error = ?, updated_at = ? WHERE id = ?",
+                (None if error is None else self._redact(error), self._clock(), job_id),
+            )
 
     # internals ----------------------------------------------------------------------------
 

@@ -15,15 +15,17 @@ from typing import Any
 import av
 import pytest
 
+from pipeline.cli import main
 from pipeline.client import PixverseClient
 from pipeline.longform import run as longrun
-from pipeline.longform.cut import cut_segments, video_rate
+from pipeline.longform.cut import cut_segments, fingerprinted, video_rate
 from pipeline.longform.pauses import Pause, find_pauses, pauses_in
 from pipeline.longform.segments import LongPlan, plan_cuts, plan_job
 from pipeline.longform.stitch import stitch
 from pipeline.manifest import Job, Limits, load_manifest
 from pipeline.media import probe
 from pipeline.preflight import preflight
+from pipeline.preview import forecast
 from pipeline.simulator import Simulator, serve
 from pipeline.state import StateStore
 from tests.harness import STATE_NAME, fast_sim, project, run_once, sim_in_thread
@@ -156,13 +158,23 @@ def _plan(tmp: Path, video_seconds: float, extend: str | None = None) -> LongPla
     )
 
 
-def test_a_segment_is_paid_under_its_range_not_its_bytes(tmp_path: Path) -> None:
-    plan = _plan(tmp_path, SECONDS)
+def test_a_segment_is_paid_under_the_content_of_its_range(tmp_path: Path, long_media: Path) -> None:
+    dub = long_media / "talk_es.mp3"
+    plan = fingerprinted(_plan(tmp_path, SECONDS), "video-sha", dub)  # cut at 30 and 60 s
     again = LongPlan.from_json(plan.job_id, plan.basis, plan.to_json())
-    assert [again.segment_fingerprint(i) for i in (1, 2, 3)] == [
-        plan.segment_fingerprint(i) for i in (1, 2, 3)
-    ]
-    assert len({plan.segment_fingerprint(i) for i in (1, 2, 3)}) == 3
+    assert again == plan
+    assert [again.segment_fingerprint(i) for i in (1, 2, 3)] == list(plan.fingerprints)
+    assert len(set(plan.fingerprints)) == 3
+    # the dub re-recorded in its last segment only: the other two send what they sent
+    changed = make_audio(tmp_path / "changed.mp3", seconds=SECONDS, pauses=(*GAPS, (64, 65)))
+    other = fingerprinted(_plan(tmp_path, SECONDS), "video-sha", changed)
+    assert other.fingerprints[:2] == plan.fingerprints[:2]
+    assert other.fingerprints[2] != plan.fingerprints[2]
+    # another video: every segment sends another picture
+    moved = fingerprinted(_plan(tmp_path, SECONDS), "other-video-sha", dub)
+    assert not set(moved.fingerprints) & set(plan.fingerprints)
+    # the fingerprint of earlier versions (basis and range) is still known, per segment
+    assert len({plan.legacy_fingerprint(i) for i in (1, 2, 3)} - set(plan.fingerprints)) == 3
     assert "cut to the dub's" in _plan(tmp_path, 80.0).line()
     assert "held on its last frame" in _plan(tmp_path, 20.0, "freeze").line()
 
@@ -175,7 +187,7 @@ def test_cuts_hold_their_share_of_frames(tmp_path: Path, extend: str | None) -> 
     video_seconds = SECONDS if extend is None else 12.0
     video = make_video(tmp_path / "v.mp4", seconds=video_seconds, fps=FPS, audio=False)
     dub = make_audio(tmp_path / "a.wav", seconds=SECONDS)
-    plan = _plan(tmp_path, video_seconds, extend)
+    plan = fingerprinted(_plan(tmp_path, video_seconds, extend), "v", dub)
     assert video_rate(video) == FPS
     files = cut_segments(plan, video, dub, tmp_path / "cuts")
     for (first, last), (start, end), (cut_video, cut_audio) in zip(
@@ -192,7 +204,7 @@ def test_stitching_copies_or_encodes_with_the_original_dub(
     tmp_path: Path, long_media: Path
 ) -> None:
     video, dub = long_media / "talk.mp4", long_media / "talk_es.mp3"
-    plan = _plan(tmp_path, SECONDS)
+    plan = fingerprinted(_plan(tmp_path, SECONDS), "v", dub)
     cuts = cut_segments(plan, video, dub, tmp_path / "cuts")
     # the segments' results here carry no sound at all: the result's must be the dub's
     results = [v for v, _ in cuts]
@@ -247,6 +259,7 @@ async def test_keep_segments_keeps_the_cuts_and_results(tmp_path: Path, long_med
     kept = sorted(p.name for p in (out / "segments" / "talk-es").iterdir())
     assert kept == [
         *(f"cut-{i}.{x}" for i in (1, 2, 3) for x in ("mp4", "wav")),
+        "cuts.json",  # which segment fingerprint each cut was made for
         *(f"talk-es~{i}.mp4" for i in (1, 2, 3)),
     ]
 
@@ -468,3 +481,117 @@ def test_a_dub_longer_than_its_video_runs_with_extend(tmp_path: Path, long_media
     make_video(tmp_path / "media" / "short.mp4", seconds=5, fps=FPS)
     plan = preflight(load_manifest(manifest)).long["j"]
     assert "held on its last frame" in plan.line()
+
+
+@pytest.mark.anyio
+async def test_a_long_job_midway_under_the_earlier_fingerprints_resumes_paying_nothing_twice(
+    tmp_path: Path, short_long_media: Path
+) -> None:
+    """A state file as the version before content fingerprints left it: one segment done and
+    paid, the other pending, the segments' records under the basis-and-range fingerprints,
+    the saved plan without fingerprints, the cuts without `cuts.json`. (Checked once against
+    that version's own run as well.) The upgraded run pays only the pending segment."""
+    manifest = long_project(tmp_path, short_long_media)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        first = await run_once(sim, manifest, out, max_credits=90)  # one segment of two
+        assert first.exit_code == 75
+        store = StateStore.open(out / STATE_NAME)
+        try:
+            [row] = store.long_jobs()
+            plan = LongPlan.from_json("talk-es", row.basis, row.plan)
+            for index in (1, 2):
+                legacy = plan.legacy_fingerprint(index)
+                store.update(f"talk-es~{index}", "as an earlier version", fingerprint=legacy)
+            saved = json.loads(row.plan)
+            old = {k: v for k, v in saved.items() if k not in ("fingerprints", "dub")}
+            store.save_long_plan("talk-es", row.basis, json.dumps(old))
+        finally:
+            store.close()
+        (out / "segments" / "talk-es" / "cuts.json").unlink()
+        [done] = [r for r in _records(out) if r.state.value == "done"]
+        outcome = await run_once(sim, manifest, out)
+        assert outcome.exit_code == 0
+        paid_once(sim, segments=2)
+    assert done.fingerprint == plan.legacy_fingerprint(1)
+    assert {r.id: r.video_id for r in _records(out)}[done.id] == done.video_id
+    check_result(out / "talk-es.mp4", short_long_media / "talk_es.mp3")
+
+
+def _records(out: Path) -> list[Any]:
+    store = StateStore.read_only(out / STATE_NAME)
+    try:
+        return list(store.jobs())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("redo", "said"),
+    [
+        ("talk-es~4", "--redo: 'talk-es~4': job 'talk-es' has 3 segments"),
+        ("talk-es~0", "--redo: no job with id 'talk-es~0'"),
+        ("other~1", "--redo: no job with id 'other~1'"),
+    ],
+)
+def test_redo_of_a_segment_names_one_of_its_plan(
+    tmp_path: Path, long_media: Path, capsys: pytest.CaptureFixture[str], redo: str, said: str
+) -> None:
+    manifest = long_project(tmp_path, long_media)
+    assert main(["run", str(manifest), "--dry-run", "--redo", redo]) == 2
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_the_forecast_of_a_long_job_is_what_the_run_then_pays(
+    tmp_path: Path, short_long_media: Path
+) -> None:
+    manifest = long_project(tmp_path, short_long_media)
+    out = tmp_path / "out"
+
+    def told(redo: frozenset[str] = frozenset()) -> tuple[str, str, int]:
+        checked = preflight(load_manifest(manifest))
+        records, long = [], []
+        if (out / STATE_NAME).exists():
+            store = StateStore.read_only(out / STATE_NAME)
+            try:
+                records, long = store.jobs(archived=True), store.long_jobs()
+            finally:
+                store.close()
+        [step] = forecast(checked, records, out, long=long, redo=redo)
+        return step.action, step.detail, step.credits
+
+    async with serve(fast_sim()) as sim:
+        plan = preflight(load_manifest(manifest)).long["talk-es"]
+        assert told() == ("submit", "long job: 2 of 2 segments to submit", plan.credits())
+        await run_once(sim, manifest, out, max_credits=90)  # the first segment only
+        action, detail, credits = told()
+        assert (action, detail) == ("submit", "long job: 1 of 2 segments to submit")
+        assert 0 < credits < plan.credits()
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        assert told()[:2] == ("skip", "done: its segments are stitched")
+        # one segment redone: that one is paid, the other downloaded again, for free
+        redo = frozenset({"talk-es~2"})
+        assert told(redo)[:2] == ("submit", "long job: 1 of 2 segments to submit")
+        assert (await run_once(sim, manifest, out, redo=redo)).exit_code == 0
+        assert len(sim.ledger.generations) == 3
+
+
+@pytest.mark.anyio
+async def test_keep_going_leaves_an_invalid_long_jobs_segment_records_alone(
+    tmp_path: Path, short_long_media: Path
+) -> None:
+    """The manifest's only long job is invalid tonight (its dub now outlasts its video): the
+    run of the other jobs must not archive the long job's paid segments (review 5, L16)."""
+    text = LONG + "  - {id: short, video: media/intro.mp4, audio: media/intro_es.mp3}\n"
+    manifest = long_project(tmp_path, short_long_media, text)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        paid = {r.id for r in _records(out)}
+        assert {"talk-es~1", "talk-es~2"} <= paid
+        make_audio(tmp_path / "media" / "talk_es.mp3", seconds=40, pauses=GAPS[:1])
+        outcome = await run_once(sim, manifest, out, keep_going=True)
+    assert outcome.exit_code == 1
+    assert {r.id for r in _records(out)} == paid
+    assert {row.id: row.state for row in outcome.rows}["talk-es"] == "failed"

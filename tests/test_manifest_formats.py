@@ -238,7 +238,7 @@ def test_validate_prints_schema_and_file_problems_together(
     err = capsys.readouterr().err.splitlines()
     assert err[0] == (
         "error: manifest field 'defualts': unknown field; did you mean `defaults`? (allowed:"
-        " defaults, jobs, limits, output_dir, output_pattern, version)"
+        " defaults, jobs, limits, output_dir, output_pattern, resume_from, version)"
     )
     assert err[1].startswith("error: job 'a' field 'audio': ")
     assert err[1].endswith("missing.wav: file not found")

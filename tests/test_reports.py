@@ -184,6 +184,7 @@ async def test_failed_yaml_validates_and_runs_as_is(
         document = yaml.safe_load(failed.read_text(encoding="utf-8"))
         assert document["version"] == 1
         assert document["output_dir"] == "retry"
+        assert document["resume_from"] == ".pixverse-batch.sqlite"  # what its run paid for
         # paths relative to the output folder; fan-out written back as fan-out
         intro, speaker = "../media/intro.mp4", {"speaker": "1"}
         assert document["jobs"] == [

@@ -1,5 +1,10 @@
 """Cutting a long job's inputs into segment files with PyAV, and reading frames on a grid.
 
+`fingerprinted` gives a plan its segments' fingerprints: what each sends, hashed from the
+sources (the video's hash with the source times of the segment's frames, the dub's decoded
+samples in its range), never from the cut bytes. `cut_segments` records in `cuts.json` which
+fingerprint each cut was made for, so a cut of another plan is never sent as this one's.
+
 Each segment's video is re-encoded (H.264, CRF 18, no B-frames) from the source's frames
 on the plan's constant frame grid, so it starts on a keyframe at timestamp 0 and holds
 exactly its share of frames; a dub longer than the video takes the video again from its start
@@ -11,9 +16,12 @@ renamed: a file at its final name is whole. Blocking: callers use a worker threa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,7 +29,7 @@ import av
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-from pipeline.longform.segments import LongPlan
+from pipeline.longform.segments import CUTTER, LongPlan
 
 CRFS = ("18", "23", "28")  # high quality first; coarser only if a cut is over the size limit
 AUDIO_MAX_RATE = 48_000
@@ -36,30 +44,96 @@ def video_rate(path: Path) -> Fraction:
     return Fraction(rate) if rate else Fraction(25)
 
 
+CUTS_NAME = "cuts.json"  # in a segment folder: cut index -> the fingerprint it was cut for
+
+
 def cut_files(folder: Path, index: int) -> tuple[Path, Path]:
     """The (video, audio) cut files of segment `index` (1-based) in `folder`."""
     return folder / f"cut-{index}.mp4", folder / f"cut-{index}.wav"
 
 
+def fingerprinted(plan: LongPlan, video_sha: str, audio: Path) -> LongPlan:
+    """`plan` with each segment's fingerprint: the cutter's version, the video's sha256 with
+    the source times of the segment's frames (`LongPlan.source_time`), and the sha256 of the
+    dub's samples in its range as the cut's WAV holds them. Blocking: the dub is decoded."""
+    rate, chunks = _pcm(audio)
+    bounds = [(round(start * rate), round(end * rate)) for start, end in plan.ranges()]
+    hashers = [hashlib.sha256() for _ in bounds]
+    at = 0
+    for chunk in chunks:
+        count = len(chunk) // 2
+        for (first, last), hasher in zip(bounds, hashers, strict=True):
+            low, high = max(first, at), min(last, at + count)
+            if low < high:
+                hasher.update(chunk[2 * (low - at) : 2 * (high - at)])
+        at += count
+    prints = []
+    for (first, last), hasher in zip(plan.frame_ranges(), hashers, strict=True):
+        times = [round(plan.source_time(k), 6) for k in range(first, last)]
+        parts = {
+            "cutter": CUTTER,
+            "video": video_sha,
+            "fps": str(plan.fps),
+            "frames": hashlib.sha256(json.dumps(times).encode()).hexdigest(),
+            "audio": hasher.hexdigest(),
+            "rate": rate,
+        }
+        prints.append(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest())
+    return replace(plan, fingerprints=tuple(prints))
+
+
 def cut_segments(
-    plan: LongPlan, video: Path, audio: Path, folder: Path, max_bytes: float | None = None
+    plan: LongPlan,
+    video: Path,
+    audio: Path,
+    folder: Path,
+    max_bytes: float | None = None,
+    *,
+    wanted: Collection[int] | None = None,
+    on_cut: Callable[[int, tuple[Path, Path]], None] | None = None,
 ) -> list[tuple[Path, Path]]:
-    """Write every missing cut file of `plan` into `folder`; return all (video, audio) pairs."""
+    """Make sure the cut files of the `wanted` segments (1-based; all by default) are in
+    `folder`, cut for this plan's fingerprints (`cuts.json` says which each was cut for: a
+    cut of another plan is cut again); `on_cut(index, files)` is told of each as soon as it
+    is ready. Returns every segment's (video, audio) pair."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = [cut_files(folder, i) for i in range(1, len(plan.cuts) + 1)]
-    if not all(v.exists() for v, _ in files):
-        for _index, ((first, last), (dest, _)) in enumerate(
-            zip(plan.frame_ranges(), files, strict=True), 1
-        ):
-            if not dest.exists():
-                _cut_video(plan, video, first, last, dest, max_bytes)
-    if not all(a.exists() for _, a in files):
-        rate, samples = decode_pcm(audio)
-        for (start, end), (_, dest) in zip(plan.ranges(), files, strict=True):
-            if not dest.exists():
-                part = samples[round(start * rate) : round(end * rate)]
-                _write_wav(dest, part, rate)
+    count = len(plan.cuts)
+    files = [cut_files(folder, i) for i in range(1, count + 1)]
+    made = _made(folder)
+    samples: tuple[int, array[int]] | None = None
+    for index in sorted(set(range(1, count + 1) if wanted is None else wanted)):
+        pair = files[index - 1]
+        fingerprint = plan.segment_fingerprint(index)
+        if made.get(str(index)) != fingerprint or not all(p.exists() for p in pair):
+            if made.pop(str(index), None) is not None:
+                _record(folder, made)  # a cut being replaced belongs to no segment meanwhile
+            first, last = plan.frame_ranges()[index - 1]
+            _cut_video(plan, video, first, last, pair[0], max_bytes)
+            if samples is None:
+                samples = decode_pcm(audio)
+            rate, pcm = samples
+            start, end = plan.ranges()[index - 1]
+            _write_wav(pair[1], pcm[round(start * rate) : round(end * rate)], rate)
+            made[str(index)] = fingerprint
+            _record(folder, made)
+        if on_cut is not None:
+            on_cut(index, pair)
     return files
+
+
+def _made(folder: Path) -> dict[str, str]:
+    """`cuts.json` of `folder`: which fingerprint each cut there was made for."""
+    try:
+        data = json.loads((folder / CUTS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _record(folder: Path, made: dict[str, str]) -> None:
+    tmp = folder / f".{CUTS_NAME}.tmp"
+    tmp.write_text(json.dumps(made, sort_keys=True), encoding="utf-8")
+    _settle(tmp, folder / CUTS_NAME)
 
 
 class FrameGrid:
@@ -102,14 +176,6 @@ class FrameGrid:
         return self._current
 
 
-def _source_time(plan: LongPlan, frame: int) -> float:
-    seconds = float(frame / plan.fps)
-    last = plan.video_seconds - float(1 / plan.fps)
-    if plan.extend == "loop" and plan.video_seconds > 0:
-        return seconds % plan.video_seconds
-    return min(seconds, max(0.0, last))  # freeze, and the video cut to the dub
-
-
 def _cut_video(
     plan: LongPlan, source: Path, first: int, last: int, dest: Path, max_bytes: float | None
 ) -> None:
@@ -124,7 +190,7 @@ def _cut_video(
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
                 stream.time_base = 1 / plan.fps
                 for k in range(first, last):
-                    frame = grid.at(_source_time(plan, k))
+                    frame = grid.at(plan.source_time(k))
                     if (frame.width, frame.height) != (width, height):
                         frame = frame.reformat(width=width, height=height)
                     # the encoder copies the picture when it is sent: one frame may go twice
@@ -141,16 +207,30 @@ def _cut_video(
 def decode_pcm(path: Path) -> tuple[int, array[int]]:
     """The first audio stream of `path` as mono 16-bit samples, at its rate (48 kHz at most)."""
     samples: array[int] = array("h")
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        rate = min(stream.codec_context.sample_rate or AUDIO_MAX_RATE, AUDIO_MAX_RATE)
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-        for frame in container.decode(stream):
-            for chunk in resampler.resample(frame):
-                samples.frombytes(bytes(chunk.planes[0])[: 2 * chunk.samples])
-        for chunk in resampler.resample(None):
-            samples.frombytes(bytes(chunk.planes[0])[: 2 * chunk.samples])
+    rate, chunks = _pcm(path)
+    for chunk in chunks:
+        samples.frombytes(chunk)
     return rate, samples
+
+
+def _pcm(path: Path) -> tuple[int, Iterator[bytes]]:
+    """The rate of `path`'s first audio stream (48 kHz at most), and its samples as mono
+    16-bit bytes, chunk by chunk, decoded as they are read."""
+    with av.open(str(path)) as container:
+        codec = container.streams.audio[0].codec_context
+        rate = min(codec.sample_rate or AUDIO_MAX_RATE, AUDIO_MAX_RATE)
+
+    def chunks() -> Iterator[bytes]:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            for frame in container.decode(stream):
+                for chunk in resampler.resample(frame):
+                    yield bytes(chunk.planes[0])[: 2 * chunk.samples]
+            for chunk in resampler.resample(None):
+                yield bytes(chunk.planes[0])[: 2 * chunk.samples]
+
+    return rate, chunks()
 
 
 def _write_wav(dest: Path, samples: array[int], rate: int) -> None:

@@ -2,10 +2,14 @@
 
 Before reconcile, `LongJobs.expand` replaces each long job of the run by its segment jobs
 (`<id>~1`, `<id>~2`, ...: manifest ids cannot hold `~`), their inputs the cut files in
-`OUT/segments/<id>/` (cut again when missing). From there on the segments are jobs like any
-other: uploaded, submitted exactly once, polled, downloaded, resumed, adopted and redone by
-the same machinery and the same state file. The plan a job was cut by is saved in the state
-file (`long_jobs`) and reused, so a resumed run cuts at the same frames.
+`OUT/segments/<id>/`, with their fingerprints from the plan (what each sends), so reconcile
+knows every segment before anything is cut. Cutting happens during the run, in a worker
+thread (`prepare_inputs`), only for the segments that still have to be sent: the runner
+submits other work meanwhile and admits each segment as soon as its files are made. From
+there on the segments are jobs like any other: uploaded, submitted exactly once, polled,
+downloaded, resumed, adopted and redone by the same machinery and the same state file. The
+plan a job was cut by is saved in the state file (`long_jobs`) and reused, so a resumed run
+cuts at the same frames.
 
 When a run's last segment of a job is done (`settle`), the results are stitched
 (`pipeline.longform.stitch`) into the job's path (`OUT/<id>.mp4`, or its `output`), placed
@@ -23,27 +27,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import av
 
 from pipeline.errors import map_disk_errors
 from pipeline.jobstate import JobState
-from pipeline.longform.cut import cut_segments
+from pipeline.longform.cut import cut_files, cut_segments, fingerprinted
 from pipeline.longform.segments import LongPlan
 from pipeline.longform.stitch import StitchError, stitch
 from pipeline.manifest import MB, Job
 from pipeline.media import MediaProbeError, probe, sha256_file
 from pipeline.outputs import SEGMENT_MARK, job_path, place, prune_empty, segments_dir
 from pipeline.preflight import Checked, MediaFile
-from pipeline.report import ReportRow
+from pipeline.report import SUSPECT, ReportRow
 from pipeline.state import JobRecord, LongRecord, StateStore
 
 log = logging.getLogger("pipeline.longform")
+CANNOT_CUT = "cannot cut its segments"
 
 
 def parent_of(record_id: str) -> str | None:
@@ -63,63 +69,73 @@ class LongJobs:
     segments: dict[str, list[Job]] = field(default_factory=dict)  # of the jobs expanded
     stitched: set[str] = field(default_factory=set)
     problems: dict[str, str] = field(default_factory=dict)  # job id -> why it was not stitched
+    uncut: set[str] = field(default_factory=set)  # jobs whose segments could not be cut
+    media: dict[Path, MediaFile] = field(default_factory=dict)  # the run's, with the cuts
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    _cut_locks: dict[str, anyio.Lock] = field(default_factory=dict)
 
     # before the run ------------------------------------------------------------------------
 
     async def expand(self) -> Checked:
-        """The checked manifest with each long job replaced by its segments (missing cut
-        files are cut, in a worker thread). Raises DiskError when a cut cannot be written."""
-        if not self.checked.long:
-            return self.checked
+        """The checked manifest with each long job replaced by its segments. Nothing is cut
+        here: a segment's cut files are made when it needs them (`prepare_inputs`), while the
+        rest of the run goes on."""
         jobs: list[Job] = []
-        media = dict(self.checked.media)
+        self.media = dict(self.checked.media)  # cut files join it as they are made
         leave = set(self.checked.untouched)  # parents not run: their segments stay as they are
         for job in self.checked.manifest.jobs:
             plan = self.checked.long.get(job.id)
             if plan is None:
                 jobs.append(job)
                 continue
-            plan = self._plan(job, plan)
-            if job.id in self.redo:
-                self.store.save_stitched(job.id, None, None)
+            plan = await self._plan(job, plan)
+            if job.id in self.redo or any(parent_of(i) == job.id for i in self.redo):
+                self.store.save_stitched(job.id, None, None)  # (a segment of it) redone
             elif self._is_stitched(job, plan):
                 self.stitched.add(job.id)
                 leave.add(job.id)
                 self._tidy(job.id)
                 continue
-            try:
-                segments = await anyio.to_thread.run_sync(self._cut, job, plan, media)
-            except (av.FFmpegError, MediaProbeError, ValueError, IndexError) as exc:
-                self.problems[job.id] = f"cannot cut its segments: {exc}"
-                log.error("%s: %s", job.id, self.problems[job.id])
-                leave.add(job.id)
-                continue
-            self.segments[job.id] = segments
-            jobs.extend(segments)
+            self.store.save_long_error(job.id, None)  # tried again now: said again if it recurs
+            for note in plan.notes:
+                log.info("%s: %s", job.id, note)
+            log.info("%s", plan.line())
+            folder = segments_dir(self.output_dir, job.id)
+            files = [cut_files(folder, i) for i in range(1, len(plan.cuts) + 1)]
+            self.segments[job.id] = plan.segment_jobs(job, files)
+            jobs.extend(self.segments[job.id])
+        self._upgrade_fingerprints()
         untouched = {
             r.id for r in self.store.jobs() if (parent := parent_of(r.id)) and parent in leave
         }
         return replace(
             self.checked,
             manifest=replace(self.checked.manifest, jobs=tuple(jobs)),
-            media=media,
+            media=self.media,
             untouched=self.checked.untouched | untouched,
         )
 
-    def _plan(self, job: Job, planned: LongPlan) -> LongPlan:
-        """The plan saved for these inputs and parameters, else `planned` (then saved)."""
+    async def _plan(self, job: Job, planned: LongPlan) -> LongPlan:
+        """The plan saved for these inputs and parameters, else `planned`; saved, keeping a
+        stitched result that the plan would stitch again the same (`LongPlan.same_result`:
+        other limits that cut in the same places)."""
+        assert job.video is not None
+        assert job.audio is not None
+        video_sha = self.checked.media[job.video].sha256
         saved = self.store.long_plan(planned.basis)
-        plan = LongPlan.from_json(job.id, planned.basis, saved) if saved else planned
-        self.store.save_long_plan(job.id, plan.basis, plan.to_json())
+        plan = await anyio.to_thread.run_sync(resolve_plan, planned, saved, video_sha, job.audio)
+        row = long_row(self.store.long_jobs(), job.id)
+        self.store.save_long_plan(
+            job.id, plan.basis, plan.to_json(), keep=row is not None and same_plan(row, plan)
+        )
         self.plans[job.id] = plan
         return plan
 
     def _is_stitched(self, job: Job, plan: LongPlan) -> bool:
         """Stitched for these inputs, its file at the job's path: moved there if the job's
         `output` changed, found there if a run died between that move and its record."""
-        row = next((r for r in self.store.long_jobs() if r.id == job.id), None)
-        if row is None or not row.stitched or row.basis != plan.basis or row.output is None:
+        row = long_row(self.store.long_jobs(), job.id)
+        if row is None or not row.stitched or not same_plan(row, plan) or row.output is None:
             return False
         home = job_path(self.output_dir, job.id, job.output)
         if _size(Path(row.output)) == row.bytes:
@@ -135,19 +151,74 @@ class LongJobs:
             return True
         return False
 
-    def _cut(self, job: Job, plan: LongPlan, media: dict[Path, MediaFile]) -> list[Job]:
-        assert job.video is not None
-        assert job.audio is not None
-        for note in plan.notes:
-            log.info("%s: %s", job.id, note)
-        folder = segments_dir(self.output_dir, job.id)
-        limit = self.checked.manifest.limits.video_max_mb * MB
-        with map_disk_errors(f"cannot cut {job.id}'s segments into {folder}"):
-            files = cut_segments(plan, job.video, job.audio, folder, max_bytes=limit)
-        for path in (p for pair in files for p in pair):
-            media[path] = MediaFile(path, probe(path), sha256_file(path))
-        log.info("%s", plan.line())
-        return plan.segment_jobs(job, files)
+    def _upgrade_fingerprints(self) -> None:
+        """Records saved under a segment's fingerprint of an earlier version take its content
+        fingerprint, so what they paid for is theirs still (`LongPlan.legacy_fingerprint`)."""
+        records = self.store.jobs(archived=True)
+        for record_id, fingerprint in legacy_upgrades(records, self.plans.values()).items():
+            self.store.update(
+                record_id,
+                "fingerprint: the segment's content (the earlier range-only one recognised)",
+                fingerprint=fingerprint,
+            )
+
+    # cutting, while the run goes on ---------------------------------------------------------
+
+    def needs_inputs(self, job: Job) -> bool:
+        """A segment whose cut files are not made (or not checked) yet in this run."""
+        return job.segment is not None and any(p not in self.media for p in job.media_paths())
+
+    async def prepare_inputs(
+        self, job_id: str, indexes: Sequence[int], ready: Callable[[int], None] | None = None
+    ) -> bool:
+        """Make the cut files of segments `indexes` of `job_id` (those not made for their
+        fingerprint), in a worker thread, one call for them all; each is hashed and probed
+        into the run's media and `ready(index)` told as soon as its files are (in the event
+        loop). False: the job cannot be cut (its problem said). Raises DiskError."""
+        lock = self._cut_locks.setdefault(job_id, anyio.Lock())
+        async with lock:
+            if job_id in self.uncut:
+                return False
+            segments = {s.segment.index: s for s in self.segments[job_id] if s.segment}
+            todo = [i for i in indexes if self.needs_inputs(segments[i])]
+            for index in (i for i in indexes if i not in todo):
+                if ready is not None:
+                    ready(index)
+            if not todo:
+                return True
+            job = next(j for j in self.checked.manifest.jobs if j.id == job_id)
+            assert job.video is not None
+            assert job.audio is not None
+            folder = segments_dir(self.output_dir, job_id)
+            limit = self.checked.manifest.limits.video_max_mb * MB
+            video, audio, plan = job.video, job.audio, self.plans[job_id]
+
+            def arrived(index: int, facts: list[MediaFile]) -> None:
+                for fact in facts:
+                    self.media[fact.path] = fact
+                if ready is not None:
+                    ready(index)
+
+            def made(index: int, files: tuple[Path, Path]) -> None:  # in the worker thread
+                anyio.from_thread.check_cancelled()  # a stopped run waits for one cut at most
+                facts = [MediaFile(path, probe(path), sha256_file(path)) for path in files]
+                anyio.from_thread.run_sync(arrived, index, facts)
+
+            def work() -> None:
+                with map_disk_errors(f"cannot cut {job_id}'s segments into {folder}"):
+                    cut_segments(
+                        plan, video, audio, folder, max_bytes=limit, wanted=todo, on_cut=made
+                    )
+
+            try:
+                await anyio.to_thread.run_sync(work)
+            except (av.FFmpegError, MediaProbeError, ValueError, IndexError) as exc:
+                self.problems[job_id] = f"{CANNOT_CUT}: {' '.join(str(exc).split())}"
+                self.uncut.add(job_id)
+                self.store.save_long_error(job_id, self.problems[job_id])
+                log.error("%s: %s", job_id, self.problems[job_id])
+                return False
+            return True
 
     def _tidy(self, job_id: str) -> None:
         """A stitched job's segment folder goes, unless `--keep-segments`."""
@@ -172,6 +243,15 @@ class LongJobs:
             results = [Path(str(r.output)) for r in records if r is not None]
             stitched = await anyio.to_thread.run_sync(self._stitch, job_id, results)
             if stitched is None:
+                problem = self.problems[job_id]
+                suspect = next((r for r in records if r is not None and r.suspect), None)
+                if suspect is not None:  # what the API made: paid again only on purpose
+                    problem += (
+                        f"; {suspect.id} is suspect ({suspect.suspect}): --redo {suspect.id}"
+                        " pays for that segment alone"
+                    )
+                self.problems[job_id] = problem
+                self.store.save_long_error(job_id, problem)
                 return
             # the file is in place before the state file says so: a crash in between
             # stitches again next time (the first file goes to superseded/), never loses one
@@ -216,76 +296,18 @@ class LongJobs:
     # after the run -------------------------------------------------------------------------
 
     def rows(self, rows: Sequence[ReportRow]) -> list[ReportRow]:
-        """Report rows with each long job's derived from its segments (and their list)."""
-        return [self._row(r) if r.id in self.plans else r for r in rows]
-
-    def _row(self, row: ReportRow) -> ReportRow:
-        plan = self.plans[row.id]
-        records = {r.id: r for r in self.store.jobs() if parent_of(r.id) == row.id}
-        segments: list[dict[str, object]] = []
-        for index, (start, end) in enumerate(plan.ranges(), 1):
-            record = records.get(f"{row.id}{SEGMENT_MARK}{index}")
-            segments.append(
-                {
-                    "index": index,
-                    "start": round(start, 3),
-                    "end": round(end, 3),
-                    "video_id": record.video_id if record else None,
-                    "credits": record.credits if record else 0,
-                    "state": _segment_state(record),
-                    "error": record.error if record and record.state is JobState.FAILED else None,
-                }
-            )
-        ours = [
-            records[k]
-            for k in (f"{row.id}{SEGMENT_MARK}{s['index']}" for s in segments)
-            if k in records
-        ]
-        state, error = self._state(row.id, segments)
-        done = state == JobState.DONE.value
-        job = next(j for j in self.checked.manifest.jobs if j.id == row.id)
-        output = str(job_path(self.output_dir, row.id, job.output)) if done else None
-        try:
-            info = probe(Path(output)) if output else None
-        except MediaProbeError:
-            info = None
-        return replace(
-            row,
-            duration=round(info.duration, 3) if info else None,
-            resolution=f"{info.width}x{info.height}" if info and info.width else None,
-            state=state,
-            error=error if error is not None else row.error if not done else None,
-            output=output,
-            bytes=info.size if info else None,
-            credits=sum(r.credits for r in ours),
-            credits_estimated=any(r.credits_estimated for r in ours),
-            attempts=sum(r.attempts for r in ours),
-            ambiguous_submissions=sum(r.ambiguous for r in ours),
-            segments=segments,
-        )
-
-    def _state(self, job_id: str, segments: Sequence[dict[str, object]]) -> tuple[str, str | None]:
-        if job_id in self.stitched:
-            return JobState.DONE.value, None
-        for segment in segments:
-            if segment["state"] == JobState.FAILED.value:
-                why = (
-                    f"segment {segment['index']} ({segment['start']}-{segment['end']} s)"
-                    f" failed: {segment['error']}"
-                )
-                return JobState.FAILED.value, why
-        if job_id in self.problems:
-            return JobState.FAILED.value, self.problems[job_id]
-        states = [str(s["state"]) for s in segments]
-        if all(s == JobState.DONE.value for s in states):
-            return "unfinished:stitching", None
-        behind = next(s for s in states if s != JobState.DONE.value)
-        return behind if behind.startswith("unfinished") else f"unfinished:{behind}", None
+        """Report rows with each long job's derived from the state file (`long_rows`), but
+        for jobs found invalid (`--keep-going`)."""
+        return long_rows(rows, self.store, leave=self.checked.invalid)
 
     def failed_since(self, since: float) -> list[Job]:
-        """Long jobs of the run failed now by a segment that failed at or after `since`."""
+        """Long jobs of the run failed now: by a segment that failed at or after `since`, or
+        in this run, as they could not be cut or stitched."""
         failed = []
         for job in self.checked.manifest.jobs:
+            if job.id in self.problems and job.id not in self.stitched:
+                failed.append(job)
+                continue
             for segment in self.segments.get(job.id, []):
                 record = self.store.find(segment.id)
                 if record is not None and record.state is JobState.FAILED:
@@ -294,6 +316,51 @@ class LongJobs:
                         failed.append(job)
                         break
         return failed
+
+
+def resolve_plan(planned: LongPlan, saved: str | None, video_sha: str, audio: Path) -> LongPlan:
+    """The plan a run goes by: the one saved for `planned`'s basis when there is one (a
+    resumed run cuts where it did), fingerprinted (a plan saved by an earlier version has no
+    fingerprints: `planned`'s when it cuts the same, else made: blocking), else `planned`."""
+    if saved is None:
+        return planned
+    plan = LongPlan.from_json(planned.job_id, planned.basis, saved)
+    if plan.fingerprints and plan.dub:
+        return plan
+    plan = replace(plan, dub=planned.dub)
+    bare = replace(planned, fingerprints=(), notes=plan.notes)
+    if bare == plan:
+        return replace(plan, fingerprints=planned.fingerprints)
+    return fingerprinted(plan, video_sha, audio)
+
+
+def long_row(rows: Sequence[LongRecord], job_id: str) -> LongRecord | None:
+    return next((r for r in rows if r.id == job_id), None)
+
+
+def same_plan(row: LongRecord, plan: LongPlan) -> bool:
+    """Whether the state file's row for a job is of `plan`: its basis, or a plan that
+    stitches into the same file."""
+    if row.basis == plan.basis:
+        return True
+    return plan.same_result(LongPlan.from_json(plan.job_id, row.basis, row.plan))
+
+
+def legacy_fingerprints(plans: Iterable[LongPlan]) -> dict[str, str]:
+    """Each segment's fingerprint of an earlier version (`LongPlan.legacy_fingerprint`) ->
+    its content fingerprint, for the segments of `plans`."""
+    return {
+        plan.legacy_fingerprint(index): plan.segment_fingerprint(index)
+        for plan in plans
+        for index in range(1, len(plan.cuts) + 1)
+    }
+
+
+def legacy_upgrades(records: Sequence[JobRecord], plans: Iterable[LongPlan]) -> dict[str, str]:
+    """Record id -> its content fingerprint, for each record saved under a segment
+    fingerprint of an earlier version of one of `plans`."""
+    legacy = legacy_fingerprints(plans)
+    return {r.id: legacy[r.fingerprint] for r in records if r.fingerprint in legacy}
 
 
 def _done(record: JobRecord | None) -> bool:
@@ -313,39 +380,125 @@ def _segment_state(record: JobRecord | None) -> str:
     return f"unfinished:{record.state.value}"
 
 
+def long_rows(
+    rows: Sequence[ReportRow],
+    store: StateStore,
+    *,
+    probe_results: bool = True,
+    leave: Collection[str] = (),
+) -> list[ReportRow]:
+    """`rows` with each long job's (one with a row in the state file's `long_jobs`) derived
+    from that row and its segments' records: the run's report, `report`, `status` alike.
+    Rows of `leave` (jobs refused by preflight now) stay as they are."""
+    entries = {e.id: e for e in store.long_jobs() if e.id not in leave}
+    if not any(row.id in entries for row in rows):
+        return list(rows)
+    records = {r.id: r for r in store.jobs() if parent_of(r.id) is not None}
+    return [
+        derived(row, entries[row.id], records, probe_results) if row.id in entries else row
+        for row in rows
+    ]
+
+
 def status_rows(records: Sequence[JobRecord], long: Sequence[LongRecord]) -> list[ReportRow]:
     """A row for each long job of the state file, from its row and its segments' records
-    alone (`status` reads no media): done once stitched with the file in place, failed when a
-    segment failed, else unfinished at its least advanced segment."""
-    rows = []
-    for entry in long:
-        ours = sorted(
-            (r for r in records if parent_of(r.id) == entry.id),
-            key=lambda r: int(r.id.rpartition(SEGMENT_MARK)[2] or 0),
+    alone (`status` reads no media)."""
+    segments = {r.id: r for r in records if parent_of(r.id) is not None}
+    blank = ReportRow("", "unfinished:pending", None, None, None, 0, False, 0, 0, None)
+    return [derived(replace(blank, id=e.id), e, segments, probe_results=False) for e in long]
+
+
+def derived(
+    row: ReportRow, entry: LongRecord, records: Mapping[str, JobRecord], probe_results: bool
+) -> ReportRow:
+    """A long job's row: done once stitched with its file in place (suspect when a segment's
+    result is: the stitched file shows it), failed when a segment failed (its facts: the
+    segment's ErrCode and class) or the job could not be cut or stitched, else unfinished at
+    its least advanced segment, or `unfinished:stitching`."""
+    plan = LongPlan.from_json(entry.id, entry.basis, entry.plan)
+    segments: list[dict[str, object]] = []
+    ours: list[JobRecord] = []
+    for index, (start, end) in enumerate(plan.ranges(), 1):
+        record = records.get(f"{entry.id}{SEGMENT_MARK}{index}")
+        if record is not None:
+            ours.append(record)
+        segments.append(
+            {
+                "index": index,
+                "start": round(start, 3),
+                "end": round(end, 3),
+                "video_id": record.video_id if record else None,
+                "credits": record.credits if record else 0,
+                "state": _segment_state(record),
+                "error": record.error if record and record.state is JobState.FAILED else None,
+            }
         )
-        row = ReportRow(entry.id, "unfinished:pending", None, None, None, 0, False, 0, 0, None)
-        row = replace(
+    row = replace(
+        row,
+        video_id=None,
+        output=None,
+        bytes=None,
+        duration=None,
+        resolution=None,
+        credits=sum(r.credits for r in ours),
+        credits_estimated=any(r.credits_estimated for r in ours),
+        attempts=sum(r.attempts for r in ours),
+        ambiguous_submissions=sum(r.ambiguous for r in ours),
+        segments=segments,
+        key_fp=None,
+    )
+
+    def where(index: int) -> str:
+        start, end = plan.ranges()[index - 1]
+        return f"segment {index} ({round(start, 3)}-{round(end, 3)} s)"
+
+    if entry.stitched and entry.output is not None and _size(Path(entry.output)) == entry.bytes:
+        suspect = next((r for r in ours if r.suspect), None)
+        row = replace(row, state=JobState.DONE.value, output=entry.output, bytes=entry.bytes)
+        if suspect is not None:
+            why = f"{where(_index(suspect))} suspect: {suspect.suspect}"
+            row = replace(row, state=SUSPECT, error=why)
+        else:
+            row = replace(row, error=None, error_class=None, err_code=None, err_msg=None)
+        if probe_results:
+            try:
+                info = probe(Path(entry.output))
+            except MediaProbeError:
+                info = None
+            if info is not None:
+                resolution = f"{info.width}x{info.height}" if info.width else None
+                row = replace(row, duration=round(info.duration, 3), resolution=resolution)
+        return row
+    failed = next((r for r in ours if r.state is JobState.FAILED), None)
+    if failed is not None:
+        return replace(
             row,
-            credits=sum(r.credits for r in ours),
-            attempts=sum(r.attempts for r in ours),
-            segments=[
-                {"index": i, "video_id": r.video_id, "state": _segment_state(r)}
-                for i, r in enumerate(ours, 1)
-            ],
+            state=JobState.FAILED.value,
+            error=f"{where(_index(failed))} failed: {failed.error}",
+            error_class=failed.error_class,
+            err_code=failed.err_code,
+            err_msg=failed.err_msg,
         )
-        failed = next((r for r in ours if r.state is JobState.FAILED), None)
-        intact = entry.output is not None and _size(Path(entry.output)) == entry.bytes
-        if entry.stitched and intact:
-            row = replace(row, state="done", output=entry.output, bytes=entry.bytes)
-        elif failed is not None:
-            row = replace(row, state="failed", error=f"segment {failed.id} failed: {failed.error}")
-        elif ours and all(r.state is JobState.DONE for r in ours):
-            row = replace(row, state="unfinished:stitching")
-        elif ours:
-            behind = next(r for r in ours if r.state is not JobState.DONE)
-            row = replace(row, state=_segment_state(behind))
-        rows.append(row)
-    return rows
+    if entry.error is not None:
+        return replace(
+            row,
+            state=JobState.FAILED.value,
+            error=entry.error,
+            # a cut that fails is the input's problem; a stitch, a segment result's
+            error_class="ManifestError" if entry.error.startswith(CANNOT_CUT) else "StitchError",
+            err_code=None,
+            err_msg=None,
+        )
+    states = [str(s["state"]) for s in segments]
+    if all(state == JobState.DONE.value for state in states):
+        return replace(row, state="unfinished:stitching")
+    behind = next(state for state in states if state != JobState.DONE.value)
+    return replace(row, state=behind)
+
+
+def _index(record: JobRecord) -> int:
+    """A segment record's place in its job (1-based)."""
+    return int(record.id.rpartition(SEGMENT_MARK)[2])
 
 
 def _size(path: Path) -> int | None:

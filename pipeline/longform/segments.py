@@ -12,8 +12,14 @@ the dub does, which moves the last cut earlier when needed. Cuts land on frame b
 (`k / fps`), so the video and the audio are cut at the same timestamps.
 
 Exactly-once across resumes: a plan's `basis` is a hash of the parent's input hashes and the
-planning parameters, and each segment's fingerprint is the basis with the segment's range;
-the state file keeps the plan by basis, so a resumed run never re-plans what it paid for.
+planning parameters; the state file keeps the plan by basis, so a resumed run never re-plans
+what it paid for. Each segment's fingerprint is what its generation receives: the video's
+content hash with the source times of its frames, and the hash of the dub's decoded samples in
+its range (`pipeline.longform.cut.fingerprinted`). So a segment whose range and content are
+the same pays nothing again, whatever else changed (the limits, the dub outside its range),
+and the bytes of a re-encoded cut (an encoder need not be deterministic) never count. The
+fingerprints of earlier versions (the basis with the range, `legacy_fingerprint`) are still
+recognised, so their records resume.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class LongPlan:
     cuts: tuple[int, ...]  # the first frame of each segment; cuts[0] == 0
     extend: str | None = None
     notes: tuple[str, ...] = ()  # what the plan did to the inputs, said to the user
+    fingerprints: tuple[str, ...] = ()  # per segment: what it sends (`cut.fingerprinted`)
+    dub: str = ""  # the dub's sha256: the stitched result's sound
 
     @property
     def frames(self) -> int:
@@ -88,10 +96,36 @@ class LongPlan:
         return jobs
 
     def segment_fingerprint(self, index: int) -> str:
+        """What segment `index` (1-based) is paid under: the content it sends."""
+        if len(self.fingerprints) != len(self.cuts):
+            raise ValueError(f"{self.job_id}: the plan's segments are not fingerprinted")
+        return self.fingerprints[index - 1]
+
+    def legacy_fingerprint(self, index: int) -> str:
+        """Segment `index`'s fingerprint as versions before content fingerprints made it (the
+        basis with the range): records saved under it are taken as this segment's."""
         first, last = self.frame_ranges()[index - 1]
         end = self.dub_seconds if index == len(self.cuts) else float(last / self.fps)
         parts = {"basis": self.basis, "frames": [first, last], "end": f"{end:.6f}"}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def source_time(self, frame: int) -> float:
+        """Where in the video frame `frame` of the result is taken from: `extend: loop` plays
+        the video again, `freeze` (and a video cut to the dub) holds its last frame."""
+        seconds = float(frame / self.fps)
+        last = self.video_seconds - float(1 / self.fps)
+        if self.extend == "loop" and self.video_seconds > 0:
+            return seconds % self.video_seconds
+        return min(seconds, max(0.0, last))
+
+    def same_result(self, other: LongPlan) -> bool:
+        """Whether `other` stitches into the same file: the same segments, content and dub."""
+        return bool(self.fingerprints) and (
+            self.fingerprints,
+            self.cuts,
+            self.frames,
+            self.dub,
+        ) == (other.fingerprints, other.cuts, other.frames, other.dub)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -102,6 +136,8 @@ class LongPlan:
                 "cuts": list(self.cuts),
                 "extend": self.extend,
                 "notes": list(self.notes),
+                "fingerprints": list(self.fingerprints),
+                "dub": self.dub,
             }
         )
 
@@ -117,6 +153,8 @@ class LongPlan:
             tuple(int(k) for k in data["cuts"]),
             data.get("extend"),
             tuple(data.get("notes", ())),
+            tuple(data.get("fingerprints", ())),  # none in a plan saved by an earlier version
+            str(data.get("dub", "")),
         )
 
 
@@ -233,4 +271,5 @@ def plan_job(
         tuple(cuts),
         job.extend,
         tuple(notes),
+        dub=audio_sha,
     )
