@@ -80,6 +80,11 @@ def forecast(
     # as the run leaves them: records of jobs not run, segments of a job stitched already
     leave = set(checked.untouched) | skipped
     upgraded = legacy_upgrades(records, plans)
+    upgraded |= {  # a speaker id as an earlier version wrote it, as reconcile rewrites it
+        r.id: fps[job_id]
+        for r in records
+        if (job_id := checked.aliases.get(r.fingerprint)) is not None and job_id in fps
+    }
     before = {
         r.id: replace(r, fingerprint=upgraded.get(r.id, r.fingerprint))
         for r in records

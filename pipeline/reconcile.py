@@ -149,6 +149,7 @@ def reconcile(
     fps = {job.id: fingerprint(job, checked.media) for job in jobs}
     facts = {job.id: input_facts(job, checked.media) for job in jobs}
     homes = {job.id: job_path(output_dir, job.id, job.output) for job in jobs}
+    _respell(store, checked, fps, facts)
     _recover(store, output_dir, homes)
     before = {r.id: r for r in store.jobs(archived=True) if r.id not in checked.untouched}
     plan = plan_records(before, jobs, fps, redo)
@@ -235,6 +236,26 @@ def take_paid_from(store: StateStore, source: Path, wanted: Mapping[str, str]) -
         videos.add(record.video_id)
         taken.append(new_id)
     return taken
+
+
+def _respell(
+    store: StateStore,
+    checked: Checked,
+    fps: Mapping[str, str],
+    facts: Mapping[str, Mapping[str, str]],
+) -> None:
+    """Records fingerprinted by an earlier version with another spelling of a job's inputs
+    (`Checked.aliases`: a speaker id as written) take the job's fingerprint and facts: the
+    same inputs, so nothing is paid again (records of jobs not run stay as they are)."""
+    for record in store.jobs(archived=True):
+        job_id = checked.aliases.get(record.fingerprint)
+        if job_id is not None and record.id not in checked.untouched:
+            store.update(
+                record.id,
+                "fingerprint: the speaker id as the list spells it (same inputs)",
+                fingerprint=fps[job_id],
+                inputs=json.dumps(facts[job_id], sort_keys=True),
+            )
 
 
 def _changed(job: Job, record: JobRecord, facts: Mapping[str, Mapping[str, str]]) -> str:

@@ -7,8 +7,10 @@ the code, never a position in the list (the documented ids are not positions).
 
 Each value, in this order:
 
-1. an id of the list (ignoring case) stays as written: the API matches ids without case, and
-   a state file made before names were accepted fingerprinted it as written;
+1. an id of the list (ignoring case and surrounding spaces) becomes that id as the list spells
+   it, so `auto` and `Auto` are the same inputs. A state file of an earlier version
+   fingerprinted the id as written: those records are recognised (`Checked.aliases`, the
+   fingerprint as written -> the job) and rewritten by reconcile, paying nothing again;
 2. else the name of exactly one speaker (ignoring case and surrounding spaces) becomes that
    speaker's id, spelled as the list spells it;
 3. else the job fails alone, paid work going on: no such speaker (the nearest name is
@@ -25,14 +27,15 @@ whose records that would not match (`pipeline.runner`).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from pipeline.client import Speaker
 from pipeline.jobstate import JobState
 from pipeline.manifest import Job, Tts, Wording
 from pipeline.plan import fingerprint
-from pipeline.preflight import Checked
+from pipeline.preflight import Checked, MediaFile
 from pipeline.reconcile import permanent_failure
 from pipeline.state import StateStore
 
@@ -50,8 +53,9 @@ class SpeakerBook:
     def resolve(self, value: str) -> tuple[str | None, str]:
         """(the id to send, "") or (None, why not)."""
         folded = value.strip().casefold()
-        if any(s.speaker_id.casefold() == folded for s in self.speakers):
-            return value, ""
+        for speaker in self.speakers:
+            if speaker.speaker_id.strip().casefold() == folded:
+                return speaker.speaker_id, ""
         same = (s.speaker_id for s in self.speakers if s.name.strip().casefold() == folded)
         named = list(dict.fromkeys(same))
         if len(named) == 1:
@@ -105,20 +109,22 @@ def needs_list(
     retry_failed: bool = False,
 ) -> bool:
     """Whether a run must read the speaker list: some TTS job may be sent (no record with its
-    fingerprint by the `saved` list, or the value as written; pending; failed and retried;
-    `--redo`). A run whose TTS jobs are all paid for, or held as failed for good, asks
-    nothing for them."""
+    fingerprint by the `saved` list, or with an id as an earlier version wrote it; pending;
+    failed and retried; `--redo`). A run whose TTS jobs are all paid for, or held as failed
+    for good, asks nothing for them."""
     book = SpeakerBook.of(saved) if saved else None
-    for job in checked.manifest.jobs:
-        if job.tts is None:
+    for written in checked.manifest.jobs:
+        if written.tts is None:
             continue
-        if book is not None:
-            (job,), _ = resolve_jobs([job], book)  # an unknown one: as written
+        job = (
+            resolve_jobs([written], book)[0][0] if book is not None else written
+        )  # unknown: as written
+        known = {fingerprint(job, checked.media)} | set(respelled([written], [job], checked.media))
         record = store.find(job.id)
         if (
             job.id in redo
             or record is None
-            or record.fingerprint != fingerprint(job, checked.media)
+            or record.fingerprint not in known
             or record.state is JobState.PENDING
             or (
                 record.state is JobState.FAILED
@@ -174,4 +180,20 @@ def resolve_with(
     book = speakers if isinstance(speakers, SpeakerBook) else SpeakerBook.of(speakers)
     manifest = checked.manifest
     jobs, problems = resolve_jobs(manifest.jobs, book, manifest.wording)
-    return replace(checked, manifest=replace(manifest, jobs=tuple(jobs))), problems
+    aliases = dict(checked.aliases) | respelled(manifest.jobs, jobs, checked.media)
+    return replace(checked, manifest=replace(manifest, jobs=tuple(jobs)), aliases=aliases), problems
+
+
+def respelled(
+    written: Sequence[Job], resolved: Sequence[Job], media: Mapping[Path, MediaFile]
+) -> dict[str, str]:
+    """The fingerprint of each job whose speaker id was written in another spelling than the
+    list's (`auto` for `Auto`), as written (what an earlier version saved) -> the job's id."""
+    return {
+        fingerprint(old, media): new.id
+        for old, new in zip(written, resolved, strict=True)
+        if old.tts is not None
+        and new.tts is not None
+        and old.tts.speaker != new.tts.speaker
+        and old.tts.speaker.strip().casefold() == new.tts.speaker.strip().casefold()
+    }

@@ -33,11 +33,6 @@ def _records(out: Path) -> dict[str, tuple[str, str | None, int | None]]:
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A1: a speaker id in another case ('Auto' -> 'auto') is kept as written, so it"
-    " fingerprints differently and the same voice is paid for again",
-)
 @pytest.mark.anyio
 async def test_a1_a_speaker_id_in_another_case_pays_nothing(tmp_path: Path) -> None:
     """Scenario: a job with `speaker: "Auto"` (the documented id) is done; the manifest (or

@@ -12,6 +12,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.client import Speaker
+from pipeline.manifest import load_manifest
+from pipeline.plan import fingerprint
+from pipeline.preflight import preflight
 from pipeline.runner import ExitCode
 from pipeline.simulator import serve
 from pipeline.speakers import SpeakerBook
@@ -45,11 +48,12 @@ GENERATE = "/openapi/v2/video/lip_sync/generate"
         ("Isabella", ("3", "")),
         ("  isabella ", ("3", "")),  # a name ignoring case and spaces
         ("3", ("3", "")),  # an id stays as written
-        ("auto", ("auto", "")),  # the API matches ids without case: kept as written
+        ("auto", ("Auto", "")),  # an id in another case: as the list spells it
+        (" auto ", ("Auto", "")),
         ("harper", ("7", "")),
     ],
 )
-def test_a_name_resolves_to_its_id_and_an_id_stays_as_written(
+def test_a_name_resolves_to_its_id_and_an_id_to_the_lists_spelling(
     value: str, expected: tuple[str, str]
 ) -> None:
     assert BOOK.resolve(value) == expected
@@ -184,6 +188,49 @@ async def test_an_unreadable_list_keeps_paid_work_and_holds_only_new_tts_jobs(
     assert last.exit_code is ExitCode.OK
     assert len(sim.ledger.generations) == paid + 1
     assert speaker_ids(sim.ledger)["Hallo"] == "9"
+
+
+@pytest.mark.anyio
+async def test_an_id_an_earlier_version_fingerprinted_as_written_is_not_paid_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before an id took the list's spelling, `auto` was fingerprinted as written. Such a
+    record is the job's: the forecast skips it, the run rewrites it to the list's spelling
+    (`Auto`) and pays nothing, in either spelling."""
+    text = (
+        "version: 1\njobs:\n  - {{id: a, video: media/intro.mp4, tts: {{text: x, speaker: {}}}}}\n"
+    )
+    manifest = project(tmp_path, text.format("auto"))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code is ExitCode.OK
+        checked = preflight(load_manifest(manifest))
+        as_written = fingerprint(checked.manifest.jobs[0], checked.media)
+        store = StateStore.read_only(out / STATE_NAME)
+        try:
+            canonical = store.job("a").fingerprint
+        finally:
+            store.close()
+        assert canonical != as_written
+        with sqlite3.connect(out / STATE_NAME) as conn:  # as an earlier version left it
+            conn.execute("UPDATE jobs SET fingerprint = ? WHERE id = 'a'", (as_written,))
+        assert main(["run", str(manifest), "--dry-run"]) == 0
+        forecast = capsys.readouterr().out
+        again = await run_once(sim, manifest, out)
+        manifest.write_text(text.format("AUTO"), encoding="utf-8")
+        third = await run_once(sim, manifest, out)
+    assert forecast.splitlines()[0].split() == ["a", "skip", "done"], forecast
+    assert again.exit_code is ExitCode.OK
+    assert third.exit_code is ExitCode.OK
+    assert again.credits_this_run == third.credits_this_run == 0
+    assert len(sim.ledger.generations) == 1
+    assert speaker_ids(sim.ledger) == {"x": "Auto"}
+    store = StateStore.read_only(out / STATE_NAME)
+    try:
+        assert store.job("a").fingerprint == canonical
+        assert store.job("a").state.value == "done"
+    finally:
+        store.close()
 
 
 def test_speakers_prints_every_field_the_api_gives(
