@@ -52,11 +52,6 @@ async def test_a1_a_speaker_id_in_another_case_pays_nothing(tmp_path: Path) -> N
     assert again.credits_this_run == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A2: a done job named by speaker name is archived, its file moved to superseded/"
-    " and the job failed, when the account's list renames that speaker (same id)",
-)
 @pytest.mark.anyio
 async def test_a2_a_renamed_speaker_keeps_the_done_result_in_place(tmp_path: Path) -> None:
     """Scenario: job `a` (speaker `Isabella`, id 3 in the list) is done at out/a.mp4. Later
