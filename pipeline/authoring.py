@@ -11,9 +11,12 @@ paired with the longest video name it can be read with, so `intro_long_es.wav` i
 
 `convert A B` reads A by its extension (like every command) and writes B by its own: `.csv`,
 `.json`, else YAML. Ids, paths (relative to B's folder), TTS speakers and each job's output
-path are kept, so a converted manifest runs on the same state file without paying again. A
-CSV has no place for manifest-wide settings: defaults and an `output_pattern` are written
-into each row; an `output_dir` other than the CSV's own default (`out/` next to it) or
+path are kept, so a converted manifest runs on the same state file without paying again: a
+YAML or JSON file written into another folder names the results' folder (`output_dir`, the
+source's own or its default `out/`) unless it is the new file's default. A CSV has no place
+for manifest-wide settings: defaults and an `output_pattern` are written into each row; a
+results' folder other than the CSV's own default (`out/` next to it: an `output_dir`, or a
+CSV written away from the source, whose results are in `out/` next to the source) or
 changed `limits` are refused rather than dropped.
 
 Both refuse to replace a file that exists, and check what they made by the manifest's own
@@ -206,7 +209,10 @@ def convert(source: Path, target: Path) -> Manifest:
         _fits_a_sheet(manifest, folder)
         atomic_write(target, write_csv(csv_rows(manifest, folder)))
         return load_manifest(target)
-    output_dir = os.path.relpath(manifest.output_dir, folder) if manifest.output_dir else None
+    results = _results(manifest)
+    output_dir = None
+    if manifest.output_dir is not None or results != folder / "out":
+        output_dir = os.path.relpath(results, folder)  # its state file, and what it paid for
     document = to_manifest(manifest, manifest.jobs, folder, output_dir=output_dir)
     return write_manifest(target, document, f"converted from {source.name} by pixverse-batch")
 
@@ -233,13 +239,28 @@ def csv_rows(manifest: Manifest, folder: Path | None = None) -> list[dict[str, s
     return rows
 
 
+def _results(manifest: Manifest) -> Path:
+    """Where `manifest`'s results and state file are: its `output_dir`, else `out/` next to
+    it (as `run` puts them)."""
+    if manifest.output_dir is not None:
+        return manifest.output_dir.resolve()
+    return manifest.path.resolve().parent / "out"
+
+
 def _fits_a_sheet(manifest: Manifest, folder: Path) -> None:
     problems = []
-    own = manifest.output_dir.resolve() if manifest.output_dir is not None else None
-    if own is not None and own != folder / "out":
+    results = _results(manifest)
+    if manifest.output_dir is not None and results != folder / "out":
         problems.append(
             f"manifest field 'output_dir': a CSV manifest has none (its results go to out/ next"
             f" to it, or --out): run it with --out {manifest.output_dir}, or keep YAML"
+        )
+    elif results != folder / "out":
+        problems.append(
+            f"{manifest.path.name}: its results and state file are in {results}; a CSV in"
+            f" {folder} has its results in {folder / 'out'} and would pay for them again:"
+            f" write the CSV next to {manifest.path.name}, or convert to YAML or JSON (they"
+            " keep the results' folder)"
         )
     if manifest.limits != Limits():
         problems.append(

@@ -13,7 +13,7 @@ from pipeline.cli import main
 from pipeline.manifest import Job, load_manifest
 from pipeline.runner import ExitCode
 from pipeline.simulator import serve
-from tests.harness import SAMPLES, fast_sim, project, run_once
+from tests.harness import SAMPLES, fast_sim, project, run_once, sim_in_thread
 
 LANGS = ("de", "es", "fr", "it")
 VIDEO, AUDIO = "media/{name}.mp4", "dubs/{name}_{lang}.wav"
@@ -121,6 +121,7 @@ def test_convert_csv_and_yaml_both_ways_keeping_ids_speakers_and_outputs(tmp_pat
         tmp_path,
         """
 version: 1
+output_dir: sheets/out  # where a CSV in sheets/ has its results: the same state file
 output_pattern: "{lang}/{name}.mp4"
 defaults: {tts_speaker: "Isabella"}
 jobs:
@@ -143,6 +144,8 @@ jobs:
     assert second.jobs[1].tts is not None
     assert second.jobs[1].tts.speaker == "Isabella"  # the default, written into the row
     assert third.jobs[1].output == "ja/promo.mp4"
+    assert first.output_dir == third.output_dir == tmp_path / "sheets" / "out"
+    assert second.output_dir is None  # a CSV's own: out/ next to it, sheets/out
     assert main(["convert", str(sheet), str(again)]) == 2  # never over a file
 
 
@@ -165,6 +168,38 @@ def test_convert_refuses_what_a_csv_cannot_say(
     # output_dir out/, where the CSV's results go too: nothing is lost
     source.write_text(f"version: 1\noutput_dir: out\njobs: [{job}]\n")
     assert main(["convert", str(source), str(tmp_path / "a.csv")]) == 0
+
+
+def test_converting_into_another_folder_keeps_the_results_or_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest without `output_dir` has its results in out/ next to it. Written into
+    another folder, YAML or JSON names that folder (and runs without paying again); a CSV,
+    which cannot, is refused with what to do instead."""
+    source = project(
+        tmp_path, "version: 1\njobs: [{id: a, video: media/intro.mp4, audio: media/intro_es.mp3}]\n"
+    )
+    (tmp_path / "sheets").mkdir()
+    sheet = tmp_path / "sheets" / "jobs.csv"
+    assert main(["convert", str(source), str(sheet)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: manifest.yaml: its results and state file are in {tmp_path / 'out'}; a CSV in"
+        f" {tmp_path / 'sheets'} has its results in {tmp_path / 'sheets' / 'out'} and would"
+        " pay for them again: write the CSV next to manifest.yaml, or convert to YAML or JSON"
+        " (they keep the results' folder)"
+    ]
+    assert not sheet.exists()
+    with sim_in_thread(fast_sim()) as sim:
+        monkeypatch.setenv("PIXVERSE_API_KEY", "sim-key")
+        monkeypatch.setenv("PIXVERSE_BASE_URL", sim.url)
+        assert main(["run", str(source), "--poll-interval", "0.02"]) == 0
+        for name in ("jobs.yaml", "jobs.json"):
+            converted = tmp_path / "sheets" / name
+            assert main(["convert", str(source), str(converted)]) == 0
+            assert load_manifest(converted).output_dir == tmp_path / "out"
+            assert main(["run", str(converted), "--poll-interval", "0.02"]) == 0
+    assert len(sim.ledger.generations) == 1
+    assert not (tmp_path / "sheets" / "out").exists()
 
 
 @pytest.mark.anyio

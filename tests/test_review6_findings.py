@@ -84,11 +84,6 @@ async def test_a2_a_renamed_speaker_keeps_the_done_result_in_place(tmp_path: Pat
     assert rows["a"].state == "done", rows["a"].error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A3: `convert` into another folder keeps no output_dir, so the converted manifest"
-    " runs in a new out/ with a new state file and pays for every job again",
-)
 def test_a3_a_manifest_converted_into_another_folder_runs_without_paying(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
