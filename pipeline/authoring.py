@@ -4,8 +4,11 @@
 every dub of the same `{name}`: one job per pair, id `{name}-{lang}`; a video with several
 dubs is written as one fan-out entry (`dubs:`), a video with one dub as a plain job. What it
 cannot pair is said (`Pairing.unpaired`): a dub whose `{name}` is no video's, a video
-without a dub, a name or language that cannot make a job id. A pattern's fields match within
-one folder level (no `/`); a field given twice must match the same text both times. A dub is
+without a dub, a name or language that cannot make a job id, a second dub of one video and
+language, a dub of a known video in another audio format than the pattern's. A pattern's
+fields and each `*` in it match within one folder level (no `/`); a pattern with a `*` finds
+only the formats the API takes (`{name}_{lang}.*`: `.mp3` and `.wav` dubs alike). A field
+given twice must match the same text both times. A dub is
 paired with the longest video name it can be read with, so `intro_long_es.wav` is
 `intro_long` in Spanish when both `intro` and `intro_long` are videos.
 
@@ -29,7 +32,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from pipeline.csvmanifest import write_csv
 from pipeline.errors import ManifestError
 from pipeline.failed import to_manifest
 from pipeline.manifest import ID_PATTERN, Limits, Manifest, load_manifest, parse_document
+from pipeline.preflight import AUDIO_CONTAINERS, VIDEO_CONTAINERS
 from pipeline.report import atomic_write
 
 _FIELD = re.compile(r"\{(\w*)\}")
@@ -64,8 +68,18 @@ class Pattern:
         return cls(text, tuple(found))
 
     def glob(self) -> str:
+        """Each field and each `*` of the pattern as a glob's `*`, the rest literal."""
         literals = _FIELD.split(self.text)[::2]
-        return "*".join(glob.escape(part) for part in literals)
+        return "*".join("*".join(map(glob.escape, part.split("*"))) for part in literals)
+
+    def other_formats(self) -> Pattern | None:
+        """The pattern with `.*` for its own extension (`dubs/{name}_{lang}.*` for
+        `dubs/{name}_{lang}.wav`), to find files only another extension kept out; None when
+        its extension is a wildcard already, or a field."""
+        suffix = Path(self.text).suffix
+        if not suffix or "*" in suffix or "{" in suffix:
+            return None
+        return Pattern(self.text[: -len(suffix)] + ".*", self.fields)
 
     def regex(self, choices: Mapping[str, Sequence[str]] | None = None) -> re.Pattern[str]:
         """The pattern as a regex; a field in `choices` matches one of its values (longest
@@ -74,8 +88,8 @@ class Pattern:
         parts = _FIELD.split(self.text)
         out, seen = [], set()
         for index, part in enumerate(parts):
-            if index % 2 == 0:
-                out.append(re.escape(part))
+            if index % 2 == 0:  # a `*` is any text within one folder level, as in its glob
+                out.append("[^/]*".join(map(re.escape, part.split("*"))))
             elif part in seen:
                 out.append(f"(?P={part})")
             else:
@@ -111,7 +125,7 @@ def pair(video: str, audio: str, root: Path) -> Pairing:
     dubs_at = Pattern.parse("--audio", audio, ("name", "lang"))
     found = Pairing()
     reader = videos_at.regex()
-    for path in _files(videos_at, root):
+    for path in _files(videos_at, root, VIDEO_CONTAINERS):
         match = reader.match(path)
         if match is None:  # `*` crossed a folder, or a repeated field differs
             continue
@@ -122,7 +136,7 @@ def pair(video: str, audio: str, root: Path) -> Pairing:
         found.videos[name] = Path(path)
     paired = dubs_at.regex({"name": list(found.videos)})
     loose = dubs_at.regex()
-    for path in _files(dubs_at, root):
+    for path in _files(dubs_at, root, AUDIO_CONTAINERS):
         match = paired.match(path)
         if match is None:
             guess = loose.match(path)
@@ -135,7 +149,20 @@ def pair(video: str, audio: str, root: Path) -> Pairing:
             bad = f"{name}-{lang}"
             found.unpaired.append(f"{path}: {bad} is no valid job id ({ID_PATTERN.pattern})")
             continue
+        first = found.dubs.get(name, {}).get(lang)
+        if first is not None:  # intro_es.mp3 and intro_es.wav: one job, one dub
+            found.unpaired.append(f"{path}: {name}-{lang} has a dub already ({first})")
+            continue
         found.dubs.setdefault(name, {})[lang] = Path(path)
+    other = dubs_at.other_formats()
+    if other is not None:  # dubs of these videos in another audio format: said, not dropped
+        reader = other.regex({"name": list(found.videos)})
+        for path in _files(other, root, AUDIO_CONTAINERS):
+            if loose.match(path) is None and reader.match(path) is not None:
+                found.unpaired.append(
+                    f"{path}: not {Path(audio).suffix} ({audio}); --audio '{other.text}'"
+                    " pairs dubs of every audio format"
+                )
     for name, alone in sorted(found.videos.items()):
         if not found.dubs.get(name):
             dubs = audio.replace("{name}", name)
@@ -275,8 +302,14 @@ def _free(target: Path) -> None:
         raise ManifestError([f"{target}: exists; not replaced (remove it, or choose another)"])
 
 
-def _files(pattern: Pattern, root: Path) -> list[str]:
+def _files(pattern: Pattern, root: Path, formats: Collection[str]) -> list[str]:
     """The files a pattern's glob finds, as the pattern spells them (relative to `root`
-    unless the pattern is absolute), sorted."""
+    unless the pattern is absolute), sorted; with a `*` in the pattern, only files of the
+    `formats` the API takes (by extension), so `{name}.*` finds no dub's notes or thumbnail."""
     names = glob.glob(pattern.glob(), root_dir=root)  # an absolute pattern gives absolute names
-    return sorted(n for n in names if (root / n).is_file())
+    wild = "*" in pattern.text
+    return sorted(
+        n
+        for n in names
+        if (root / n).is_file() and (not wild or Path(n).suffix.lower()[1:] in formats)
+    )

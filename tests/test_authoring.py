@@ -116,6 +116,41 @@ def test_init_reads_the_longest_video_name_and_refuses_what_it_cannot_pair(
     assert "error: init: no video and dub could be paired" in capsys.readouterr().err
 
 
+def test_init_pairs_dubs_of_every_audio_format_and_says_what_another_format_kept_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`.*` (or any `*`) is a wildcard, matched as it is globbed, finding only the formats
+    the API takes; a pattern of one format names the dubs of another it left out, and a
+    second dub of one video and language is said, not written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    shutil.copy(SAMPLES / "intro.mp4", tmp_path / "m" / "intro.mp4")
+    shutil.copy(SAMPLES / "intro_es.mp3", tmp_path / "m" / "intro_es.mp3")
+    shutil.copy(SAMPLES / "intro_de.wav", tmp_path / "m" / "intro_de.wav")
+    (tmp_path / "m" / "intro_fr.txt").write_text("a translator's notes")
+    assert main(["init", "--video", "m/{name}.*", "--audio", "m/{name}_{lang}.*"]) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["jobs"] == [
+        {
+            "video": "m/intro.mp4",
+            "dubs": {"de": {"audio": "m/intro_de.wav"}, "es": {"audio": "m/intro_es.mp3"}},
+        }
+    ]
+    assert captured.err.splitlines()[-1] == "2 jobs, 0 files not paired"
+    assert main(["init", "--video", "m/{name}.mp4", "--audio", "m/{name}_{lang}.wav"]) == 0
+    assert (
+        "not paired: m/intro_es.mp3: not .wav (m/{name}_{lang}.wav); --audio"
+        " 'm/{name}_{lang}.*' pairs dubs of every audio format"
+    ) in capsys.readouterr().err.splitlines()
+    shutil.copy(SAMPLES / "intro_de.wav", tmp_path / "m" / "intro_es.wav")
+    assert main(["init", "--video", "m/{name}.mp4", "--audio", "m/{name}_{lang}.*"]) == 0
+    captured = capsys.readouterr()
+    assert "not paired: m/intro_es.wav: intro-es has a dub already (m/intro_es.mp3)" in (
+        captured.err.splitlines()
+    )
+    assert yaml.safe_load(captured.out)["jobs"][0]["dubs"]["es"] == {"audio": "m/intro_es.mp3"}
+
+
 def test_convert_csv_and_yaml_both_ways_keeping_ids_speakers_and_outputs(tmp_path: Path) -> None:
     source = project(
         tmp_path,

@@ -169,11 +169,6 @@ def test_a5_a_utf16_csv_is_told_it_is_not_utf8(
     assert "UTF-8" in err, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A6: init's `*` in a pattern is globbed but matched literally: dubs of mixed"
-    " extensions (mp3 + wav) pair with nothing and are said to be missing",
-)
 def test_a6_init_pairs_dubs_of_several_extensions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
