@@ -1,8 +1,9 @@
 """Writing manifests: `init` (from files named by a pattern) and `convert` (CSV <-> YAML/JSON).
 
 `init --video 'media/{name}.mp4' --audio 'dubs/{name}_{lang}.wav'` pairs every video with
-every dub of the same `{name}`: one job per pair, id `{name}-{lang}`; a video with several
-dubs is written as one fan-out entry (`dubs:`), a video with one dub as a plain job. What it
+every dub of the same `{name}`: one job per pair, id `{name}-{lang}`; each video is written
+as one fan-out entry (`dubs:`), with one dub too, so that an `output_pattern` of `{name}` and
+`{lang}` fits every job. What it
 cannot pair is said (`Pairing.unpaired`): a dub whose `{name}` is no video's, a video
 without a dub, a name or language that cannot make a job id, a second dub of one video and
 language, a dub of a known video in another audio format than the pattern's. A pattern's
@@ -184,10 +185,7 @@ def init_document(
     jobs: list[dict[str, Any]] = []
     for name, video in sorted(found.videos.items()):
         dubs = found.dubs.get(name) or {}
-        if len(dubs) == 1:
-            ((lang, dub),) = dubs.items()
-            jobs.append({"id": f"{name}-{lang}", "video": rel(video), "audio": rel(dub)})
-        elif dubs:
+        if dubs:  # one dub too: a fan-out job has its `{name}` and `{lang}` for output_pattern
             head = {} if video.stem == name else {"id": name}
             entry: dict[str, Any] = {**head, "video": rel(video)}
             entry["dubs"] = {lang: {"audio": rel(dubs[lang])} for lang in sorted(dubs)}

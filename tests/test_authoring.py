@@ -101,7 +101,7 @@ def test_init_reads_the_longest_video_name_and_refuses_what_it_cannot_pair(
     assert main(["init", "--video", "v/{name}.mp4", "--audio", "v/{name}_{lang}.wav"]) == 0
     document = yaml.safe_load(capsys.readouterr().out)
     assert document["jobs"] == [
-        {"id": "intro-es", "video": "v/intro.mp4", "audio": "v/intro_es.wav"},
+        {"video": "v/intro.mp4", "dubs": {"es": {"audio": "v/intro_es.wav"}}},
         {
             "video": "v/intro_long.mp4",
             "dubs": {

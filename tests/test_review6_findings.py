@@ -192,11 +192,6 @@ def test_a6_init_pairs_dubs_of_several_extensions(
         assert "no dub matches" not in captured.err, captured.err  # files do match it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A7: `init --output-pattern '{lang}/{name}.mp4'` (README's example) fails"
-    " whenever a video has exactly one dub: it is written as a plain job, which has no {lang}",
-)
 def test_a7_init_output_pattern_with_lang_works_for_a_video_with_one_dub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
