@@ -152,6 +152,14 @@ def archive_path(output_dir: Path, record_id: str) -> Path:
     return output_dir / SUPERSEDED / f"{record_id}.mp4"
 
 
+def size_of(path: Path) -> int | None:
+    """The length of the file at `path` (None: no file there, or none that can be read)."""
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
 def place(src: Path, dest: Path) -> Path | None:
     """Rename `src` to `dest` without destroying anything; return where a file that stood at
     `dest` went (into `superseded/`), or None if the name was free."""

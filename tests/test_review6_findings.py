@@ -113,11 +113,6 @@ def test_a3_a_manifest_converted_into_another_folder_runs_without_paying(
     assert len(sim.ledger.generations) == paid, "the converted manifest paid again"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A4: `run --only a` moves a's result onto the path of b (not in the run), pushing"
-    " b's result into superseded/ while b's record still points at that path",
-)
 @pytest.mark.anyio
 async def test_a4_only_one_job_of_a_swap_displaces_nobody(tmp_path: Path) -> None:
     """Scenario: jobs a (output x/a.mp4) and b (output y/b.mp4) are done; the manifest swaps
