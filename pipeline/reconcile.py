@@ -22,10 +22,11 @@ committed. Each run starts by finding files an interrupted run left behind (`_re
 
 A job's final name is its `output` path when the manifest gives one (`outputs.job_path`), so a
 done job whose path changed is the same move: its file goes to the new path, the record says
-so, nothing is paid or downloaded. No move
-lands on the result of a record that does not move (a job left out by `--only`): that move
-is not made, the file stays where its record says. The state file's `output` (and a long
-job's row) is where each file is; no other record of the paths is needed.
+so, nothing is paid or downloaded. A stitched long job whose path changed moves in the same
+step (`Stitched`), so swaps between long and ordinary jobs stage like any other. No move lands
+on the result of a record that does not move (a job left out by `--only`): that move is not
+made, the file stays where its record says. The state file's `output` (and a long job's row)
+is where each file is; no other record of the paths is needed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pipeline.outputs import (
     archive_path,
     in_segments_dir,
     job_path,
+    long_staging_path,
     place,
     prune_empty,
     result_path,
@@ -141,10 +143,12 @@ def reconcile(
     redo: frozenset[str] = frozenset(),
     *,
     retry_failed: bool = False,
+    stitched: Sequence[Stitched] = (),
 ) -> list[Job]:
     """Bring the state file in line with the manifest; return the jobs with work left, in the
     order that keeps slots busy: running generations first, then ambiguous submissions, then
-    downloads, then new work.
+    downloads, then new work. `stitched`: long jobs' stitched results to move to their
+    jobs' new paths with the records' results (`_settle`).
 
     Records of `checked.untouched` ids (jobs left out by `--only`, or invalid under
     `--keep-going`) are left exactly as they are: never archived, restarted or taken over,
@@ -157,7 +161,7 @@ def reconcile(
     _recover(store, output_dir, homes)
     before = {r.id: r for r in store.jobs(archived=True) if r.id not in checked.untouched}
     plan = plan_records(before, jobs, fps, redo)
-    left = _take_over(store, plan, output_dir, homes, fps, facts)
+    left = _take_over(store, plan, output_dir, homes, fps, facts, stitched)
     order = {
         JobState.GENERATING: 0,
         JobState.SUBMITTING: 1,
@@ -353,6 +357,7 @@ def _take_over(
     homes: Mapping[str, Path],
     fps: Mapping[str, str],
     facts: Mapping[str, Mapping[str, str]],
+    stitched: Sequence[Stitched] = (),
 ) -> set[str]:
     """Carry out `plan`: ids, then files, each step durable before the next (see the module
     docstring); a crash between any two is repaired by the next run's `_recover`. Returns
@@ -375,7 +380,7 @@ def _take_over(
     # archived results standing where this manifest's jobs put theirs (or left at a staging
     # name by an interrupted run, or in a long job's segment folder, which goes once it is
     # stitched) go to superseded/
-    names = {str(home) for home in homes.values()}
+    names = {str(home) for home in homes.values()} | {str(s.home) for s in stitched}
     aside = {
         r.id: archive_path(output_dir, r.id)
         for r in records.values()
@@ -397,7 +402,7 @@ def _take_over(
         and r.output != str(home)
         and movable(r, output_dir)
     }
-    return _settle(store, records, due, output_dir)
+    return _settle(store, records, due, output_dir, stitched)
 
 
 def _move(
@@ -408,6 +413,17 @@ def _move(
         place(Path(str(records[record_id].output)), dest)
     if moves:
         store.save_outputs({i: str(dest) for i, dest in moves.items()}, detail)
+
+
+@dataclass(frozen=True)
+class Stitched:
+    """A long job's stitched result whose job's path changed (`pipeline.longform`, its
+    `long_jobs` row): it moves in `_settle`'s step with the records' results."""
+
+    job_id: str
+    output: Path  # where it is
+    home: Path  # where its job's `output` puts it
+    size: int
 
 
 @dataclass(frozen=True)
@@ -427,20 +443,25 @@ def _settle(
     records: Mapping[str, JobRecord],
     due: Mapping[str, Path],
     output_dir: Path,
+    stitched: Sequence[Stitched] = (),
 ) -> set[str]:
-    """Move results to their jobs' paths (`due`), in one step. A move onto the result of a
-    record (or long job) that is not moving (a job left out by `--only`) is not made: the
-    file stays where it is, and so does any whose move would land on it; the log says why.
-    When one's path is where another moving file is now (two jobs swapped their `output`s),
-    every file waits at its staging name first (recorded), so no move ever displaces a
-    result that is itself about to move; the folders they left go when empty. Returns the
-    ids of the records left in place."""
+    """Move results to their jobs' paths: the records' (`due`) and long jobs' stitched files
+    (`stitched`), in one step. A move onto the result of a record (or long job) that is not
+    moving (a job left out by `--only`) is not made: the file stays where it is, and so does
+    any whose move would land on it; the log says why. When one's path is where another
+    moving file is now (two jobs swapped their `output`s), every file waits at its staging
+    name first (recorded), so no move ever displaces a result that is itself about to move;
+    the folders they left go when empty. Returns the ids of the records left in place."""
     moves = [
         _Moving(
             i, Path(str(r.output)), dest, staging_path(output_dir, r.video_id or 0), r.bytes or 0
         )
         for i, dest in due.items()
         if (r := records[i]).video_id is not None
+    ]
+    moves += [
+        _Moving(s.job_id, s.output, s.home, long_staging_path(output_dir, s.job_id), s.size, True)
+        for s in stitched
     ]
     moves = _unblocked(store, records, moves)
     sources = {str(m.src) for m in moves}

@@ -1046,7 +1046,14 @@ async def run_batch(
     credits_before = store.total_credits()
     redo = _redo_segments(options.redo, longform)
     expanded = await run.resolve_speakers(expanded)  # names -> ids, before fingerprints
-    jobs = reconcile(expanded, store, options.output_dir, redo, retry_failed=options.retry_failed)
+    jobs = reconcile(
+        expanded,
+        store,
+        options.output_dir,
+        redo,
+        retry_failed=options.retry_failed,
+        stitched=longform.moves,
+    )
     for job_id, problems in checked.invalid.items():
         log.error("%s: not run (--keep-going): %s", job_id, "; ".join(problems))
     if run.problem is None:

@@ -217,12 +217,6 @@ jobs:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A8: a long job moved onto an ordinary job's path (outputs swapped) pushes that"
-    " job's result into superseded/ (no staging): it is downloaded again, or failed if the"
-    " video is gone",
-)
 @pytest.mark.anyio
 async def test_a8_a_long_job_and_a_job_swapping_outputs_keep_both_results(
     tmp_path: Path,
