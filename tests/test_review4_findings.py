@@ -24,21 +24,9 @@ from pipeline.simulator import Simulator, serve
 from pipeline.state import StateStore
 from tests.gateway_proxy import Call, Forward, envelope, gateway_proxy
 from tests.harness import FAST_RETRY, STATE_NAME, fast_sim, project, run_once
+from tests.test_review_findings import GENERATE, generations_for, tts_jobs
 
 pytestmark = pytest.mark.anyio
-
-GENERATE = "/openapi/v2/video/lip_sync/generate"
-KNOWN_VIDEO = 391504857968062  # the simulator's "generated earlier" video: no upload needed
-
-
-def tts_jobs(texts: dict[str, str]) -> str:
-    """TTS jobs on the simulator's known source video: no job upload at all."""
-    lines = ["version: 1", "jobs:"]
-    lines += [
-        f"  - {{id: {job_id}, video_id: {KNOWN_VIDEO}, tts: {{text: '{text}', speaker: '1'}}}}"
-        for job_id, text in texts.items()
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def html_page(status: int = 502) -> web.Response:
@@ -169,13 +157,9 @@ async def test_f3_an_invalid_account_reply_to_a_resend_keeps_the_trace_id(tmp_pa
             first = await run_once(sim, manifest, out, base_url=proxy.url, request_timeout=0.3)
         assert first.exit_code is ExitCode.ACCOUNT
         second = await run_once(sim, manifest, out)  # the key works again
-        paid = [
-            g
-            for g in sim.ledger.generations.values()
-            if g.body.get("lip_sync_tts_content") == "line a"
-        ]
+        paid = generations_for(sim, "line a")
     assert [r.state for r in second.rows] == ["done"]
-    assert len(paid) == 1, f"job a was paid for {len(paid)} times"
+    assert paid == 1, f"job a was paid for {paid} times"
 
 
 # F4 -----------------------------------------------------------------------------------------
@@ -226,10 +210,6 @@ async def test_f4_a_clock_stepped_forward_does_not_resend_into_a_send_in_process
                     await anyio.sleep(0.01)
                 scope.cancel()  # the run dies: every state change was committed before
         second = await run_with_clock(sim, manifest, out, time.time)
-        paid = [
-            g
-            for g in sim.ledger.generations.values()
-            if g.body.get("lip_sync_tts_content") == "line a"
-        ]
+        paid = generations_for(sim, "line a")
     assert [r.state for r in second.rows] == ["done"]
-    assert len(paid) == 1, f"job a was paid for {len(paid)} times"
+    assert paid == 1, f"job a was paid for {paid} times"
