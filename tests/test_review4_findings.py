@@ -192,7 +192,7 @@ async def run_with_clock(
 async def test_f4_a_clock_stepped_forward_does_not_resend_into_a_send_in_processing(
     tmp_path: Path,
 ) -> None:
-    """The gateway holds generate replies back 1.5 s (it records a reply only when the first
+    """The gateway holds generate replies back 4 s (it records a reply only when the first
     request finishes: pixverse-api.md). Run 1 sends job `a` and dies while the reply is held
     back; its machine's clock was an hour behind, and NTP steps it forward before the
     immediate re-run (a systemd `Restart=` after a crash, a board without an RTC). The saved
@@ -202,7 +202,7 @@ async def test_f4_a_clock_stepped_forward_does_not_resend_into_a_send_in_process
     CLOCK_BOOTTIME with the boot id), or another guard against a deadline far in the past."""
     manifest = project(tmp_path, tts_jobs({"a": "line a"}))
     out = tmp_path / "out"
-    async with serve(fast_sim(generate_reply_seconds=300.0)) as sim:  # 1.5 s real
+    async with serve(fast_sim(generate_reply_seconds=800.0)) as sim:  # 4 s real
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run_with_clock, sim, manifest, out, _hour_behind)
