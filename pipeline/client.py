@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -164,7 +166,7 @@ def classify_envelope(
         raise TransportError("reply is not a JSON object", http_status=http_status)
     code = lenient_int(_field(payload, "ErrCode", "err_code"))
     message = str(_field(payload, "ErrMsg", "err_msg") or "")
-    retry_after = _retry_after(headers or {})
+    retry_after = parse_retry_after(headers or {})
     if http_status == 401:
         raise AuthError("API key rejected", http_status=401, err_code=code, err_msg=message)
     if code is None and http_status == 429:
@@ -217,14 +219,30 @@ def lenient_int(value: Any) -> int | None:
     return None
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
+def parse_retry_after(
+    headers: Mapping[str, str], now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds to wait from a `Retry-After` header, or None without a readable one.
+
+    RFC 9110 (10.2.3) allows delay-seconds or an HTTP-date; rate limiters in front of APIs
+    send both. A date counts from `now` (the wall clock: the date is the server's), one in
+    the past means no wait. Either way the retry policy clamps it (`max_retry_after`)."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP-date: rare for APIs; the jittered backoff applies instead
+        try:
+            when = parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None  # neither form: the jittered backoff applies
+        if when.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
 
 
 @contextmanager
@@ -340,7 +358,7 @@ class PixverseClient:
                 raise ServerBusyError(
                     f"{what}: HTTP 429, rate limited",
                     http_status=429,
-                    retry_after=_retry_after(headers),
+                    retry_after=parse_retry_after(headers),
                 ) from exc
             if status == 404:
                 raise EndpointError(

@@ -91,13 +91,10 @@ async def test_f1_an_ambiguous_send_set_aside_by_an_edit_still_yields_its_paid_v
 # F2 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F2: a Retry-After given as an HTTP-date is ignored: the 429 is hammered"
-)
 async def test_f2_a_retry_after_given_as_an_http_date_is_honoured(tmp_path: Path) -> None:
     """pixverse-api.md: an HTTP 429 is treated like 500069 "and honour `Retry-After`". RFC 9110
     (10.2.3) lets that header be either delay-seconds or an HTTP-date, and rate limiters in
-    front of APIs send both. `client._retry_after` reads only the number: with a date 60 s
+    front of APIs send both. `client._retry_after` read only the number: with a date 60 s
     ahead, the retrier's next try comes after its jittered backoff (here at most 0.02 s; by
     default 0.5-20 s), so a rate-limited client keeps knocking. The test injects the sleep
     and reads the wait the client chose: no timing."""
