@@ -719,10 +719,12 @@ class _Run:
             return record
         except AuthError as exc:
             self._drop_slot(ticket)
-            # 500020 and the like are the gateway's answer for this trace id, replayed if it
-            # were re-sent: the next run needs a new one. A bare 401 may come from in front of
-            # the gateway, so an id that may have been processed is kept.
-            if exc.http_status != 401 or not self.store.job(job.id).trace_ambiguous:
+            # A refused key (400012, 500020, HTTP 401, whatever the HTTP status) is refused
+            # before the trace id is looked up (the replay is per key), so it says nothing of
+            # an earlier send: an id that may have been processed is kept with its send facts,
+            # or the next run would pay again (review 4, F3). A first send refused so was
+            # never processed: a new id next time.
+            if not self.store.job(job.id).trace_ambiguous:
                 record = self.store.transition(job.id, JobState.PENDING, f"account problem: {exc}")
             if not self.pool.several or self._key_refused(account, exc):
                 raise

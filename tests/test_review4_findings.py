@@ -125,10 +125,6 @@ async def test_f2_a_retry_after_given_as_an_http_date_is_honoured(tmp_path: Path
 # F3 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F3: a 400012 that is not HTTP 401 drops a possibly-processed trace id: paid twice",
-)
 async def test_f3_an_invalid_account_reply_to_a_resend_keeps_the_trace_id(tmp_path: Path) -> None:
     """Job `a`'s first send is processed (paid) but its reply is lost (an HTML 502 from a
     proxy), so the trace id is ambiguous. The re-send after the deadline is answered
