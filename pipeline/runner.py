@@ -80,7 +80,7 @@ from pipeline.report import (
 from pipeline.retry import Sleep
 from pipeline.secrets import Redactor
 from pipeline.state import JobRecord, StateStore
-from pipeline.submit import Submitter, SubmitTries
+from pipeline.submit import BootClock, Submitter, SubmitTries, boot_time
 
 log = logging.getLogger("pipeline.runner")
 
@@ -211,6 +211,7 @@ class _Run:
     started: float = field(init=False)
     budget: Budget = field(init=False)
     longform: LongJobs | None = None  # the run's long jobs, stitched as segments finish
+    boot: BootClock = boot_time  # the re-send deadline's clock that never steps
 
     def __post_init__(self) -> None:
         self.started = self.wall()
@@ -224,7 +225,9 @@ class _Run:
             [
                 Account(
                     client,
-                    Submitter(self.store, client, self.sleep, self.wall, o.busy_pinned_after),
+                    Submitter(
+                        self.store, client, self.sleep, self.wall, o.busy_pinned_after, self.boot
+                    ),
                     SlotLimiter(o.concurrency, timing, sleep=self.sleep),
                 )
                 for client in self.clients
@@ -933,11 +936,14 @@ async def run_batch(
     *,
     sleep: Sleep = anyio.sleep,
     wall: Callable[[], float] = time.time,
+    boot: BootClock = boot_time,
     progress: ProgressSink | None = None,
 ) -> RunOutcome:
     """Run every job of `checked` to a terminal state (or as far as the accounts allow), then
     write the report. `client`: one per API key (one base URL), each key its own account
-    (`pipeline.pool`). Raises ManifestError (unknown speaker) before anything is submitted."""
+    (`pipeline.pool`); `wall` and `boot`: the clocks (`boot` the steady one of the re-send
+    deadline, `pipeline.submit.resend_wait`). Raises ManifestError (unknown speaker) before
+    anything is submitted."""
     options.output_dir.mkdir(parents=True, exist_ok=True)
     clients = [client] if isinstance(client, PixverseClient) else list(client)
     redact = Redactor([c.config.api_key for c in clients])
@@ -945,7 +951,7 @@ async def run_batch(
         checked, store, options.output_dir, options.keep_segments, redo=options.redo
     )
     expanded = await longform.expand()  # long jobs -> their segments, as jobs
-    run = _Run(expanded, store, clients, options, sleep, wall, longform=longform)
+    run = _Run(expanded, store, clients, options, sleep, wall, longform=longform, boot=boot)
     sink = progress if progress is not None else LogProgress(options.progress_every)
     started = options.started_at if options.started_at is not None else wall()
     run_id = options.run_id or new_run_id(started)

@@ -149,6 +149,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         )
         """,
     ),
+    (
+        # The re-send deadline on a clock that never steps (review 4, F4): CLOCK_BOOTTIME's
+        # reading of `resend_after`, and the boot it belongs to. Older records have neither
+        # and are judged by the wall clock alone, as before.
+        "0010_boot_clock",
+        """
+        ALTER TABLE jobs ADD COLUMN resend_after_boot REAL;
+        ALTER TABLE jobs ADD COLUMN boot_id TEXT;
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -173,6 +183,8 @@ _UPDATABLE = frozenset(
         "fingerprint",
         "sent_at",
         "resend_after",
+        "resend_after_boot",
+        "boot_id",
         "trace_ambiguous",
         "key_fp",
         "busy_since",
@@ -214,7 +226,8 @@ class JobRecord:
     updated_at: float
     sent_at: float | None  # when the current trace id first left (None: not sent yet)
     # while set, a send of the current trace id got no reply and may still be processed until
-    # this wall-clock time: re-sending before it could race the first send (paid twice)
+    # this wall-clock time (and, in the same boot, `resend_after_boot`): re-sending before it
+    # could race the first send (paid twice)
     resend_after: float | None
     trace_ambiguous: bool  # the current trace id may have been processed without our seeing it
     key_fp: str | None  # fingerprint of the API key that sent the current submission
@@ -231,6 +244,10 @@ class JobRecord:
     err_msg: str | None = None  # the API's ErrMsg behind `error`
     inputs: str | None = None  # JSON of `plan.input_facts` when the record was (re)started
     suspect: str | None = None  # a done result that failed its probe: why (kept, flagged)
+    # `resend_after` on the CLOCK_BOOTTIME of boot `boot_id` (`pipeline.submit.resend_wait`);
+    # meaningful only while `resend_after` is set
+    resend_after_boot: float | None = None
+    boot_id: str | None = None
 
     @property
     def archived(self) -> bool:
@@ -249,6 +266,8 @@ class JobRecord:
             *_ERROR_FACTS,
             "inputs",
             "suspect",
+            "resend_after_boot",
+            "boot_id",
         ):
             values.setdefault(name, None)
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))

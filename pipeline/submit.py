@@ -9,6 +9,9 @@ The rules (pixverse-api.md, "Trace-id semantics"):
   its trace id is re-sent only after `resend_after`. The gateway records a reply only when the
   first request finishes and treats an earlier duplicate as new: a second charge, or a 500044
   because the first holds the slot (which proves nothing). The job holds no slot while it waits.
+  The deadline is kept on two clocks (`resend_wait`): the wall clock, and CLOCK_BOOTTIME with
+  the boot's id, which no NTP step moves and which outlives the process; within the boot that
+  sent, both must have passed it. After a reboot (another boot id) only the wall clock is left.
 * A reply to a send made after every earlier send's deadline is definitive (the replay of the
   first): a video id means generating; 500044 or a 4xx rejection means a new trace id next
   time. A "busy" reply to an id that may have been processed is re-sent with the same id,
@@ -26,10 +29,13 @@ The rules (pixverse-api.md, "Trace-id semantics"):
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -60,6 +66,55 @@ REPLAY_WINDOW_SAFE = 23 * 3600.0
 # A silent send counts as over after the request timeout plus this share of it: room for the
 # server to finish a request whose client gave up (clock steps, a slow gateway).
 RESEND_MARGIN = 0.1
+
+
+# the kernel's id of this boot (random, new at every boot): names the CLOCK_BOOTTIME a
+# deadline was read on (proc(5))
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class BootTime:
+    """A moment on this boot's CLOCK_BOOTTIME: it never steps (an NTP step, a board without an
+    RTC setting its clock late) and counts suspend, and it runs on across process restarts
+    within one boot, which `boot_id` names."""
+
+    boot_id: str
+    seconds: float
+
+
+BootClock = Callable[[], "BootTime | None"]
+
+
+def boot_time() -> BootTime | None:
+    """Now on CLOCK_BOOTTIME with the boot's id; None where either is missing (not Linux)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    boot_id = _boot_id()
+    if clock is None or boot_id is None:
+        return None
+    return BootTime(boot_id, time.clock_gettime(clock))
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        return BOOT_ID.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeError):
+        return None
+
+
+def resend_wait(record: JobRecord, now: float, boot: BootTime | None) -> float:
+    """Seconds until the unanswered send of `record` is surely over (<= 0: it is). `now` is
+    the wall clock, `boot` this boot's clock (None: unknown). In the boot that sent, the
+    deadline must have passed on both: a wall clock stepped forward after a crash would
+    otherwise re-send into a send still in processing (review 4, F4). A record of another
+    boot, or from a file older than migration 0010, has only the wall clock's deadline."""
+    if record.resend_after is None:
+        return 0.0
+    wait = record.resend_after - now
+    if boot is not None and record.resend_after_boot is not None and record.boot_id == boot.boot_id:
+        wait = max(wait, record.resend_after_boot - boot.seconds)
+    return wait
 
 
 class Slot(Protocol):
@@ -102,15 +157,16 @@ def unconfirmed_advice(record: JobRecord, *, window_passed: bool = False) -> str
     )
 
 
-def describe_wait(record: JobRecord, now: float) -> str | None:
+def describe_wait(record: JobRecord, now: float, boot: BootClock = boot_time) -> str | None:
     """For `status`: what an unanswered submission is waiting for, or None."""
     if record.state is not JobState.SUBMITTING or record.resend_after is None:
         return None
     sent = iso(record.sent_at) if record.sent_at is not None else "?"
-    if record.resend_after > now:
+    wait = resend_wait(record, now, boot())
+    if wait > 0:
         return (
             f"no reply to trace id {record.trace_id} sent {sent}; it may still be in"
-            f" processing: re-sent with the same id after {iso(record.resend_after)}"
+            f" processing: re-sent with the same id after {iso(now + wait)}"
         )
     return f"no reply to trace id {record.trace_id} sent {sent}; re-sent by the next run"
 
@@ -133,6 +189,7 @@ class Submitter:
     # a "busy" reply to a possibly-processed id counts as the gateway's pinned replay only once
     # busy replies to it have lasted this long (a proxy's passing busy must not make us pay)
     pinned_busy_after: float = 5.0
+    boot: BootClock = boot_time  # the deadline's second clock (`resend_wait`)
     replays: bool | None = None  # the gateway's replay, as last probed (None: not known)
     _probed: bool = False  # probed in this run: fresh enough to re-send on
     # the probe failed in this run: nothing more is sent, and it is not tried again
@@ -223,7 +280,7 @@ class Submitter:
                     f"cannot re-send trace id {record.trace_id}: {exc}; left for the next run"
                 ) from exc
             raise
-        now = self.wall()
+        now, boot = self.wall(), self.boot()
         tries.first_at = now if tries.first_at is None else tries.first_at
         timeout = self.client.config.request_timeout * (1 + RESEND_MARGIN)
         before = record
@@ -233,6 +290,8 @@ class Submitter:
             # the first send of this id: its generation, if any, started after this moment
             sent_at=now if record.sent_at is None else record.sent_at,
             resend_after=now + timeout,
+            resend_after_boot=None if boot is None else boot.seconds + timeout,
+            boot_id=None if boot is None else boot.boot_id,
             key_fp=self.key_fp,
         )
         trace_id = record.trace_id
@@ -278,9 +337,8 @@ class Submitter:
             raise
 
     async def _wait_out(self, record: JobRecord, slot: Slot) -> None:
-        if record.resend_after is None:
-            return
-        wait = record.resend_after - self.wall()
+        now = self.wall()
+        wait = resend_wait(record, now, self.boot())
         if wait <= 0:
             return
         if slot.held:
@@ -289,7 +347,7 @@ class Submitter:
             "%s: trace id %s may still be in processing; re-sending it at %s (in %.1f s)",
             record.id,
             record.trace_id,
-            iso(record.resend_after),
+            iso(now + wait),
             wait,
         )
         await self.sleep(wait)

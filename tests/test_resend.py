@@ -7,6 +7,7 @@ then resumes with the real runner: the ledger says what was paid for.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +23,8 @@ from pipeline.runner import ExitCode
 from pipeline.simulator import Simulator, serve
 from pipeline.simulator.envelope import OVERLOADED, envelope
 from pipeline.simulator.state import STATE
-from pipeline.state import StateStore
+from pipeline.state import JobRecord, StateStore
+from pipeline.submit import BootTime, boot_time, resend_wait
 from tests.harness import STATE_NAME, fast_sim, project, run_once
 
 pytestmark = pytest.mark.anyio
@@ -215,3 +217,66 @@ async def test_a_replayed_submission_counts_its_slot_time_from_the_first_send(
     assert record.video_id == reply["Resp"]["video_id"]  # type: ignore[index]
     assert record.submitted_at is not None
     assert abs(record.submitted_at - first_send) < 0.5
+
+
+def unanswered(
+    resend_after: float, resend_after_boot: float | None, boot_id: str | None
+) -> JobRecord:
+    return JobRecord(
+        id="a",
+        fingerprint="fp",
+        state=JobState.SUBMITTING,
+        attempts=0,
+        trace_id="t",
+        video_id=None,
+        credits=0,
+        last_credits=0,
+        output=None,
+        bytes=None,
+        error=None,
+        ambiguous=1,
+        submitted_at=None,
+        updated_at=0.0,
+        sent_at=resend_after - 33,
+        resend_after=resend_after,
+        trace_ambiguous=True,
+        key_fp=None,
+        busy_since=None,
+        resend_after_boot=resend_after_boot,
+        boot_id=boot_id,
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "wall", "boot", "wait"),
+    [
+        # the same boot: the later of the two deadlines (a wall clock stepped an hour forward)
+        (unanswered(1000.0, 533.0, "b1"), 4600.0, BootTime("b1", 510.0), 23.0),
+        # a wall clock stepped back: its deadline is still kept
+        (unanswered(1000.0, 533.0, "b1"), 990.0, BootTime("b1", 600.0), 10.0),
+        (unanswered(1000.0, 533.0, "b1"), 1001.0, BootTime("b1", 534.0), -1.0),  # both passed
+        # another boot: only the wall clock is known
+        (unanswered(1000.0, 533.0, "b1"), 990.0, BootTime("b2", 5.0), 10.0),
+        (unanswered(1000.0, 533.0, "b1"), 4600.0, BootTime("b2", 5.0), -3600.0),
+        # a record from before migration 0010, or a machine without CLOCK_BOOTTIME
+        (unanswered(1000.0, None, None), 990.0, BootTime("b1", 5.0), 10.0),
+        (unanswered(1000.0, 533.0, "b1"), 4600.0, None, -3600.0),
+        (replace(unanswered(1000.0, 533.0, "b1"), resend_after=None), 0.0, None, 0.0),  # replied
+    ],
+)
+def test_the_resend_deadline_must_pass_on_the_wall_clock_and_the_boots_clock(
+    record: JobRecord, wall: float, boot: BootTime | None, wait: float
+) -> None:
+    """Review 4, F4: within the boot that sent, CLOCK_BOOTTIME (never stepped) and the wall
+    clock must both have passed the deadline; after a reboot only the wall clock is left."""
+    assert resend_wait(record, wall, boot) == wait
+
+
+def test_this_machine_has_a_boot_clock() -> None:
+    """Linux (the project's machines): CLOCK_BOOTTIME and a boot id, stable within a run."""
+    first, second = boot_time(), boot_time()
+    assert first is not None
+    assert second is not None
+    assert first.boot_id == second.boot_id
+    assert len(first.boot_id) == 36
+    assert second.seconds >= first.seconds > 0
