@@ -20,6 +20,7 @@ Every state change goes through `StateStore` and is committed before the next re
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -36,7 +37,7 @@ import anyio.to_thread
 
 from pipeline.account import check_balance, unknown_speakers
 from pipeline.budget import Budget
-from pipeline.client import PixverseClient, VideoStatus, new_trace_id
+from pipeline.client import PixverseClient, Submission, VideoStatus, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
     ApiError,
@@ -80,7 +81,14 @@ from pipeline.report import (
 from pipeline.retry import Sleep
 from pipeline.secrets import Redactor
 from pipeline.state import JobRecord, StateStore
-from pipeline.submit import BootClock, Submitter, SubmitTries, boot_time
+from pipeline.submit import (
+    BootClock,
+    Submitter,
+    SubmitTries,
+    boot_time,
+    iso,
+    unanswered_send,
+)
 
 log = logging.getLogger("pipeline.runner")
 
@@ -363,9 +371,10 @@ class _Run:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
                 for record in self.store.jobs(archived=True):
+                    paid = record.state in (JobState.GENERATING, JobState.DOWNLOADING)
                     if (
                         record.archived
-                        and record.state in (JobState.GENERATING, JobState.DOWNLOADING)
+                        and (paid or unanswered_send(record))
                         and not self.pool.foreign(record)
                     ):
                         await self.admission.acquire()
@@ -693,8 +702,9 @@ class _Run:
         async def body() -> dict[str, Any]:
             return generate_body(job, await self._ensure_media(job, account))
 
+        estimate = estimate_credits(job, self.checked.media)
         try:
-            sent = await account.submitter.step(record, body, ticket, ticket.tries)
+            sent = await account.submitter.step(record, body, ticket, ticket.tries, estimate)
         except SlotLimitError:
             # no backoff of its own: the limiter decides when this job (or any) sends again
             if ticket.permit is not None:
@@ -737,13 +747,16 @@ class _Run:
             return record
         if isinstance(sent, JobRecord):
             return sent  # parked, or to be sent again
-        credits = (
-            sent.credits if sent.credits is not None else estimate_credits(job, self.checked.media)
-        )
-        record = self.store.job(job.id)
+        return self._accepted(job.id, sent, estimate, ticket)
+
+    def _accepted(self, job_id: str, sent: Submission, estimate: int, ticket: _Ticket) -> JobRecord:
+        """Commit an accepted submission (GENERATING, its credits) and tell its key's slots."""
+        account = ticket.account
+        credits = sent.credits if sent.credits is not None else estimate
+        record = self.store.job(job_id)
         replayed = record.trace_ambiguous and record.sent_at is not None
         record = self.store.transition(
-            job.id,
+            job_id,
             JobState.GENERATING,
             f"video {sent.video_id}",
             video_id=sent.video_id,
@@ -765,7 +778,7 @@ class _Run:
             self._save_ceiling(account)
         log.info(
             "%s: submitted as video %s (attempt %d)%s",
-            job.id,
+            job_id,
             sent.video_id,
             record.attempts,
             f" with key {account.key_fp}" if self.pool.several else "",
@@ -775,10 +788,13 @@ class _Run:
     async def _finish_archived(self, record_id: str, ticket: _Ticket) -> None:
         """A paid generation no job wants any more (its inputs changed, `--redo`, its job left
         the manifest) is still fetched, into `superseded/<archive id>.mp4`, and never
-        resubmitted: a paid result is never lost, and its record can be taken over again."""
+        resubmitted: a paid result is never lost, and its record can be taken over again.
+        A send set aside unanswered is resolved first (`_resend_set_aside`)."""
         record = self.store.job(record_id)
         if not self._bind_record(record, ticket):
             return
+        if record.state is JobState.SUBMITTING:
+            record = await self._resend_set_aside(record, ticket)
         resumed = True
         while True:
             if record.state is JobState.GENERATING:
@@ -794,6 +810,79 @@ class _Run:
                 log.info("%s: a paid result no job wants any more, kept as %s", record_id, dest)
             else:
                 return
+
+    async def _resend_set_aside(self, record: JobRecord, ticket: _Ticket) -> JobRecord:
+        """A send set aside while its outcome was unknown may have been paid for: its trace id
+        is re-sent as it was (its saved body, its key, after its deadline: `Submitter.step`),
+        never replaced, so a replaying gateway answers with the original video for free. A
+        definitive refusal of the id (500044, 500090, a rejection, a pinned busy: after the
+        deadline, the first send's own answer) ends it as FAILED, nothing having been paid;
+        a gateway that does not replay parks it as UNCONFIRMED."""
+        account = ticket.account
+        record = account.submitter.resumed(record)
+        if record.sent_body is None:
+            raise TransientError(
+                f"trace id {record.trace_id} was set aside unanswered, but its generate body"
+                " was not saved (a state file from before 0011_sent_body), so it cannot be"
+                " re-sent as it was; it is resolved if its inputs come back to a job"
+            )
+        body: dict[str, Any] = json.loads(record.sent_body)
+
+        async def body_for() -> dict[str, Any]:
+            return body
+
+        estimate = record.sent_estimate or 0
+        log.info(
+            "%s: set aside unanswered, maybe paid for: re-sending trace id %s for its video",
+            record.id,
+            record.trace_id,
+        )
+        while record.state is JobState.SUBMITTING and account.sending_allowed:
+            if not self.budget.ask(record.id, estimate):
+                log.warning("%s: not re-sent: it would take this run past --max-credits", record.id)
+                break
+            try:
+                sent = await account.submitter.step(record, body_for, ticket, ticket.tries)
+            except (SlotLimitError, CreditsError, JobError) as exc:
+                self._drop_slot(ticket)
+                reason = f"set aside: trace id {record.trace_id} was refused ({exc}): nothing paid"
+                record = self.store.transition(
+                    record.id, JobState.FAILED, reason, **_error_facts(exc, reason)
+                )
+                log.info("%s: %s", record.id, reason)
+                if isinstance(exc, CreditsError):
+                    raise  # the key's problem too: as for any job
+                break
+            finally:
+                self._settle(record.id)
+            if isinstance(sent, JobRecord):
+                record = sent  # parked, or to be sent again
+                continue
+            record = self._accepted(record.id, sent, estimate, ticket)
+        return record
+
+    def set_aside_problems(self) -> list[str]:
+        """For the log and the report: sends set aside unanswered and not resolved (yet), and
+        those parked in this run."""
+        problems = []
+        for record in self.store.jobs(archived=True):
+            if not record.archived:
+                continue
+            sent = iso(record.sent_at) if record.sent_at is not None else "at an unknown time"
+            if unanswered_send(record):
+                owner = self.pool.owner(record)
+                why = (
+                    f"sent with key {record.key_fp}: run with that key to resolve it"
+                    if owner is None and record.key_fp is not None
+                    else f"{record.error or 'not re-sent in this run'}; the next run re-sends it"
+                )
+                problems.append(
+                    f"{record.id}: a submission set aside unanswered (trace id"
+                    f" {record.trace_id}, sent {sent}) may have been paid for: {why}"
+                )
+            elif record.state is JobState.UNCONFIRMED and record.updated_at >= self.started:
+                problems.append(f"{record.id}: set aside, {record.error}")
+        return problems
 
     async def _await_generation(
         self,
@@ -980,6 +1069,9 @@ async def run_batch(
         run._note_problem(TransientError(str(run.budget.why_refused())))
     stopped_by = str(run.problem) if run.problem else "interrupted" if interrupted else None
     invalid_problems = [p for problems in checked.invalid.values() for p in problems]
+    set_aside = run.set_aside_problems()
+    for problem in set_aside:
+        log.warning("%s", problem)
     rows = job_rows(
         checked.full,
         store,
@@ -1011,7 +1103,7 @@ async def run_batch(
             else "ManifestError"
             if checked.invalid
             else None,
-            "problems": invalid_problems,
+            "problems": invalid_problems + set_aside,
             "credits_this_run": spent,
             "credits_total": sum(r.credits for r in rows),
             "failed_manifest": str(failed_path) if failed_path else None,

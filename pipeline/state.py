@@ -159,6 +159,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN boot_id TEXT;
         """,
     ),
+    (
+        # What the current trace id's send carried (review 4, F1): its generate body (JSON:
+        # media ids, speaker, script; never the key) and the price model's estimate, so a
+        # send set aside unanswered (its job edited, removed, redone) can be re-sent as it
+        # was and its credits counted. Older records have neither.
+        "0011_sent_body",
+        """
+        ALTER TABLE jobs ADD COLUMN sent_body TEXT;
+        ALTER TABLE jobs ADD COLUMN sent_estimate INTEGER;
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -185,6 +196,8 @@ _UPDATABLE = frozenset(
         "resend_after",
         "resend_after_boot",
         "boot_id",
+        "sent_body",
+        "sent_estimate",
         "trace_ambiguous",
         "key_fp",
         "busy_since",
@@ -248,6 +261,8 @@ class JobRecord:
     # meaningful only while `resend_after` is set
     resend_after_boot: float | None = None
     boot_id: str | None = None
+    sent_body: str | None = None  # JSON of the generate body the current trace id was sent with
+    sent_estimate: int | None = None  # the price model's credits for that send
 
     @property
     def archived(self) -> bool:
@@ -268,6 +283,8 @@ class JobRecord:
             "suspect",
             "resend_after_boot",
             "boot_id",
+            "sent_body",
+            "sent_estimate",
         ):
             values.setdefault(name, None)
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))

@@ -25,11 +25,17 @@ The rules (pixverse-api.md, "Trace-id semantics"):
   UNCONFIRMED (trace id, time sent, what to do) until the user decides (`--redo ID`).
 * The replay is per API key: a submission is only ever re-sent with the key that sent it
   (the runner leaves another key's jobs alone; see `foreign_key`).
+* A send set aside while its outcome was unknown (archived: its job's inputs changed, `--redo`,
+  its job left the manifest; `unanswered_send`) may have been paid for: it is still re-sent,
+  as it was (the body saved with each send, its key, after its deadline), so the gateway's
+  replay gives its video. It never gets a new trace id: a definitive refusal ends it, nothing
+  having been paid.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -149,11 +155,16 @@ def unconfirmed_advice(record: JobRecord, *, window_passed: bool = False) -> str
         if window_passed
         else "this gateway does not replay trace ids"
     )
+    then = (
+        # set aside (its job edited, removed or redone): no job will send it again
+        "; it was set aside, nothing more is sent for it"
+        if record.archived
+        else f"; to submit again, run with --redo {record.id}"
+    )
     return (
         f"unconfirmed: trace id {record.trace_id} was sent at {sent} and no reply came; {why},"
         " so it is not re-sent (that could pay twice)."
-        " Check the PixVerse console for a lip-sync video created then; to submit again,"
-        f" run with --redo {record.id}"
+        f" Check the PixVerse console for a lip-sync video created then{then}"
     )
 
 
@@ -169,6 +180,11 @@ def describe_wait(record: JobRecord, now: float, boot: BootClock = boot_time) ->
             f" processing: re-sent with the same id after {iso(now + wait)}"
         )
     return f"no reply to trace id {record.trace_id} sent {sent}; re-sent by the next run"
+
+
+def unanswered_send(record: JobRecord) -> bool:
+    """A submission whose trace id may have been processed unseen: paid for, perhaps."""
+    return record.state is JobState.SUBMITTING and (record.trace_ambiguous or record.awaiting_reply)
 
 
 def foreign_key(record: JobRecord, key_fp: str) -> bool:
@@ -252,12 +268,15 @@ class Submitter:
         body_for: Callable[[], Awaitable[Mapping[str, Any]]],
         slot: Slot,
         tries: SubmitTries,
+        estimate: int | None = None,
     ) -> Submission | JobRecord:
-        """One send of a SUBMITTING job (after waiting out an earlier silent send). Returns
-        the accepted Submission, or the record to look at next (still SUBMITTING: send again;
+        """One send of a SUBMITTING job (after waiting out an earlier silent send), saved
+        with its body and `estimate` (credits, by the price model). Returns the accepted
+        Submission, or the record to look at next (still SUBMITTING: send again;
         UNCONFIRMED: parked). Raises what the reply means otherwise (SlotLimitError,
         JobError, FatalError, ...); TransientError when this run has tried long enough or
-        cannot tell whether a re-send is safe."""
+        cannot tell whether a re-send is safe. An archived record (a send set aside) never
+        gets a new trace id: a definitive refusal of its id raises JobError."""
         assert record.state is JobState.SUBMITTING
         assert record.trace_id is not None
         if record.trace_ambiguous or record.awaiting_reply:
@@ -293,6 +312,8 @@ class Submitter:
             resend_after_boot=None if boot is None else boot.seconds + timeout,
             boot_id=None if boot is None else boot.boot_id,
             key_fp=self.key_fp,
+            sent_body=json.dumps(dict(body), sort_keys=True, ensure_ascii=False),
+            sent_estimate=estimate if estimate is not None else record.sent_estimate,
         )
         trace_id = record.trace_id
         assert trace_id is not None
@@ -364,6 +385,14 @@ class Submitter:
         if not record.trace_ambiguous or self._pinned(tries, now):
             # a definitive answer, replayed for this id from now on: the next try needs a new one
             tries.busy_in_row, tries.busy_first_at = 0, None
+            if record.archived:
+                # no job wants a new try: the id's first send was refused, nothing was paid
+                raise JobError(
+                    f"definitive busy reply to trace id {record.trace_id}: nothing was paid",
+                    http_status=exc.http_status,
+                    err_code=exc.err_code,
+                    err_msg=exc.err_msg,
+                ) from exc
             record = self.store.update(
                 record.id,
                 "definitive busy reply: new trace id",

@@ -36,11 +36,6 @@ def html_page(status: int = 502) -> web.Response:
 # F1 -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F1: an ambiguous send set aside by changed inputs is never resolved: its paid"
-    " video is lost",
-)
 async def test_f1_an_ambiguous_send_set_aside_by_an_edit_still_yields_its_paid_video(
     tmp_path: Path,
 ) -> None:
@@ -77,6 +72,7 @@ async def test_f1_an_ambiguous_send_set_aside_by_an_edit_still_yields_its_paid_v
         second = await run_once(sim, manifest, out)
         third = await run_once(sim, manifest, out)  # and the night after
         served = set(sim.ledger.served_downloads)
+        paid_old = generations_for(sim, "old line")
     assert [r.state for r in second.rows] == ["done"]
     assert [r.state for r in third.rows] == ["done"]
     store = StateStore.open(out / STATE_NAME)
@@ -84,8 +80,11 @@ async def test_f1_an_ambiguous_send_set_aside_by_an_edit_still_yields_its_paid_v
         archived = [r for r in store.jobs(archived=True) if r.archived]
     finally:
         store.close()
-    assert [r.state.value for r in archived] == ["submitting"]  # set aside, still unresolved
+    # set aside, then resolved: its trace id re-sent, the replay's video fetched and kept
+    assert [(r.id, r.state.value, r.video_id) for r in archived] == [("a@1", "done", old_video)]
+    assert archived[0].output == str(out / "superseded" / "a@1.mp4")
     assert old_video in served, "the paid video of the old script was never downloaded"
+    assert paid_old == 1  # and never paid again
 
 
 # F2 -----------------------------------------------------------------------------------------
