@@ -19,11 +19,13 @@ from aiohttp import web
 from pipeline.client import ClientConfig, PixverseClient
 from pipeline.manifest import load_manifest
 from pipeline.preflight import preflight
+from pipeline.retry import RetryPolicy
 from pipeline.runner import ExitCode, RunOptions, RunOutcome, run_batch
 from pipeline.simulator import Simulator, serve
 from pipeline.state import StateStore
-from tests.gateway_proxy import Call, Forward, envelope, gateway_proxy
+from tests.gateway_proxy import Call, Forward, Hook, envelope, gateway_proxy
 from tests.harness import FAST_RETRY, STATE_NAME, fast_sim, project, run_once
+from tests.test_review2_findings import run_with
 from tests.test_review_findings import GENERATE, generations_for, tts_jobs
 
 pytestmark = pytest.mark.anyio
@@ -203,3 +205,83 @@ async def test_f4_a_clock_stepped_forward_does_not_resend_into_a_send_in_process
         paid = generations_for(sim, "line a")
     assert [r.state for r in second.rows] == ["done"]
     assert paid == 1, f"job a was paid for {paid} times"
+
+
+# F5 (the reviewer's measurement: an overload is hammered by every job) ----------------------
+
+
+def overloaded(window: Callable[[float], bool], refused: list[str]) -> Hook:
+    """Generate calls after the first ten answer 500069 ("system overloaded", HTTP 500, not
+    forwarded) while `window(seconds since the first of them)` holds; `refused` gets the
+    trace id of each. Everything else goes through."""
+    began: list[float] = []
+
+    async def hook(call: Call, forward: Forward) -> web.Response:
+        if call.path == GENERATE and call.number > 10:
+            began[:] = began or [time.monotonic()]
+            if window(time.monotonic() - began[0]):
+                refused.append(call.trace_id)
+                return envelope(500069, "system overloaded", status=500)
+        return await forward()
+
+    return hook
+
+
+THIRTY = tts_jobs({f"j{n}": f"line {n}" for n in range(30)})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="F5: every job backs off on its own: an overload gets one refused request per job"
+    " per backoff step, and jobs give up while it lasts",
+)
+async def test_f5_an_overload_costs_one_refused_request_per_backoff_step_not_per_job(
+    tmp_path: Path,
+) -> None:
+    """Thirty jobs; after ten generations (the slow start has reached 5 slots) the API
+    answers every generate 500069 for 2 s, then recovers. Each job backing off on its own,
+    the five sending jobs each knock again every step (and those whose `max_elapsed` of 1 s
+    passes while waiting are left unfinished). With a backoff shared by the client (a gate:
+    the others wait while one probe goes out per step) the overload costs about one refused
+    request per step: at most 1 + 2 s / (half the 0.4 s step) + a few under way when it
+    began, and every job is done once it ends (waiting is no attempt). The bound counts
+    requests, not time: a slower machine only sends fewer."""
+    manifest = project(tmp_path, THIRTY)
+    out = tmp_path / "out"
+    refused: list[str] = []
+    policy = RetryPolicy(attempts=20, max_elapsed=1.0, initial_wait=0.05, max_wait=0.4)
+    hook = overloaded(lambda seconds: seconds < 2.0, refused)
+    async with serve(fast_sim()) as sim, gateway_proxy(sim.url, hook) as proxy:
+        outcome = await run_with(sim, manifest, out, base_url=proxy.url, retry=policy)
+        paid = len(sim.ledger.generations)
+    assert [r.state for r in outcome.rows] == ["done"] * 30
+    assert paid == 30
+    assert len(refused) <= 25, f"{len(refused)} refused generate requests in a 2 s overload"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="F5: a sustained overload is refused attempts x jobs times (120 for 30 jobs)",
+)
+async def test_f5_a_sustained_overload_is_given_up_by_the_run_not_by_each_job(
+    tmp_path: Path,
+) -> None:
+    """The reviewer's measurement: every generate after the tenth answers 500069 for good.
+    Each job spends its own `attempts` (4) and is left unfinished, so 20 jobs make 80 refused
+    requests, 1,000 jobs 4,000. Once the overload has outlasted what one call bears (its
+    attempts, over at least `max_elapsed`), the client stops sending: the rest of the jobs
+    are left unfinished (resumable, exit 75) at once, nothing more paid, and the refused
+    requests are about one per backoff step until then."""
+    manifest = project(tmp_path, THIRTY)
+    out = tmp_path / "out"
+    refused: list[str] = []
+    policy = RetryPolicy(attempts=4, max_elapsed=0.5, initial_wait=0.02, max_wait=0.1)
+    async with serve(fast_sim()) as sim:
+        hook = overloaded(lambda seconds: True, refused)
+        async with gateway_proxy(sim.url, hook) as proxy:
+            outcome = await run_with(sim, manifest, out, base_url=proxy.url, retry=policy)
+        paid = len(sim.ledger.generations)
+    assert outcome.exit_code is ExitCode.UNFINISHED
+    assert [r.state for r in outcome.rows].count("done") == 10
+    assert paid == 10
+    assert len(refused) <= 30, f"{len(refused)} refused generate requests for 20 jobs"
