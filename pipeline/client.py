@@ -28,6 +28,7 @@ import aiohttp
 import anyio
 
 from pipeline.errors import (
+    ApiError,
     AuthError,
     CreditsError,
     EndpointError,
@@ -39,6 +40,7 @@ from pipeline.errors import (
     StaleMediaError,
     TransportError,
 )
+from pipeline.gate import OverloadGate, Pass, paced
 from pipeline.retry import RetryPolicy, Sleep, retrier
 from pipeline.secrets import Redactor
 
@@ -267,12 +269,19 @@ class PixverseClient:
     """Use as `async with PixverseClient(config) as client:`."""
 
     def __init__(
-        self, config: ClientConfig, sleep: Sleep | None = None, recorder: Recorder | None = None
+        self,
+        config: ClientConfig,
+        sleep: Sleep | None = None,
+        recorder: Recorder | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`sleep` and `clock`: the retries' and the overload gate's (a test injects both)."""
         self.config = config
         self.redact = Redactor([config.api_key])  # replies quoting the key are cleaned on entry
         self._sleep = sleep
         self._recorder = recorder  # told of every API exchange that got a reply
+        # one backoff for every request of this key and base URL (`pipeline.gate`)
+        self.gate = OverloadGate(config.retry, sleep or anyio.sleep, clock)
         self._answered = False  # whether any request has had a reply (see `_unreachable`)
         self._session: aiohttp.ClientSession | None = None
         # which SPEAKER_PATHS entry answered; None until `speakers()` has asked
@@ -306,10 +315,16 @@ class PixverseClient:
 
     def _retrier(self) -> Any:
         return (
-            retrier(self.config.retry)
+            retrier(self.config.retry, gated=True)
             if self._sleep is None
-            else retrier(self.config.retry, self._sleep)
+            else retrier(self.config.retry, self._sleep, gated=True)
         )
+
+    async def admit(self) -> Pass:
+        """Wait at this client's overload gate; for a caller that must know when its request
+        leaves (a paid submission writes its deadline after this), then passes the `Pass` on
+        (`generate(admitted=...)`) or abandons it (`gate.abandon`)."""
+        return await self.gate.admit()
 
     def retrying(self) -> Any:
         """A tenacity retrier with this client's policy and sleep, for a caller that retries a
@@ -317,6 +332,36 @@ class PixverseClient:
         return self._retrier()
 
     async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        trace_id: str,
+        timeout: float | None = None,
+        admitted: Pass | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """One attempt through the overload gate (`admitted`: the caller waited there
+        already): the gate is told how it went."""
+        entry = admitted if admitted is not None else await self.gate.admit()
+        try:
+            resp = await self._attempt(method, path, trace_id=trace_id, timeout=timeout, **kwargs)
+        except TransportError:
+            self.gate.unanswered(entry)
+            raise
+        except ApiError as exc:
+            if paced(exc):
+                self.gate.refused(entry, exc.retry_after)
+            else:
+                self.gate.answered(entry)
+            raise
+        else:
+            self.gate.answered(entry)
+            return resp
+        finally:
+            self.gate.abandon(entry)  # cancelled or never sent: a no-op once told
+
+    async def _attempt(
         self,
         method: str,
         path: str,
@@ -464,13 +509,20 @@ class PixverseClient:
         )
         return _int(resp, "media_id"), str(resp.get("media_type", ""))
 
-    async def generate(self, body: Mapping[str, Any], trace_id: str) -> Submission:
+    async def generate(
+        self, body: Mapping[str, Any], trace_id: str, admitted: Pass | None = None
+    ) -> Submission:
         """One send of a lip-sync generation with `trace_id`; no retries here (a re-send of a
-        paid request is `pipeline.submit`'s decision). Raises TransportError when the outcome
-        is unknown, SlotLimitError, ServerBusyError, StaleMediaError, JobError, FatalError."""
+        paid request is `pipeline.submit`'s decision). `admitted`: the caller's pass through
+        the overload gate (see `admit`). Raises TransportError when the outcome is unknown,
+        SlotLimitError, ServerBusyError, StaleMediaError, JobError, FatalError."""
         try:
             resp = await self._request(
-                "POST", "/video/lip_sync/generate", trace_id=trace_id, json=dict(body)
+                "POST",
+                "/video/lip_sync/generate",
+                trace_id=trace_id,
+                admitted=admitted,
+                json=dict(body),
             )
         except JobError as exc:
             if _is_stale_media(exc, body):

@@ -18,7 +18,10 @@ The rules (pixverse-api.md, "Trace-id semantics"):
   because a proxy in front of the gateway can answer busy without asking it; `PINNED_BUSY`
   busy answers in a row lasting `pinned_busy_after` seconds are the gateway's own, pinned
   replay: the id is replaced. An HTTP 429 (a rate limiter) never counts; a refused connection
-  sent nothing, so it is not ambiguous at all.
+  sent nothing, so it is not ambiguous at all. The next send after a busy reply waits at the
+  client's overload gate (`pipeline.gate`), which paces every request of the key; the wait
+  comes before the send facts are written, so the deadline counts from the real send, and it
+  is no try.
 * A gateway that does not replay (the probe of `pipeline.replay` says so) makes a re-send a
   new paid request: an unanswered send is never re-sent automatically. A re-send relies on a
   verdict probed in the same run (a recorded one may have gone stale). The job is parked as
@@ -56,6 +59,7 @@ from pipeline.errors import (
     TransientError,
     TransportError,
 )
+from pipeline.gate import Pass
 from pipeline.jobstate import JobState
 from pipeline.replay import probe_replay
 from pipeline.retry import Sleep, backoff
@@ -142,6 +146,7 @@ class SubmitTries:
     busy_in_row: int = 0  # busy replies in a row to a possibly-processed trace id
     busy_first_at: float | None = None  # when the first of them came
     first_at: float | None = None
+    gate_waited: float = 0.0  # seconds its sends waited at the overload gate (no tries)
 
 
 def iso(timestamp: float) -> str:
@@ -299,6 +304,25 @@ class Submitter:
                     f"cannot re-send trace id {record.trace_id}: {exc}; left for the next run"
                 ) from exc
             raise
+        # the shared overload gate first (`pipeline.gate`): the deadline written next must
+        # count from when the request really leaves, not from before a wait there
+        entry = await self.client.admit()
+        try:
+            return await self._send(record, body, tries, estimate, entry, slot)
+        finally:
+            self.client.gate.abandon(entry)  # not sent after all: a no-op once told
+
+    async def _send(
+        self,
+        record: JobRecord,
+        body: Mapping[str, Any],
+        tries: SubmitTries,
+        estimate: int | None,
+        entry: Pass,
+        slot: Slot,
+    ) -> Submission | JobRecord:
+        """The send itself, its facts committed first; what its outcome means (see `step`)."""
+        tries.gate_waited += entry.waited
         now, boot = self.wall(), self.boot()
         tries.first_at = now if tries.first_at is None else tries.first_at
         timeout = self.client.config.request_timeout * (1 + RESEND_MARGIN)
@@ -318,7 +342,7 @@ class Submitter:
         trace_id = record.trace_id
         assert trace_id is not None
         try:
-            return await self.client.generate(body, trace_id)
+            return await self.client.generate(body, trace_id, entry)
         except NotSentError as exc:
             # no connection was made: nothing can have been processed, nothing to wait for;
             # the send facts go back to what they were (an id that never left has no key)
@@ -350,7 +374,7 @@ class Submitter:
             return record
         except ServerBusyError as exc:
             tries.failures += 1
-            return await self._busy(record, tries, exc)
+            return self._busy(record, tries, exc)
         except ApiError as exc:
             # an envelope came back (500044, a rejection, an account problem): the send is
             # over, so nothing is left to wait for; what it means is the caller's to decide
@@ -373,7 +397,9 @@ class Submitter:
         )
         await self.sleep(wait)
 
-    async def _busy(self, record: JobRecord, tries: SubmitTries, exc: ServerBusyError) -> JobRecord:
+    def _busy(self, record: JobRecord, tries: SubmitTries, exc: ServerBusyError) -> JobRecord:
+        """A "later" reply; the next send waits at the client's overload gate, which paces it
+        (Retry-After included) with every other request of the key."""
         now = self.wall()
         record = self.store.update(record.id, f"busy: {exc}", resend_after=None)
         if exc.http_status == 429:
@@ -402,7 +428,6 @@ class Submitter:
                 key_fp=None,
             )
         self._give_up_if_tried_enough(record, tries, exc)
-        await self.sleep(backoff(self.client.config.retry, tries.failures - 1, exc.retry_after))
         return record
 
     def _pinned(self, tries: SubmitTries, now: float) -> bool:
@@ -434,7 +459,8 @@ class Submitter:
         self, record: JobRecord, tries: SubmitTries, exc: TransientError
     ) -> None:
         policy = self.client.config.retry
-        elapsed = self.wall() - (tries.first_at or self.wall())
+        # the time spent waiting at the overload gate is no try
+        elapsed = self.wall() - (tries.first_at or self.wall()) - tries.gate_waited
         if tries.failures >= policy.attempts or elapsed >= policy.max_elapsed:
             raise TransientError(
                 f"submission not confirmed after {tries.failures} tries: {exc}"

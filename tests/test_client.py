@@ -210,7 +210,8 @@ async def test_busy_is_retried_with_retry_after_then_succeeds() -> None:
 
     async with serve_app(_faulty_app(rec)) as url:
         config = ClientConfig(base_url=f"{url}/busy", api_key="k-1", retry=FAST)
-        async with PixverseClient(config, sleep=sleep) as client:
+        # the clock that goes with an instant sleep: it stands still
+        async with PixverseClient(config, sleep=sleep, clock=lambda: 0.0) as client:
             balance = await client.balance()
     assert balance.spendable == 7
     assert len(rec.traces) == 3

@@ -440,3 +440,41 @@ async def test_a_set_aside_send_pinned_to_busy_ends_without_a_new_trace_id(tmp_p
     assert (archived.state, archived.trace_id) == (JobState.FAILED, aside[0])
     assert "definitive busy reply" in str(archived.error)
     assert run_2 == {aside[0], second.rows[0].trace_ids[-1]}
+
+
+async def test_a_send_that_waited_at_the_overload_gate_arrives_before_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """Job `a`'s first send is answered 429 with Retry-After 3 s: its next send waits at the
+    client's overload gate. The deadline written before a send must count from when the
+    request really leaves: when the request reaches the server, the recorded `resend_after`
+    is still ahead (had it been written before the wait, it would be 0.8 s behind, and a
+    crash there would let the next run re-send into a send still in processing)."""
+    manifest = project(tmp_path, tts_jobs({"a": "line a"}))
+    out = tmp_path / "out"
+    ahead: list[float] = []
+
+    async def rate_limited_first(call: Call, forward: Forward) -> web.Response:
+        if call.path == GENERATE and call.number == 1:
+            return web.json_response(
+                {"ErrCode": OVERLOADED, "ErrMsg": "too many requests", "Resp": None},
+                status=429,
+                headers={"Retry-After": "3"},
+            )
+        if call.path == GENERATE:
+            reader = StateStore.read_only(out / STATE_NAME)
+            try:
+                deadline = reader.job("a").resend_after
+            finally:
+                reader.close()
+            assert deadline is not None
+            ahead.append(deadline - time.time())
+        return await forward()
+
+    async with serve(fast_sim()) as sim, gateway_proxy(sim.url, rate_limited_first) as proxy:
+        outcome = await run_once(sim, manifest, out, base_url=proxy.url)
+        paid = generations_for(sim, "line a")
+    assert [r.state for r in outcome.rows] == ["done"]
+    assert paid == 1
+    assert len(ahead) == 1
+    assert ahead[0] > 0, f"the send arrived {-ahead[0]:.1f} s after its own deadline"

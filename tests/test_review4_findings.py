@@ -230,11 +230,6 @@ def overloaded(window: Callable[[float], bool], refused: list[str]) -> Hook:
 THIRTY = tts_jobs({f"j{n}": f"line {n}" for n in range(30)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5: every job backs off on its own: an overload gets one refused request per job"
-    " per backoff step, and jobs give up while it lasts",
-)
 async def test_f5_an_overload_costs_one_refused_request_per_backoff_step_not_per_job(
     tmp_path: Path,
 ) -> None:
@@ -259,10 +254,6 @@ async def test_f5_an_overload_costs_one_refused_request_per_backoff_step_not_per
     assert len(refused) <= 25, f"{len(refused)} refused generate requests in a 2 s overload"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5: a sustained overload is refused attempts x jobs times (120 for 30 jobs)",
-)
 async def test_f5_a_sustained_overload_is_given_up_by_the_run_not_by_each_job(
     tmp_path: Path,
 ) -> None:
