@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -26,6 +28,7 @@ import aiohttp
 import anyio
 
 from pipeline.errors import (
+    ApiError,
     AuthError,
     CreditsError,
     EndpointError,
@@ -37,6 +40,7 @@ from pipeline.errors import (
     StaleMediaError,
     TransportError,
 )
+from pipeline.gate import OverloadGate, Pass, paced
 from pipeline.retry import RetryPolicy, Sleep, retrier
 from pipeline.secrets import Redactor
 
@@ -167,7 +171,7 @@ def classify_envelope(
         raise TransportError("reply is not a JSON object", http_status=http_status)
     code = lenient_int(_field(payload, "ErrCode", "err_code"))
     message = str(_field(payload, "ErrMsg", "err_msg") or "")
-    retry_after = _retry_after(headers or {})
+    retry_after = parse_retry_after(headers or {})
     if http_status == 401:
         raise AuthError("API key rejected", http_status=401, err_code=code, err_msg=message)
     if code is None and http_status == 429:
@@ -220,14 +224,30 @@ def lenient_int(value: Any) -> int | None:
     return None
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
+def parse_retry_after(
+    headers: Mapping[str, str], now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds to wait from a `Retry-After` header, or None without a readable one.
+
+    RFC 9110 (10.2.3) allows delay-seconds or an HTTP-date; rate limiters in front of APIs
+    send both. A date counts from `now` (the wall clock: the date is the server's), one in
+    the past means no wait. Either way the retry policy clamps it (`max_retry_after`)."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP-date: rare for APIs; the jittered backoff applies instead
+        try:
+            when = parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None  # neither form: the jittered backoff applies
+        if when.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
 
 
 @contextmanager
@@ -252,12 +272,19 @@ class PixverseClient:
     """Use as `async with PixverseClient(config) as client:`."""
 
     def __init__(
-        self, config: ClientConfig, sleep: Sleep | None = None, recorder: Recorder | None = None
+        self,
+        config: ClientConfig,
+        sleep: Sleep | None = None,
+        recorder: Recorder | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`sleep` and `clock`: the retries' and the overload gate's (a test injects both)."""
         self.config = config
         self.redact = Redactor([config.api_key])  # replies quoting the key are cleaned on entry
         self._sleep = sleep
         self._recorder = recorder  # told of every API exchange that got a reply
+        # one backoff for every request of this key and base URL (`pipeline.gate`)
+        self.gate = OverloadGate(config.retry, sleep or anyio.sleep, clock)
         self._answered = False  # whether any request has had a reply (see `_unreachable`)
         self._session: aiohttp.ClientSession | None = None
         # which SPEAKER_PATHS entry answered; None until `speakers()` has asked
@@ -291,10 +318,16 @@ class PixverseClient:
 
     def _retrier(self) -> Any:
         return (
-            retrier(self.config.retry)
+            retrier(self.config.retry, gated=True)
             if self._sleep is None
-            else retrier(self.config.retry, self._sleep)
+            else retrier(self.config.retry, self._sleep, gated=True)
         )
+
+    async def admit(self) -> Pass:
+        """Wait at this client's overload gate; for a caller that must know when its request
+        leaves (a paid submission writes its deadline after this), then passes the `Pass` on
+        (`generate(admitted=...)`) or abandons it (`gate.abandon`)."""
+        return await self.gate.admit()
 
     def retrying(self) -> Any:
         """A tenacity retrier with this client's policy and sleep, for a caller that retries a
@@ -302,6 +335,36 @@ class PixverseClient:
         return self._retrier()
 
     async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        trace_id: str,
+        timeout: float | None = None,
+        admitted: Pass | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """One attempt through the overload gate (`admitted`: the caller waited there
+        already): the gate is told how it went."""
+        entry = admitted if admitted is not None else await self.gate.admit()
+        try:
+            resp = await self._attempt(method, path, trace_id=trace_id, timeout=timeout, **kwargs)
+        except TransportError:
+            self.gate.unanswered(entry)
+            raise
+        except ApiError as exc:
+            if paced(exc):
+                self.gate.refused(entry, exc.retry_after)
+            else:
+                self.gate.answered(entry)
+            raise
+        else:
+            self.gate.answered(entry)
+            return resp
+        finally:
+            self.gate.abandon(entry)  # cancelled or never sent: a no-op once told
+
+    async def _attempt(
         self,
         method: str,
         path: str,
@@ -343,7 +406,7 @@ class PixverseClient:
                 raise ServerBusyError(
                     f"{what}: HTTP 429, rate limited",
                     http_status=429,
-                    retry_after=_retry_after(headers),
+                    retry_after=parse_retry_after(headers),
                 ) from exc
             if status == 404:
                 raise EndpointError(
@@ -449,13 +512,20 @@ class PixverseClient:
         )
         return _int(resp, "media_id"), str(resp.get("media_type", ""))
 
-    async def generate(self, body: Mapping[str, Any], trace_id: str) -> Submission:
+    async def generate(
+        self, body: Mapping[str, Any], trace_id: str, admitted: Pass | None = None
+    ) -> Submission:
         """One send of a lip-sync generation with `trace_id`; no retries here (a re-send of a
-        paid request is `pipeline.submit`'s decision). Raises TransportError when the outcome
-        is unknown, SlotLimitError, ServerBusyError, StaleMediaError, JobError, FatalError."""
+        paid request is `pipeline.submit`'s decision). `admitted`: the caller's pass through
+        the overload gate (see `admit`). Raises TransportError when the outcome is unknown,
+        SlotLimitError, ServerBusyError, StaleMediaError, JobError, FatalError."""
         try:
             resp = await self._request(
-                "POST", "/video/lip_sync/generate", trace_id=trace_id, json=dict(body)
+                "POST",
+                "/video/lip_sync/generate",
+                trace_id=trace_id,
+                admitted=admitted,
+                json=dict(body),
             )
         except JobError as exc:
             if _is_stale_media(exc, body):

@@ -12,8 +12,10 @@
         │   │                          For a submission the outcome is *ambiguous*: re-send
         │   │                          with the same trace id.
         │   │   └── NotSentError       no connection at all: the request never left
-        │   └── ServerBusyError        an envelope said "try later" (500069, 500100, 99999,
-        │                              HTTP 429/5xx): definitive, so a new trace id next time
+        │   ├── ServerBusyError        an envelope said "try later" (500069, 500100, 99999,
+        │   │                          HTTP 429/5xx): definitive, so a new trace id next time
+        │   └── OverloadedError        not sent: the overload gate tripped (a sustained
+        │                              overload); not retried, left for the next run
         ├── SlotLimitError             500044: not a failure; wait for a slot, new trace id
         ├── JobError                   this job fails, the run goes on (400xxx, content, 7/8);
         │   │                          after payment (generating, downloading) it is left
@@ -128,6 +130,11 @@ class NotSentError(TransportError):
 
 class ServerBusyError(TransientError):
     """A definitive "try again later" envelope (500069, 500100, 99999, HTTP 429)."""
+
+
+class OverloadedError(TransientError):
+    """Not sent: the client's overload gate has seen the API refuse everything for longer
+    than one call bears (`pipeline.gate`). Not retried; the job is left for the next run."""
 
 
 class SlotLimitError(ApiError):

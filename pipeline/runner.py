@@ -20,6 +20,7 @@ Every state change goes through `StateStore` and is committed before the next re
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -36,7 +37,7 @@ import anyio.to_thread
 
 from pipeline.account import check_balance
 from pipeline.budget import Budget
-from pipeline.client import PixverseClient, Speaker, VideoStatus, new_trace_id
+from pipeline.client import PixverseClient, Speaker, Submission, VideoStatus, new_trace_id
 from pipeline.download import Link, download_result
 from pipeline.errors import (
     ApiError,
@@ -89,7 +90,14 @@ from pipeline.retry import Sleep
 from pipeline.secrets import Redactor
 from pipeline.speakers import SpeakerBook, needs_list, resolve_checked
 from pipeline.state import JobRecord, StateStore
-from pipeline.submit import Submitter, SubmitTries
+from pipeline.submit import (
+    BootClock,
+    Submitter,
+    SubmitTries,
+    boot_time,
+    iso,
+    unanswered_send,
+)
 
 log = logging.getLogger("pipeline.runner")
 
@@ -226,6 +234,7 @@ class _Run:
     speaker_problems: dict[str, str] = field(default_factory=dict)
     _arrived: anyio.Event = field(default_factory=anyio.Event)  # a cut segment joined the queue
     _cutting: bool = False  # segments are being cut: more work may join the queue
+    boot: BootClock = boot_time  # the re-send deadline's clock that never steps
 
     def __post_init__(self) -> None:
         self.started = self.wall()
@@ -239,7 +248,9 @@ class _Run:
             [
                 Account(
                     client,
-                    Submitter(self.store, client, self.sleep, self.wall, o.busy_pinned_after),
+                    Submitter(
+                        self.store, client, self.sleep, self.wall, o.busy_pinned_after, self.boot
+                    ),
                     SlotLimiter(o.concurrency, timing, sleep=self.sleep),
                 )
                 for client in self.clients
@@ -398,9 +409,10 @@ class _Run:
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
                 for record in self.store.jobs(archived=True):
+                    paid = record.state in (JobState.GENERATING, JobState.DOWNLOADING)
                     if (
                         record.archived
-                        and record.state in (JobState.GENERATING, JobState.DOWNLOADING)
+                        and (paid or unanswered_send(record))
                         and not self.pool.foreign(record)
                     ):
                         await self.admission.acquire()
@@ -775,8 +787,9 @@ class _Run:
         async def body() -> dict[str, Any]:
             return generate_body(job, await self._ensure_media(job, account))
 
+        estimate = estimate_credits(job, self.checked.media)
         try:
-            sent = await account.submitter.step(record, body, ticket, ticket.tries)
+            sent = await account.submitter.step(record, body, ticket, ticket.tries, estimate)
         except SlotLimitError:
             # no backoff of its own: the limiter decides when this job (or any) sends again
             if ticket.permit is not None:
@@ -804,10 +817,12 @@ class _Run:
             return record
         except AuthError as exc:
             self._drop_slot(ticket)
-            # 500020 and the like are the gateway's answer for this trace id, replayed if it
-            # were re-sent: the next run needs a new one. A bare 401 may come from in front of
-            # the gateway, so an id that may have been processed is kept.
-            if exc.http_status != 401 or not self.store.job(job.id).trace_ambiguous:
+            # A refused key (400012, 500020, HTTP 401, whatever the HTTP status) is refused
+            # before the trace id is looked up (the replay is per key), so it says nothing of
+            # an earlier send: an id that may have been processed is kept with its send facts,
+            # or the next run would pay again (review 4, F3). A first send refused so was
+            # never processed: a new id next time.
+            if not self.store.job(job.id).trace_ambiguous:
                 record = self.store.transition(job.id, JobState.PENDING, f"account problem: {exc}")
             if not self.pool.several or self._key_refused(account, exc):
                 raise
@@ -817,13 +832,16 @@ class _Run:
             return record
         if isinstance(sent, JobRecord):
             return sent  # parked, or to be sent again
-        credits = (
-            sent.credits if sent.credits is not None else estimate_credits(job, self.checked.media)
-        )
-        record = self.store.job(job.id)
+        return self._accepted(job.id, sent, estimate, ticket)
+
+    def _accepted(self, job_id: str, sent: Submission, estimate: int, ticket: _Ticket) -> JobRecord:
+        """Commit an accepted submission (GENERATING, its credits) and tell its key's slots."""
+        account = ticket.account
+        credits = sent.credits if sent.credits is not None else estimate
+        record = self.store.job(job_id)
         replayed = record.trace_ambiguous and record.sent_at is not None
         record = self.store.transition(
-            job.id,
+            job_id,
             JobState.GENERATING,
             f"video {sent.video_id}",
             video_id=sent.video_id,
@@ -845,7 +863,7 @@ class _Run:
             self._save_ceiling(account)
         log.info(
             "%s: submitted as video %s (attempt %d)%s",
-            job.id,
+            job_id,
             sent.video_id,
             record.attempts,
             f" with key {account.key_fp}" if self.pool.several else "",
@@ -855,10 +873,13 @@ class _Run:
     async def _finish_archived(self, record_id: str, ticket: _Ticket) -> None:
         """A paid generation no job wants any more (its inputs changed, `--redo`, its job left
         the manifest) is still fetched, into `superseded/<archive id>.mp4`, and never
-        resubmitted: a paid result is never lost, and its record can be taken over again."""
+        resubmitted: a paid result is never lost, and its record can be taken over again.
+        A send set aside unanswered is resolved first (`_resend_set_aside`)."""
         record = self.store.job(record_id)
         if not self._bind_record(record, ticket):
             return
+        if record.state is JobState.SUBMITTING:
+            record = await self._resend_set_aside(record, ticket)
         resumed = True
         while True:
             if record.state is JobState.GENERATING:
@@ -874,6 +895,79 @@ class _Run:
                 log.info("%s: a paid result no job wants any more, kept as %s", record_id, dest)
             else:
                 return
+
+    async def _resend_set_aside(self, record: JobRecord, ticket: _Ticket) -> JobRecord:
+        """A send set aside while its outcome was unknown may have been paid for: its trace id
+        is re-sent as it was (its saved body, its key, after its deadline: `Submitter.step`),
+        never replaced, so a replaying gateway answers with the original video for free. A
+        definitive refusal of the id (500044, 500090, a rejection, a pinned busy: after the
+        deadline, the first send's own answer) ends it as FAILED, nothing having been paid;
+        a gateway that does not replay parks it as UNCONFIRMED."""
+        account = ticket.account
+        record = account.submitter.resumed(record)
+        if record.sent_body is None:
+            raise TransientError(
+                f"trace id {record.trace_id} was set aside unanswered, but its generate body"
+                " was not saved (a state file from before 0013_sent_body), so it cannot be"
+                " re-sent as it was; it is resolved if its inputs come back to a job"
+            )
+        body: dict[str, Any] = json.loads(record.sent_body)
+
+        async def body_for() -> dict[str, Any]:
+            return body
+
+        estimate = record.sent_estimate or 0
+        log.info(
+            "%s: set aside unanswered, maybe paid for: re-sending trace id %s for its video",
+            record.id,
+            record.trace_id,
+        )
+        while record.state is JobState.SUBMITTING and account.sending_allowed:
+            if not self.budget.ask(record.id, estimate):
+                log.warning("%s: not re-sent: it would take this run past --max-credits", record.id)
+                break
+            try:
+                sent = await account.submitter.step(record, body_for, ticket, ticket.tries)
+            except (SlotLimitError, CreditsError, JobError) as exc:
+                self._drop_slot(ticket)
+                reason = f"set aside: trace id {record.trace_id} was refused ({exc}): nothing paid"
+                record = self.store.transition(
+                    record.id, JobState.FAILED, reason, **_error_facts(exc, reason)
+                )
+                log.info("%s: %s", record.id, reason)
+                if isinstance(exc, CreditsError):
+                    raise  # the key's problem too: as for any job
+                break
+            finally:
+                self._settle(record.id)
+            if isinstance(sent, JobRecord):
+                record = sent  # parked, or to be sent again
+                continue
+            record = self._accepted(record.id, sent, estimate, ticket)
+        return record
+
+    def set_aside_problems(self) -> list[str]:
+        """For the log and the report: sends set aside unanswered and not resolved (yet), and
+        those parked in this run."""
+        problems = []
+        for record in self.store.jobs(archived=True):
+            if not record.archived:
+                continue
+            sent = iso(record.sent_at) if record.sent_at is not None else "at an unknown time"
+            if unanswered_send(record):
+                owner = self.pool.owner(record)
+                why = (
+                    f"sent with key {record.key_fp}: run with that key to resolve it"
+                    if owner is None and record.key_fp is not None
+                    else f"{record.error or 'not re-sent in this run'}; the next run re-sends it"
+                )
+                problems.append(
+                    f"{record.id}: a submission set aside unanswered (trace id"
+                    f" {record.trace_id}, sent {sent}) may have been paid for: {why}"
+                )
+            elif record.state is JobState.UNCONFIRMED and record.updated_at >= self.started:
+                problems.append(f"{record.id}: set aside, {record.error}")
+        return problems
 
     async def _await_generation(
         self,
@@ -1023,11 +1117,14 @@ async def run_batch(
     *,
     sleep: Sleep = anyio.sleep,
     wall: Callable[[], float] = time.time,
+    boot: BootClock = boot_time,
     progress: ProgressSink | None = None,
 ) -> RunOutcome:
     """Run every job of `checked` to a terminal state (or as far as the accounts allow), then
     write the report. `client`: one per API key (one base URL), each key its own account
-    (`pipeline.pool`). Raises ManifestError (unknown speaker) before anything is submitted."""
+    (`pipeline.pool`); `wall` and `boot`: the clocks (`boot` the steady one of the re-send
+    deadline, `pipeline.submit.resend_wait`). Raises ManifestError (unknown speaker) before
+    anything is submitted."""
     options.output_dir.mkdir(parents=True, exist_ok=True)
     clients = [client] if isinstance(client, PixverseClient) else list(client)
     redact = Redactor([c.config.api_key for c in clients])
@@ -1039,7 +1136,7 @@ async def run_batch(
         fps = {fingerprint(job, expanded.media) for job in expanded.manifest.jobs}
         wanted = {fp: fp for fp in fps} | legacy_fingerprints(longform.plans.values())
         take_paid_from(store, checked.manifest.resume_from, wanted)
-    run = _Run(expanded, store, clients, options, sleep, wall, longform=longform)
+    run = _Run(expanded, store, clients, options, sleep, wall, longform=longform, boot=boot)
     sink = progress if progress is not None else LogProgress(options.progress_every)
     started = options.started_at if options.started_at is not None else wall()
     run_id = options.run_id or new_run_id(started)
@@ -1087,6 +1184,9 @@ async def run_batch(
     stopped_by = str(run.problem) if run.problem else "interrupted" if interrupted else None
     invalid = expanded.invalid  # --keep-going's, and jobs held for a speaker no list finds
     invalid_problems = [p for problems in invalid.values() for p in problems]
+    set_aside = run.set_aside_problems()
+    for problem in set_aside:
+        log.warning("%s", problem)
     rows = job_rows(
         checked.full,
         store,
@@ -1120,7 +1220,7 @@ async def run_batch(
             else "ManifestError"
             if invalid
             else None,
-            "problems": invalid_problems,
+            "problems": invalid_problems + set_aside,
             "credits_this_run": spent,
             "credits_total": credits_total(rows, store),
             "failed_manifest": str(failed_path) if failed_path else None,

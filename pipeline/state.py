@@ -168,10 +168,31 @@ MIGRATIONS: list[tuple[str, str]] = [
     # said); cleared when it is expanded again or stitched.
     ("0011_long_job_errors", "ALTER TABLE long_jobs ADD COLUMN error TEXT"),
     (
+        # The re-send deadline on a clock that never steps (review 4, F4): CLOCK_BOOTTIME's
+        # reading of `resend_after`, and the boot it belongs to. Older records have neither
+        # and are judged by the wall clock alone, as before.
+        "0012_boot_clock",
+        """
+        ALTER TABLE jobs ADD COLUMN resend_after_boot REAL;
+        ALTER TABLE jobs ADD COLUMN boot_id TEXT;
+        """,
+    ),
+    (
+        # What the current trace id's send carried (review 4, F1): its generate body (JSON:
+        # media ids, speaker, script; never the key) and the price model's estimate, so a
+        # send set aside unanswered (its job edited, removed, redone) can be re-sent as it
+        # was and its credits counted. Older records have neither.
+        "0013_sent_body",
+        """
+        ALTER TABLE jobs ADD COLUMN sent_body TEXT;
+        ALTER TABLE jobs ADD COLUMN sent_estimate INTEGER;
+        """,
+    ),
+    (
         # Every name a list kept above gave one speaker, with that speaker's id, kept when a
         # later list renames or drops it (pipeline.speakers): a name that resolved before
         # still finds the id its paid work was made with. Seeded from the lists kept so far.
-        "0012_speaker_names",
+        "0014_speaker_names",
         """
         CREATE TABLE speaker_names (
             base_url TEXT NOT NULL,
@@ -210,6 +231,10 @@ _UPDATABLE = frozenset(
         "fingerprint",
         "sent_at",
         "resend_after",
+        "resend_after_boot",
+        "boot_id",
+        "sent_body",
+        "sent_estimate",
         "trace_ambiguous",
         "key_fp",
         "busy_since",
@@ -251,7 +276,8 @@ class JobRecord:
     updated_at: float
     sent_at: float | None  # when the current trace id first left (None: not sent yet)
     # while set, a send of the current trace id got no reply and may still be processed until
-    # this wall-clock time: re-sending before it could race the first send (paid twice)
+    # this wall-clock time (and, in the same boot, `resend_after_boot`): re-sending before it
+    # could race the first send (paid twice)
     resend_after: float | None
     trace_ambiguous: bool  # the current trace id may have been processed without our seeing it
     key_fp: str | None  # fingerprint of the API key that sent the current submission
@@ -268,6 +294,12 @@ class JobRecord:
     err_msg: str | None = None  # the API's ErrMsg behind `error`
     inputs: str | None = None  # JSON of `plan.input_facts` when the record was (re)started
     suspect: str | None = None  # a done result that failed its probe: why (kept, flagged)
+    # `resend_after` on the CLOCK_BOOTTIME of boot `boot_id` (`pipeline.submit.resend_wait`);
+    # meaningful only while `resend_after` is set
+    resend_after_boot: float | None = None
+    boot_id: str | None = None
+    sent_body: str | None = None  # JSON of the generate body the current trace id was sent with
+    sent_estimate: int | None = None  # the price model's credits for that send
 
     @property
     def archived(self) -> bool:
@@ -286,6 +318,10 @@ class JobRecord:
             *_ERROR_FACTS,
             "inputs",
             "suspect",
+            "resend_after_boot",
+            "boot_id",
+            "sent_body",
+            "sent_estimate",
         ):
             values.setdefault(name, None)
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))

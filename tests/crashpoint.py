@@ -54,16 +54,16 @@ def install(point: str, nth: int) -> None:
 
     if point == "before-send":
 
-        async def before(self: Any, body: Any, trace_id: str) -> Any:
+        async def before(self: Any, *args: Any, **kwargs: Any) -> Any:
             if counter.due():
                 die()
-            return await generate(self, body, trace_id)
+            return await generate(self, *args, **kwargs)
 
         client_class.generate = before  # type: ignore[method-assign]
     elif point == "after-reply":
 
-        async def after(self: Any, body: Any, trace_id: str) -> Any:
-            submission = await generate(self, body, trace_id)
+        async def after(self: Any, *args: Any, **kwargs: Any) -> Any:
+            submission = await generate(self, *args, **kwargs)
             if counter.due():
                 die()
             return submission

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
 
-from pipeline.client import ClientConfig, PixverseClient, classify_envelope
+from pipeline.client import ClientConfig, PixverseClient, classify_envelope, parse_retry_after
 from pipeline.errors import (
     ApiError,
     AuthError,
@@ -87,6 +88,25 @@ async def test_retry_after_is_read_from_429() -> None:
     with pytest.raises(ServerBusyError) as caught:
         classify_envelope(429, {"ErrCode": 500069, "ErrMsg": "x"}, {"Retry-After": "7"})
     assert caught.value.retry_after == 7.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("7", 7.0),
+        ("0", 0.0),
+        ("-3", 0.0),  # nonsense: no wait, the jittered backoff applies
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 60.0),  # RFC 9110's example date, 60 s ahead
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 60.0),  # the obsolete RFC 850 form
+        ("Sun, 06 Nov 1994 08:47:37 GMT", 0.0),  # already past
+        ("soon", None),
+        ("inf", None),
+    ],
+)
+async def test_retry_after_reads_seconds_and_http_dates(value: str, expected: float | None) -> None:
+    """RFC 9110 10.2.3: delay-seconds or an HTTP-date, the date counted from now."""
+    now = datetime(1994, 11, 6, 8, 48, 37, tzinfo=UTC).timestamp()
+    assert parse_retry_after({"retry-after": value}, now=lambda: now) == expected
 
 
 def _faulty_app(rec: Recorder) -> web.Application:
@@ -190,7 +210,8 @@ async def test_busy_is_retried_with_retry_after_then_succeeds() -> None:
 
     async with serve_app(_faulty_app(rec)) as url:
         config = ClientConfig(base_url=f"{url}/busy", api_key="k-1", retry=FAST)
-        async with PixverseClient(config, sleep=sleep) as client:
+        # the clock that goes with an instant sleep: it stands still
+        async with PixverseClient(config, sleep=sleep, clock=lambda: 0.0) as client:
             balance = await client.balance()
     assert balance.spendable == 7
     assert len(rec.traces) == 3

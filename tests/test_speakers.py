@@ -18,7 +18,7 @@ from pipeline.preflight import preflight
 from pipeline.runner import ExitCode
 from pipeline.simulator import serve
 from pipeline.speakers import SpeakerBook
-from pipeline.state import StateStore
+from pipeline.state import MIGRATIONS, StateStore
 from tests.harness import STATE_NAME, fast_sim, project, run_once, sim_in_thread
 
 BOOK = SpeakerBook.of(
@@ -252,7 +252,7 @@ async def test_a_renamed_speaker_keeps_its_paid_results_and_new_work_fails_alone
     """The list renames speaker 3 (`Isabella` -> `Isabella (UK)`): the name resolved before
     keeps finding 3 for the paid job (this run and the next, which asks for no list), while a
     new job by that name fails alone. `older_file`: a state file made before names were kept
-    (0012_speaker_names seeds them from the kept list)."""
+    (0014_speaker_names seeds them from the kept list)."""
     manifest = project(tmp_path, ONE_BY_NAME)
     out = tmp_path / "out"
     async with serve(fast_sim()) as sim:
@@ -260,7 +260,8 @@ async def test_a_renamed_speaker_keeps_its_paid_results_and_new_work_fails_alone
         if older_file:
             with sqlite3.connect(out / STATE_NAME) as conn:
                 conn.execute("DROP TABLE speaker_names")
-                conn.execute("UPDATE meta SET value = '11' WHERE key = 'schema_version'")
+                older = str(next(i for i, (n, _) in enumerate(MIGRATIONS) if n.endswith("names")))
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (older,))
         sim.config.speakers = RENAMED
         extra = "  - {id: c, video: media/intro.mp4, tts: {text: new, speaker: Isabella}}\n"
         manifest.write_text(ONE_BY_NAME + extra, encoding="utf-8")
