@@ -1,19 +1,26 @@
 """Writing manifests: `init` (from files named by a pattern) and `convert` (CSV <-> YAML/JSON).
 
 `init --video 'media/{name}.mp4' --audio 'dubs/{name}_{lang}.wav'` pairs every video with
-every dub of the same `{name}`: one job per pair, id `{name}-{lang}`; a video with several
-dubs is written as one fan-out entry (`dubs:`), a video with one dub as a plain job. What it
+every dub of the same `{name}`: one job per pair, id `{name}-{lang}`; each video is written
+as one fan-out entry (`dubs:`), with one dub too, so that an `output_pattern` of `{name}` and
+`{lang}` fits every job. What it
 cannot pair is said (`Pairing.unpaired`): a dub whose `{name}` is no video's, a video
-without a dub, a name or language that cannot make a job id. A pattern's fields match within
-one folder level (no `/`); a field given twice must match the same text both times. A dub is
+without a dub, a name or language that cannot make a job id, a second dub of one video and
+language, a dub of a known video in another audio format than the pattern's. A pattern's
+fields and each `*` in it match within one folder level (no `/`); a pattern with a `*` finds
+only the formats the API takes (`{name}_{lang}.*`: `.mp3` and `.wav` dubs alike). A field
+given twice must match the same text both times. A dub is
 paired with the longest video name it can be read with, so `intro_long_es.wav` is
 `intro_long` in Spanish when both `intro` and `intro_long` are videos.
 
 `convert A B` reads A by its extension (like every command) and writes B by its own: `.csv`,
 `.json`, else YAML. Ids, paths (relative to B's folder), TTS speakers and each job's output
-path are kept, so a converted manifest runs on the same state file without paying again. A
-CSV has no place for manifest-wide settings: defaults and an `output_pattern` are written
-into each row; an `output_dir` other than the CSV's own default (`out/` next to it) or
+path are kept, so a converted manifest runs on the same state file without paying again: a
+YAML or JSON file written into another folder names the results' folder (`output_dir`, the
+source's own or its default `out/`) unless it is the new file's default. A CSV has no place
+for manifest-wide settings: defaults and an `output_pattern` are written into each row; a
+results' folder other than the CSV's own default (`out/` next to it: an `output_dir`, or a
+CSV written away from the source, whose results are in `out/` next to the source) or
 changed `limits` are refused rather than dropped.
 
 Both refuse to replace a file that exists, and check what they made by the manifest's own
@@ -26,7 +33,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ from pipeline.csvmanifest import write_csv
 from pipeline.errors import ManifestError
 from pipeline.failed import to_manifest
 from pipeline.manifest import ID_PATTERN, Limits, Manifest, load_manifest, parse_document
+from pipeline.preflight import AUDIO_CONTAINERS, VIDEO_CONTAINERS
 from pipeline.report import atomic_write
 
 _FIELD = re.compile(r"\{(\w*)\}")
@@ -61,8 +69,18 @@ class Pattern:
         return cls(text, tuple(found))
 
     def glob(self) -> str:
+        """Each field and each `*` of the pattern as a glob's `*`, the rest literal."""
         literals = _FIELD.split(self.text)[::2]
-        return "*".join(glob.escape(part) for part in literals)
+        return "*".join("*".join(map(glob.escape, part.split("*"))) for part in literals)
+
+    def other_formats(self) -> Pattern | None:
+        """The pattern with `.*` for its own extension (`dubs/{name}_{lang}.*` for
+        `dubs/{name}_{lang}.wav`), to find files only another extension kept out; None when
+        its extension is a wildcard already, or a field."""
+        suffix = Path(self.text).suffix
+        if not suffix or "*" in suffix or "{" in suffix:
+            return None
+        return Pattern(self.text[: -len(suffix)] + ".*", self.fields)
 
     def regex(self, choices: Mapping[str, Sequence[str]] | None = None) -> re.Pattern[str]:
         """The pattern as a regex; a field in `choices` matches one of its values (longest
@@ -71,8 +89,8 @@ class Pattern:
         parts = _FIELD.split(self.text)
         out, seen = [], set()
         for index, part in enumerate(parts):
-            if index % 2 == 0:
-                out.append(re.escape(part))
+            if index % 2 == 0:  # a `*` is any text within one folder level, as in its glob
+                out.append("[^/]*".join(map(re.escape, part.split("*"))))
             elif part in seen:
                 out.append(f"(?P={part})")
             else:
@@ -108,7 +126,7 @@ def pair(video: str, audio: str, root: Path) -> Pairing:
     dubs_at = Pattern.parse("--audio", audio, ("name", "lang"))
     found = Pairing()
     reader = videos_at.regex()
-    for path in _files(videos_at, root):
+    for path in _files(videos_at, root, VIDEO_CONTAINERS):
         match = reader.match(path)
         if match is None:  # `*` crossed a folder, or a repeated field differs
             continue
@@ -119,7 +137,7 @@ def pair(video: str, audio: str, root: Path) -> Pairing:
         found.videos[name] = Path(path)
     paired = dubs_at.regex({"name": list(found.videos)})
     loose = dubs_at.regex()
-    for path in _files(dubs_at, root):
+    for path in _files(dubs_at, root, AUDIO_CONTAINERS):
         match = paired.match(path)
         if match is None:
             guess = loose.match(path)
@@ -132,7 +150,20 @@ def pair(video: str, audio: str, root: Path) -> Pairing:
             bad = f"{name}-{lang}"
             found.unpaired.append(f"{path}: {bad} is no valid job id ({ID_PATTERN.pattern})")
             continue
+        first = found.dubs.get(name, {}).get(lang)
+        if first is not None:  # intro_es.mp3 and intro_es.wav: one job, one dub
+            found.unpaired.append(f"{path}: {name}-{lang} has a dub already ({first})")
+            continue
         found.dubs.setdefault(name, {})[lang] = Path(path)
+    other = dubs_at.other_formats()
+    if other is not None:  # dubs of these videos in another audio format: said, not dropped
+        reader = other.regex({"name": list(found.videos)})
+        for path in _files(other, root, AUDIO_CONTAINERS):
+            if loose.match(path) is None and reader.match(path) is not None:
+                found.unpaired.append(
+                    f"{path}: not {Path(audio).suffix} ({audio}); --audio '{other.text}'"
+                    " pairs dubs of every audio format"
+                )
     for name, alone in sorted(found.videos.items()):
         if not found.dubs.get(name):
             dubs = audio.replace("{name}", name)
@@ -154,10 +185,7 @@ def init_document(
     jobs: list[dict[str, Any]] = []
     for name, video in sorted(found.videos.items()):
         dubs = found.dubs.get(name) or {}
-        if len(dubs) == 1:
-            ((lang, dub),) = dubs.items()
-            jobs.append({"id": f"{name}-{lang}", "video": rel(video), "audio": rel(dub)})
-        elif dubs:
+        if dubs:  # one dub too: a fan-out job has its `{name}` and `{lang}` for output_pattern
             head = {} if video.stem == name else {"id": name}
             entry: dict[str, Any] = {**head, "video": rel(video)}
             entry["dubs"] = {lang: {"audio": rel(dubs[lang])} for lang in sorted(dubs)}
@@ -206,7 +234,10 @@ def convert(source: Path, target: Path) -> Manifest:
         _fits_a_sheet(manifest, folder)
         atomic_write(target, write_csv(csv_rows(manifest, folder)))
         return load_manifest(target)
-    output_dir = os.path.relpath(manifest.output_dir, folder) if manifest.output_dir else None
+    results = _results(manifest)
+    output_dir = None
+    if manifest.output_dir is not None or results != folder / "out":
+        output_dir = os.path.relpath(results, folder)  # its state file, and what it paid for
     document = to_manifest(manifest, manifest.jobs, folder, output_dir=output_dir)
     return write_manifest(target, document, f"converted from {source.name} by pixverse-batch")
 
@@ -233,13 +264,28 @@ def csv_rows(manifest: Manifest, folder: Path | None = None) -> list[dict[str, s
     return rows
 
 
+def _results(manifest: Manifest) -> Path:
+    """Where `manifest`'s results and state file are: its `output_dir`, else `out/` next to
+    it (as `run` puts them)."""
+    if manifest.output_dir is not None:
+        return manifest.output_dir.resolve()
+    return manifest.path.resolve().parent / "out"
+
+
 def _fits_a_sheet(manifest: Manifest, folder: Path) -> None:
     problems = []
-    own = manifest.output_dir.resolve() if manifest.output_dir is not None else None
-    if own is not None and own != folder / "out":
+    results = _results(manifest)
+    if manifest.output_dir is not None and results != folder / "out":
         problems.append(
             f"manifest field 'output_dir': a CSV manifest has none (its results go to out/ next"
             f" to it, or --out): run it with --out {manifest.output_dir}, or keep YAML"
+        )
+    elif results != folder / "out":
+        problems.append(
+            f"{manifest.path.name}: its results and state file are in {results}; a CSV in"
+            f" {folder} has its results in {folder / 'out'} and would pay for them again:"
+            f" write the CSV next to {manifest.path.name}, or convert to YAML or JSON (they"
+            " keep the results' folder)"
         )
     if manifest.limits != Limits():
         problems.append(
@@ -254,8 +300,14 @@ def _free(target: Path) -> None:
         raise ManifestError([f"{target}: exists; not replaced (remove it, or choose another)"])
 
 
-def _files(pattern: Pattern, root: Path) -> list[str]:
+def _files(pattern: Pattern, root: Path, formats: Collection[str]) -> list[str]:
     """The files a pattern's glob finds, as the pattern spells them (relative to `root`
-    unless the pattern is absolute), sorted."""
+    unless the pattern is absolute), sorted; with a `*` in the pattern, only files of the
+    `formats` the API takes (by extension), so `{name}.*` finds no dub's notes or thumbnail."""
     names = glob.glob(pattern.glob(), root_dir=root)  # an absolute pattern gives absolute names
-    return sorted(n for n in names if (root / n).is_file())
+    wild = "*" in pattern.text
+    return sorted(
+        n
+        for n in names
+        if (root / n).is_file() and (not wild or Path(n).suffix.lower()[1:] in formats)
+    )

@@ -56,8 +56,8 @@ from pipeline.report import ReportRow, build_rows, summary_counts, summary_line
 from pipeline.runner import ExitCode, RunOptions, exit_code_for
 from pipeline.secrets import Redactor
 from pipeline.session import STATE_NAME, RunSession
+from pipeline.speakers import SpeakerBook, resolve_with
 from pipeline.speakers import lines as speaker_lines
-from pipeline.speakers import resolve_with
 from pipeline.state import JobRecord, LongRecord, StateStore
 from pipeline.submit import describe_wait, iso
 
@@ -616,27 +616,29 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _speakers_of(
     checked: Checked,
     listed: list[Speaker] | None,
-    state: tuple[list[JobRecord], list[LongRecord], list[tuple[str, str]]] | None,
+    state: tuple[list[JobRecord], list[LongRecord], SpeakerBook | None] | None,
 ) -> Checked:
+    records, _, kept = state or ([], [], None)
     if listed is not None:
-        checked, unknown = resolve_with(checked, listed)
+        former = kept.former if kept is not None else ()
+        checked, unknown = resolve_with(checked, SpeakerBook.of(listed, former), records)
         if unknown:
             raise ManifestError(list(unknown.values()))
-    elif state is not None and state[2]:
-        checked = resolve_with(checked, state[2])[0]
+    elif kept is not None:
+        checked = resolve_with(checked, kept, records)[0]
     return checked
 
 
 def _read_state(
     state_path: Path,
-) -> tuple[list[JobRecord], list[LongRecord], list[tuple[str, str]]] | None:
-    """The records, long jobs and last speaker list of a state file, read-only (None: there
+) -> tuple[list[JobRecord], list[LongRecord], SpeakerBook | None] | None:
+    """The records, long jobs and kept speaker list of a state file, read-only (None: there
     is none)."""
     if not state_path.exists():
         return None
     store = StateStore.read_only(state_path)
     try:
-        return store.jobs(archived=True), store.long_jobs(), store.speakers()
+        return store.jobs(archived=True), store.long_jobs(), SpeakerBook.kept(store)
     finally:
         store.close()
 
@@ -689,8 +691,8 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     _check_segments(args, checked)
     output_dir = _output_dir(manifest, args.out)
     state = _read_state(args.state or output_dir / STATE_NAME)
-    records, long, speakers = state or ([], [], [])
-    checked = resolve_with(checked, speakers)[0] if speakers else checked
+    records, long, _ = state or ([], [], None)
+    checked = _speakers_of(checked, None, state)
     fps = _key_fps(args)
     steps = forecast(
         checked,

@@ -1,6 +1,7 @@
 """CSV manifests: a spreadsheet's rows read as jobs, and jobs written back as rows.
 
-A CSV manifest is UTF-8 (with or without the BOM Excel writes), comma- or semicolon-separated
+A CSV manifest is UTF-8 (with or without the BOM Excel writes; UTF-16 or UTF-32 "Unicode
+text" is refused in one line, `_wide_text`), comma- or semicolon-separated
 (told from the header row, outside quotes), with a header row naming its columns:
 
     id, video | video_id, audio | tts_text [, tts_speaker] [, output] [, extend]
@@ -53,6 +54,9 @@ def read_csv(path: Path) -> Sheet:
         raw = path.read_bytes()
     except OSError as exc:
         raise ManifestError([f"{path}: cannot read manifest: {exc.strerror or exc}"]) from exc
+    wide = _wide_text(raw)
+    if wide is not None:  # every cell would be garbage: one line for the whole file
+        raise ManifestError([f"{path}: row 1: the sheet is {wide}, {_ENCODING}"])
     # undecodable bytes survive as lone surrogates, so each is found in its row and column
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix(BOM)
     records = list(csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text)))
@@ -75,6 +79,20 @@ def read_csv(path: Path) -> Sheet:
     if not jobs and not problems:
         raise ManifestError([f"{path}: no job rows under the header (row 1)"])
     return Sheet(jobs, places, problems)
+
+
+def _wide_text(raw: bytes) -> str | None:
+    """What a sheet saved as "Unicode text" (UTF-16 or UTF-32, as spreadsheets do) is, by
+    its byte order mark or its NUL bytes (never in UTF-8 text); None for anything else."""
+    for mark, name in (
+        (b"\xff\xfe\x00\x00", "UTF-32"),
+        (b"\x00\x00\xfe\xff", "UTF-32"),
+        (b"\xff\xfe", "UTF-16"),
+        (b"\xfe\xff", "UTF-16"),
+    ):
+        if raw.startswith(mark):
+            return name
+    return "UTF-16 or another text with NUL bytes" if b"\x00" in raw else None
 
 
 def _delimiter(text: str) -> str:

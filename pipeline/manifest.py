@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -269,7 +270,8 @@ class _Parser:
         if not isinstance(value, str) or not value.strip():
             self.fail("manifest", name, "must be a non-empty path string")
             return None
-        return self.base / value
+        # `../out` (as `convert` writes for a folder beside it) named as `run` names it
+        return Path(os.path.normpath(self.base / value))
 
     def _limits(self, value: Any) -> Limits:
         if value is None:

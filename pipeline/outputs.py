@@ -8,7 +8,8 @@ Names, all in the output folder `out/`:
   `.mp4`, no hidden part, none of the names below, and no two jobs on one path.
 * `out/.<video id>.adopt.mp4`: a result waiting while ids move, so that swaps and cycles never
   need two files on one name (`staging_path`). Named by the video id, the one thing no two
-  results share, so a run that died mid-move finds the file again.
+  results share, so a run that died mid-move finds the file again. A long job's stitched
+  result waits at `out/.<job id>.stitched.adopt.mp4` (`long_staging_path`).
 * `out/superseded/<archive id>.mp4`: an archived record's result, once a job of the manifest
   needs its old name, or at once from a segment folder (`archive_path`).
 * `out/superseded/<name>~<n>.mp4`: whatever stood where a file was placed (`place`).
@@ -148,8 +149,22 @@ def staging_path(output_dir: Path, video_id: int) -> Path:
     return output_dir / f".{video_id}.adopt.mp4"
 
 
+def long_staging_path(output_dir: Path, job_id: str) -> Path:
+    """Where a long job's stitched result waits while results swap paths (`staging_path`'s
+    counterpart: a long job has no video id of its own)."""
+    return output_dir / f".{job_id}.stitched.adopt.mp4"
+
+
 def archive_path(output_dir: Path, record_id: str) -> Path:
     return output_dir / SUPERSEDED / f"{record_id}.mp4"
+
+
+def size_of(path: Path) -> int | None:
+    """The length of the file at `path` (None: no file there, or none that can be read)."""
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
 
 
 def place(src: Path, dest: Path) -> Path | None:

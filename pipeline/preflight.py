@@ -43,7 +43,9 @@ class Checked:
     `whole` (the manifest as loaded): `invalid` maps each selected job that failed preflight
     to its one-line problems, and `untouched` names the jobs of `whole` that are not run,
     whose records a run must leave exactly as they are. `long` holds the plan of each long
-    job (`pipeline.longform`), by id."""
+    job (`pipeline.longform`), by id. `aliases`: fingerprints an earlier version gave a job's
+    inputs (a speaker id as written, not as the list spells it, `pipeline.speakers`) -> the
+    job's id; reconcile rewrites such records to the job's fingerprint."""
 
     manifest: Manifest
     media: dict[Path, MediaFile]
@@ -51,6 +53,7 @@ class Checked:
     untouched: frozenset[str] = frozenset()
     whole: Manifest | None = None
     long: dict[str, LongPlan] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def full(self) -> Manifest:

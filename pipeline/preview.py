@@ -80,6 +80,11 @@ def forecast(
     # as the run leaves them: records of jobs not run, segments of a job stitched already
     leave = set(checked.untouched) | skipped
     upgraded = legacy_upgrades(records, plans)
+    upgraded |= {  # a speaker id as an earlier version wrote it, as reconcile rewrites it
+        r.id: fps[job_id]
+        for r in records
+        if (job_id := checked.aliases.get(r.fingerprint)) is not None and job_id in fps
+    }
     before = {
         r.id: replace(r, fingerprint=upgraded.get(r.id, r.fingerprint))
         for r in records
@@ -91,6 +96,8 @@ def forecast(
     keys = key_fps if key_fps is not None else frozenset({key_fp}) if key_fp else None
     options = _Options(redo - plan.fresh.keys(), retry_failed, keys)
     told: dict[str, Step] = {}
+    # results of jobs not run: nothing moves onto them (`reconcile._settle`)
+    staying = {r.output for r in records if r.id in checked.untouched and r.output and intact(r)}
     for job in run_jobs:
         cost = estimate_credits(job, checked.media)
         facts = input_facts(job, checked.media)
@@ -112,7 +119,11 @@ def forecast(
             in_place = intact(record, where or home)
             step = _step(job, record, fps[job.id], cost, facts, in_place, options)
             if moves and job.id not in taken and step.action == "skip":
-                step = Step(job.id, "skip", f"{step.detail}; its file moves to {home}")
+                if str(home) in staying:
+                    what = f"its file stays at {record.output}: {home} holds a result not run"
+                else:
+                    what = f"its file moves to {home}"
+                step = Step(job.id, "skip", f"{step.detail}; {what}")
             if job.id in taken:
                 step = Step(
                     job.id, step.action, f"{step.detail}; {plan.details[record.id]}", step.credits

@@ -22,8 +22,11 @@ committed. Each run starts by finding files an interrupted run left behind (`_re
 
 A job's final name is its `output` path when the manifest gives one (`outputs.job_path`), so a
 done job whose path changed is the same move: its file goes to the new path, the record says
-so, nothing is paid or downloaded. The state file's `output` is where each file is; no other
-record of the paths is needed.
+so, nothing is paid or downloaded. A stitched long job whose path changed moves in the same
+step (`Stitched`), so swaps between long and ordinary jobs stage like any other. No move lands
+on the result of a record that does not move (a job left out by `--only`): that move is not
+made, the file stays where its record says. The state file's `output` (and a long job's row)
+is where each file is; no other record of the paths is needed.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from pipeline.outputs import (
     archive_path,
     in_segments_dir,
     job_path,
+    long_staging_path,
     place,
     prune_empty,
     result_path,
+    size_of,
     staging_path,
 )
 from pipeline.plan import changed_inputs, estimate_credits, fingerprint, input_facts
@@ -138,21 +143,25 @@ def reconcile(
     redo: frozenset[str] = frozenset(),
     *,
     retry_failed: bool = False,
+    stitched: Sequence[Stitched] = (),
 ) -> list[Job]:
     """Bring the state file in line with the manifest; return the jobs with work left, in the
     order that keeps slots busy: running generations first, then ambiguous submissions, then
-    downloads, then new work.
+    downloads, then new work. `stitched`: long jobs' stitched results to move to their
+    jobs' new paths with the records' results (`_settle`).
 
     Records of `checked.untouched` ids (jobs left out by `--only`, or invalid under
-    `--keep-going`) are left exactly as they are: never archived, restarted or taken over."""
+    `--keep-going`) are left exactly as they are: never archived, restarted or taken over,
+    and no result moves onto their files."""
     jobs = checked.manifest.jobs
     fps = {job.id: fingerprint(job, checked.media) for job in jobs}
     facts = {job.id: input_facts(job, checked.media) for job in jobs}
     homes = {job.id: job_path(output_dir, job.id, job.output) for job in jobs}
+    _respell(store, checked, fps, facts)
     _recover(store, output_dir, homes)
     before = {r.id: r for r in store.jobs(archived=True) if r.id not in checked.untouched}
     plan = plan_records(before, jobs, fps, redo)
-    _take_over(store, plan, output_dir, homes, fps, facts)
+    left = _take_over(store, plan, output_dir, homes, fps, facts, stitched)
     order = {
         JobState.GENERATING: 0,
         JobState.SUBMITTING: 1,
@@ -171,7 +180,8 @@ def reconcile(
             job.id,
             record,
             fp,
-            intact=intact(record, homes[job.id]),
+            # a result left where it is (its path holds another's) is checked there
+            intact=intact(record) if job.id in left else intact(record, homes[job.id]),
             # a job whose paid record was just set aside starts fresh already
             redo=redo - plan.fresh.keys(),
             retry_failed=retry_failed,
@@ -235,6 +245,26 @@ def take_paid_from(store: StateStore, source: Path, wanted: Mapping[str, str]) -
         videos.add(record.video_id)
         taken.append(new_id)
     return taken
+
+
+def _respell(
+    store: StateStore,
+    checked: Checked,
+    fps: Mapping[str, str],
+    facts: Mapping[str, Mapping[str, str]],
+) -> None:
+    """Records fingerprinted by an earlier version with another spelling of a job's inputs
+    (`Checked.aliases`: a speaker id as written) take the job's fingerprint and facts: the
+    same inputs, so nothing is paid again (records of jobs not run stay as they are)."""
+    for record in store.jobs(archived=True):
+        job_id = checked.aliases.get(record.fingerprint)
+        if job_id is not None and record.id not in checked.untouched:
+            store.update(
+                record.id,
+                "fingerprint: the speaker id as the list spells it (same inputs)",
+                fingerprint=fps[job_id],
+                inputs=json.dumps(facts[job_id], sort_keys=True),
+            )
 
 
 def _changed(job: Job, record: JobRecord, facts: Mapping[str, Mapping[str, str]]) -> str:
@@ -327,9 +357,11 @@ def _take_over(
     homes: Mapping[str, Path],
     fps: Mapping[str, str],
     facts: Mapping[str, Mapping[str, str]],
-) -> None:
+    stitched: Sequence[Stitched] = (),
+) -> set[str]:
     """Carry out `plan`: ids, then files, each step durable before the next (see the module
-    docstring); a crash between any two is repaired by the next run's `_recover`."""
+    docstring); a crash between any two is repaired by the next run's `_recover`. Returns
+    the ids of the results left where they are (`_settle`)."""
     staged: dict[str, str] = {}
     for old, new in plan.renames.items():
         record = store.job(old)
@@ -348,7 +380,7 @@ def _take_over(
     # archived results standing where this manifest's jobs put theirs (or left at a staging
     # name by an interrupted run, or in a long job's segment folder, which goes once it is
     # stitched) go to superseded/
-    names = {str(home) for home in homes.values()}
+    names = {str(home) for home in homes.values()} | {str(s.home) for s in stitched}
     aside = {
         r.id: archive_path(output_dir, r.id)
         for r in records.values()
@@ -370,7 +402,7 @@ def _take_over(
         and r.output != str(home)
         and movable(r, output_dir)
     }
-    _settle(store, records, due, output_dir)
+    return _settle(store, records, due, output_dir, stitched)
 
 
 def _move(
@@ -383,27 +415,113 @@ def _move(
         store.save_outputs({i: str(dest) for i, dest in moves.items()}, detail)
 
 
+@dataclass(frozen=True)
+class Stitched:
+    """A long job's stitched result whose job's path changed (`pipeline.longform`, its
+    `long_jobs` row): it moves in `_settle`'s step with the records' results."""
+
+    job_id: str
+    output: Path  # where it is
+    home: Path  # where its job's `output` puts it
+    size: int
+
+
+@dataclass(frozen=True)
+class _Moving:
+    """One file `_settle` moves: a record's result, or a long job's stitched file."""
+
+    owner: str  # the record's id, or the long job's
+    src: Path
+    dest: Path
+    stage: Path
+    size: int
+    long: bool = False
+
+
 def _settle(
-    store: StateStore, records: Mapping[str, JobRecord], due: Mapping[str, Path], output_dir: Path
-) -> None:
-    """Move results to their jobs' paths. When one's path is where another's file is now (two
-    jobs swapped their `output`s), every file waits at its staging name first, so no move
-    ever displaces a result that is itself about to move; the folders they left go when
-    empty."""
-    sources = {str(records[i].output) for i in due}
-    left = {Path(source).parent for source in sources}
-    if any(str(dest) in sources for dest in due.values()):
-        staged = {}
-        for record_id in due:
-            record = records[record_id]
-            assert record.video_id is not None  # done, so it has one
-            if record.output != str(stage := staging_path(output_dir, record.video_id)):
-                staged[record_id] = stage
-        _move(store, records, staged, "waiting at its staging name")
-        records = {r.id: r for r in store.jobs(archived=True)}
-    _move(store, records, due, "moved to its job's path")
-    for folder in left:
+    store: StateStore,
+    records: Mapping[str, JobRecord],
+    due: Mapping[str, Path],
+    output_dir: Path,
+    stitched: Sequence[Stitched] = (),
+) -> set[str]:
+    """Move results to their jobs' paths: the records' (`due`) and long jobs' stitched files
+    (`stitched`), in one step. A move onto the result of a record (or long job) that is not
+    moving (a job left out by `--only`) is not made: the file stays where it is, and so does
+    any whose move would land on it; the log says why. When one's path is where another
+    moving file is now (two jobs swapped their `output`s), every file waits at its staging
+    name first (recorded), so no move ever displaces a result that is itself about to move;
+    the folders they left go when empty. Returns the ids of the records left in place."""
+    moves = [
+        _Moving(
+            i, Path(str(r.output)), dest, staging_path(output_dir, r.video_id or 0), r.bytes or 0
+        )
+        for i, dest in due.items()
+        if (r := records[i]).video_id is not None
+    ]
+    moves += [
+        _Moving(s.job_id, s.output, s.home, long_staging_path(output_dir, s.job_id), s.size, True)
+        for s in stitched
+    ]
+    moves = _unblocked(store, records, moves)
+    sources = {str(m.src) for m in moves}
+    if any(str(m.dest) in sources for m in moves):
+        _shift(
+            store, [(m, m.stage) for m in moves if m.src != m.stage], "waiting at its staging name"
+        )
+        moves = [replace(m, src=m.stage) for m in moves]
+    _shift(store, [(m, m.dest) for m in moves], "moved to its job's path")
+    for folder in {Path(source).parent for source in sources}:
         prune_empty(folder, output_dir)
+    return {i for i in due if i not in {m.owner for m in moves if not m.long}}
+
+
+def _unblocked(
+    store: StateStore, records: Mapping[str, JobRecord], moves: list[_Moving]
+) -> list[_Moving]:
+    """`moves` without those that would displace a result that stays: a record's or a long
+    job's intact file that is not moving, or the file of a move left out (in turn)."""
+    moving = {(m.owner, m.long) for m in moves}
+    staying = {
+        str(r.output): f"'{r.id}'"
+        for r in records.values()
+        if r.output and (r.id, False) not in moving and intact(r)
+    }
+    staying |= {
+        str(row.output): f"long job '{row.id}'"
+        for row in store.long_jobs()
+        if row.stitched
+        and row.output
+        and (row.id, True) not in moving
+        and size_of(Path(row.output)) == row.bytes
+    }
+    kept = list(moves)
+    while blocked := [m for m in kept if str(m.dest) in staying]:
+        for m in blocked:
+            log.warning(
+                "%s: its result stays at %s: its new path %s holds the result of %s, which"
+                " does not move in this run",
+                m.owner,
+                m.src,
+                m.dest,
+                staying[str(m.dest)],
+            )
+            staying[str(m.src)] = f"long job '{m.owner}'" if m.long else f"'{m.owner}'"
+        kept = [m for m in kept if m not in blocked]
+    return kept
+
+
+def _shift(store: StateStore, moves: Sequence[tuple[_Moving, Path]], detail: str) -> None:
+    """Move each file to its destination, then record all moves (records' in one
+    transaction, then each long job's row)."""
+    for move, dest in moves:
+        place(move.src, dest)
+    outputs = {m.owner: str(dest) for m, dest in moves if not m.long}
+    if outputs:
+        store.save_outputs(outputs, detail)
+    for move, dest in moves:
+        if move.long:
+            store.save_stitched(move.owner, str(dest), move.size)
 
 
 def _recover(store: StateStore, output_dir: Path, homes: Mapping[str, Path]) -> None:
@@ -413,6 +531,7 @@ def _recover(store: StateStore, output_dir: Path, homes: Mapping[str, Path]) -> 
     (never regenerated)."""
     records = store.jobs(archived=True)
     claimed = {r.output for r in records if r.output and intact(r)}
+    claimed |= {row.output for row in store.long_jobs() if row.stitched and row.output}
     found: dict[str, str] = {}
     for record in records:
         if record.state is not JobState.DONE or record.video_id is None or intact(record):

@@ -25,7 +25,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -88,7 +88,7 @@ from pipeline.report import (
 )
 from pipeline.retry import Sleep
 from pipeline.secrets import Redactor
-from pipeline.speakers import needs_list, resolve_checked
+from pipeline.speakers import SpeakerBook, needs_list, resolve_checked
 from pipeline.state import JobRecord, StateStore
 from pipeline.submit import (
     BootClock,
@@ -288,8 +288,8 @@ class _Run:
         last (in the state file) finds their speakers. A key refused here stops the run
         (`problem`), as in `prepare`."""
         listed: list[Speaker] | None = None
-        saved = self.store.speakers(self.base_url)
-        if needs_list(checked, self.store, saved, self.options.redo, self.options.retry_failed):
+        kept = SpeakerBook.kept(self.store, self.base_url)
+        if needs_list(checked, self.store, kept, self.options.redo, self.options.retry_failed):
             try:
                 listed = await self._speaker_list()
             except FatalError as exc:
@@ -1077,10 +1077,13 @@ def _redo_segments(redo: frozenset[str], longform: LongJobs) -> frozenset[str]:
     return redo | {s.id for job_id in redo for s in longform.segments.get(job_id, [])}
 
 
-def _invalid_note(checked: Checked) -> str | None:
-    if not checked.invalid:
+def _invalid_note(checked: Checked, invalid: Mapping[str, list[str]]) -> str | None:
+    """The run's problem when jobs were not run: invalid under `--keep-going`, or held for a
+    speaker no list finds (`pipeline.speakers`)."""
+    if not invalid:
         return None
-    return f"--keep-going: {len(checked.invalid)} invalid jobs not run (see problems)"
+    note = f"{len(invalid)} invalid jobs not run (see problems)"
+    return f"--keep-going: {note}" if checked.invalid else note
 
 
 def _error_facts(exc: PipelineError, reason: str | None = None) -> dict[str, Any]:
@@ -1140,7 +1143,14 @@ async def run_batch(
     credits_before = store.total_credits()
     redo = _redo_segments(options.redo, longform)
     expanded = await run.resolve_speakers(expanded)  # names -> ids, before fingerprints
-    jobs = reconcile(expanded, store, options.output_dir, redo, retry_failed=options.retry_failed)
+    jobs = reconcile(
+        expanded,
+        store,
+        options.output_dir,
+        redo,
+        retry_failed=options.retry_failed,
+        stitched=longform.moves,
+    )
     for job_id, problems in checked.invalid.items():
         log.error("%s: not run (--keep-going): %s", job_id, "; ".join(problems))
     if run.problem is None:
@@ -1172,7 +1182,8 @@ async def run_batch(
     if run.budget.why_refused() is not None:
         run._note_problem(TransientError(str(run.budget.why_refused())))
     stopped_by = str(run.problem) if run.problem else "interrupted" if interrupted else None
-    invalid_problems = [p for problems in checked.invalid.values() for p in problems]
+    invalid = expanded.invalid  # --keep-going's, and jobs held for a speaker no list finds
+    invalid_problems = [p for problems in invalid.values() for p in problems]
     set_aside = run.set_aside_problems()
     for problem in set_aside:
         log.warning("%s", problem)
@@ -1186,13 +1197,13 @@ async def run_batch(
         key_scopes={a.key_fp: a.media_scope for a in run.pool.accounts},
         stopped_by=stopped_by,
         problems=invalid_problems,
-        invalid=frozenset(checked.invalid),
+        invalid=frozenset(invalid),
     )
     rows = longform.rows(rows)
-    considered = {j.id for j in checked.manifest.jobs} | set(checked.invalid)
+    considered = {j.id for j in checked.manifest.jobs} | set(invalid)
     exit_code = _exit_code([r for r in rows if r.id in considered], run.problem, interrupted)
     failed = failed_this_run(store, checked.manifest, started) + longform.failed_since(started)
-    failed += [job for job in checked.full.jobs if job.id in checked.invalid]
+    failed += [job for job in checked.full.jobs if job.id in invalid]
     failed_path = write_failed_manifest(
         options.output_dir, checked.full, failed, run_id, state=store.path
     )
@@ -1203,11 +1214,11 @@ async def run_batch(
         {
             **run_facts(run_id, checked.manifest.path, options.output_dir, started, wall()),
             "exit_code": int(exit_code),
-            "problem": str(run.problem) if run.problem else _invalid_note(checked),
+            "problem": str(run.problem) if run.problem else _invalid_note(checked, invalid),
             "problem_class": type(run.problem).__name__
             if run.problem
             else "ManifestError"
-            if checked.invalid
+            if invalid
             else None,
             "problems": invalid_problems + set_aside,
             "credits_this_run": spent,

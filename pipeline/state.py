@@ -188,6 +188,25 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN sent_estimate INTEGER;
         """,
     ),
+    (
+        # Every name a list kept above gave one speaker, with that speaker's id, kept when a
+        # later list renames or drops it (pipeline.speakers): a name that resolved before
+        # still finds the id its paid work was made with. Seeded from the lists kept so far.
+        "0014_speaker_names",
+        """
+        CREATE TABLE speaker_names (
+            base_url TEXT NOT NULL,
+            name TEXT NOT NULL,
+            speaker_id TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (base_url, name)
+        );
+        INSERT INTO speaker_names
+            SELECT base_url, lower(trim(name)), min(speaker_id), max(seen_at) FROM speakers
+            WHERE trim(name) != '' GROUP BY base_url, lower(trim(name))
+            HAVING count(DISTINCT speaker_id) = 1
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -618,10 +637,7 @@ class StateStore:
     def slot_ceilings(self) -> list[tuple[str, str, int, int, float]]:
         """(base_url, key_fp, ceiling, concurrency asked, learned_at), newest first; none in a
         file of an older version (`status` reads files without migrating them)."""
-        known = self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'slot_ceilings'"
-        ).fetchone()
-        if known is None:
+        if not self._has_table("slot_ceilings"):
             return []
         rows = self._conn.execute(
             "SELECT base_url, key_fp, ceiling, concurrency, learned_at FROM slot_ceilings"
@@ -642,10 +658,7 @@ class StateStore:
 
     def long_jobs(self) -> list[LongRecord]:
         """Every long job's row; none in a file of an older version (read unmigrated)."""
-        known = self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'long_jobs'"
-        ).fetchone()
-        if known is None:
+        if not self._has_table("long_jobs"):
             return []
         columns = {r[1] for r in self._conn.execute("PRAGMA table_info(long_jobs)")}
         error = "error" if "error" in columns else "NULL"  # a file of 0009 (read unmigrated)
@@ -691,21 +704,43 @@ class StateStore:
     # the TTS speaker list, as a run last read it (pipeline.speakers) ------------------------
 
     def save_speakers(self, base_url: str, speakers: Sequence[tuple[str, str]]) -> None:
-        """Replace the list kept for `base_url` by `speakers` ((id, name), in list order)."""
+        """Replace the list kept for `base_url` by `speakers` ((id, name), in list order), and
+        remember each name one speaker of it has (`speaker_names`: never forgotten)."""
+        ids: dict[str, set[str]] = {}
+        for sid, name in speakers:
+            if name.strip():
+                ids.setdefault(name.strip().casefold(), set()).add(sid)
+        now = self._clock()
         with self._write():
             self._conn.execute("DELETE FROM speakers WHERE base_url = ?", (base_url,))
             self._conn.executemany(
                 "INSERT OR REPLACE INTO speakers VALUES (?, ?, ?, ?)",
-                [(base_url, sid, name, self._clock()) for sid, name in speakers],
+                [(base_url, sid, name, now) for sid, name in speakers],
             )
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO speaker_names VALUES (?, ?, ?, ?)",
+                [(base_url, name, *one, now) for name, one in ids.items() if len(one) == 1],
+            )
+
+    def speaker_names(self, base_url: str | None = None) -> list[tuple[str, str]]:
+        """(name casefolded, id) of every name a kept list gave one speaker, for `base_url`
+        (None: every base URL, the latest first); none in a file of an older version."""
+        if not self._has_table("speaker_names"):
+            return []
+        if base_url is None:
+            rows = self._conn.execute(
+                "SELECT name, speaker_id FROM speaker_names ORDER BY seen_at DESC"
+            ).fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT name, speaker_id FROM speaker_names WHERE base_url = ?", (base_url,)
+            ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def speakers(self, base_url: str | None = None) -> list[tuple[str, str]]:
         """(id, name) of the list kept for `base_url` (None: the base URL read last), in the
         order it was saved; none in a file of an older version (read unmigrated)."""
-        known = self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'speakers'"
-        ).fetchone()
-        if known is None:
+        if not self._has_table("speakers"):
             return []
         if base_url is None:
             row = self._conn.execute(
@@ -729,6 +764,11 @@ class StateStore:
             )
 
     # internals ----------------------------------------------------------------------------
+
+    def _has_table(self, name: str) -> bool:
+        """A file opened read-only is not migrated: an older one may lack a table."""
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self._conn.execute(query, (name,)).fetchone() is not None
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -789,7 +829,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
     Python's sqlite3 opens its implicit transaction only before INSERT/UPDATE/DELETE, so DDL
     outside an explicit BEGIN commits statement by statement: a first run that died between two
-    CREATEs left a file that never opened again ("table media already exists")."""
+    CREATEs left a file that never opened again ("table media already exists").
+
+    After each, the WAL is checkpointed into the file and truncated: a dozen migrations leave
+    some 200 kB of WAL otherwise, more than twice what a new state file needs (a small disk)."""
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -810,6 +853,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         except BaseException:
             conn.rollback()
             raise
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:

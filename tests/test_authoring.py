@@ -13,7 +13,7 @@ from pipeline.cli import main
 from pipeline.manifest import Job, load_manifest
 from pipeline.runner import ExitCode
 from pipeline.simulator import serve
-from tests.harness import SAMPLES, fast_sim, project, run_once
+from tests.harness import SAMPLES, fast_sim, project, run_once, sim_in_thread
 
 LANGS = ("de", "es", "fr", "it")
 VIDEO, AUDIO = "media/{name}.mp4", "dubs/{name}_{lang}.wav"
@@ -101,7 +101,7 @@ def test_init_reads_the_longest_video_name_and_refuses_what_it_cannot_pair(
     assert main(["init", "--video", "v/{name}.mp4", "--audio", "v/{name}_{lang}.wav"]) == 0
     document = yaml.safe_load(capsys.readouterr().out)
     assert document["jobs"] == [
-        {"id": "intro-es", "video": "v/intro.mp4", "audio": "v/intro_es.wav"},
+        {"video": "v/intro.mp4", "dubs": {"es": {"audio": "v/intro_es.wav"}}},
         {
             "video": "v/intro_long.mp4",
             "dubs": {
@@ -116,11 +116,47 @@ def test_init_reads_the_longest_video_name_and_refuses_what_it_cannot_pair(
     assert "error: init: no video and dub could be paired" in capsys.readouterr().err
 
 
+def test_init_pairs_dubs_of_every_audio_format_and_says_what_another_format_kept_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`.*` (or any `*`) is a wildcard, matched as it is globbed, finding only the formats
+    the API takes; a pattern of one format names the dubs of another it left out, and a
+    second dub of one video and language is said, not written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    shutil.copy(SAMPLES / "intro.mp4", tmp_path / "m" / "intro.mp4")
+    shutil.copy(SAMPLES / "intro_es.mp3", tmp_path / "m" / "intro_es.mp3")
+    shutil.copy(SAMPLES / "intro_de.wav", tmp_path / "m" / "intro_de.wav")
+    (tmp_path / "m" / "intro_fr.txt").write_text("a translator's notes")
+    assert main(["init", "--video", "m/{name}.*", "--audio", "m/{name}_{lang}.*"]) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["jobs"] == [
+        {
+            "video": "m/intro.mp4",
+            "dubs": {"de": {"audio": "m/intro_de.wav"}, "es": {"audio": "m/intro_es.mp3"}},
+        }
+    ]
+    assert captured.err.splitlines()[-1] == "2 jobs, 0 files not paired"
+    assert main(["init", "--video", "m/{name}.mp4", "--audio", "m/{name}_{lang}.wav"]) == 0
+    assert (
+        "not paired: m/intro_es.mp3: not .wav (m/{name}_{lang}.wav); --audio"
+        " 'm/{name}_{lang}.*' pairs dubs of every audio format"
+    ) in capsys.readouterr().err.splitlines()
+    shutil.copy(SAMPLES / "intro_de.wav", tmp_path / "m" / "intro_es.wav")
+    assert main(["init", "--video", "m/{name}.mp4", "--audio", "m/{name}_{lang}.*"]) == 0
+    captured = capsys.readouterr()
+    assert "not paired: m/intro_es.wav: intro-es has a dub already (m/intro_es.mp3)" in (
+        captured.err.splitlines()
+    )
+    assert yaml.safe_load(captured.out)["jobs"][0]["dubs"]["es"] == {"audio": "m/intro_es.mp3"}
+
+
 def test_convert_csv_and_yaml_both_ways_keeping_ids_speakers_and_outputs(tmp_path: Path) -> None:
     source = project(
         tmp_path,
         """
 version: 1
+output_dir: sheets/out  # where a CSV in sheets/ has its results: the same state file
 output_pattern: "{lang}/{name}.mp4"
 defaults: {tts_speaker: "Isabella"}
 jobs:
@@ -143,6 +179,8 @@ jobs:
     assert second.jobs[1].tts is not None
     assert second.jobs[1].tts.speaker == "Isabella"  # the default, written into the row
     assert third.jobs[1].output == "ja/promo.mp4"
+    assert first.output_dir == third.output_dir == tmp_path / "sheets" / "out"
+    assert second.output_dir is None  # a CSV's own: out/ next to it, sheets/out
     assert main(["convert", str(sheet), str(again)]) == 2  # never over a file
 
 
@@ -165,6 +203,38 @@ def test_convert_refuses_what_a_csv_cannot_say(
     # output_dir out/, where the CSV's results go too: nothing is lost
     source.write_text(f"version: 1\noutput_dir: out\njobs: [{job}]\n")
     assert main(["convert", str(source), str(tmp_path / "a.csv")]) == 0
+
+
+def test_converting_into_another_folder_keeps_the_results_or_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest without `output_dir` has its results in out/ next to it. Written into
+    another folder, YAML or JSON names that folder (and runs without paying again); a CSV,
+    which cannot, is refused with what to do instead."""
+    source = project(
+        tmp_path, "version: 1\njobs: [{id: a, video: media/intro.mp4, audio: media/intro_es.mp3}]\n"
+    )
+    (tmp_path / "sheets").mkdir()
+    sheet = tmp_path / "sheets" / "jobs.csv"
+    assert main(["convert", str(source), str(sheet)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: manifest.yaml: its results and state file are in {tmp_path / 'out'}; a CSV in"
+        f" {tmp_path / 'sheets'} has its results in {tmp_path / 'sheets' / 'out'} and would"
+        " pay for them again: write the CSV next to manifest.yaml, or convert to YAML or JSON"
+        " (they keep the results' folder)"
+    ]
+    assert not sheet.exists()
+    with sim_in_thread(fast_sim()) as sim:
+        monkeypatch.setenv("PIXVERSE_API_KEY", "sim-key")
+        monkeypatch.setenv("PIXVERSE_BASE_URL", sim.url)
+        assert main(["run", str(source), "--poll-interval", "0.02"]) == 0
+        for name in ("jobs.yaml", "jobs.json"):
+            converted = tmp_path / "sheets" / name
+            assert main(["convert", str(source), str(converted)]) == 0
+            assert load_manifest(converted).output_dir == tmp_path / "out"
+            assert main(["run", str(converted), "--poll-interval", "0.02"]) == 0
+    assert len(sim.ledger.generations) == 1
+    assert not (tmp_path / "sheets" / "out").exists()
 
 
 @pytest.mark.anyio

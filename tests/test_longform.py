@@ -15,6 +15,7 @@ from typing import Any
 import av
 import pytest
 
+import pipeline.reconcile
 from pipeline.cli import main
 from pipeline.client import PixverseClient
 from pipeline.longform import run as longrun
@@ -28,7 +29,7 @@ from pipeline.preflight import preflight
 from pipeline.preview import forecast
 from pipeline.simulator import Simulator, serve
 from pipeline.state import StateStore
-from tests.harness import STATE_NAME, fast_sim, project, run_once, sim_in_thread
+from tests.harness import STATE_NAME, fast_sim, project, run_once, sha256, sim_in_thread
 from tests.media_factory import make_audio, make_video
 from tests.windows import crashpoint_cmd, env_for, pipeline_cmd, run_args
 
@@ -437,6 +438,45 @@ def test_killed_midway_and_resumed_pays_each_segment_once(
         paid_once(sim)
     check_result(out / "talk-es.mp4", long_media / "talk_es.mp3")
     assert not (out / STATE_NAME).with_name(".talk-es.stitch.mp4").exists()
+
+
+SWAP = """
+version: 1
+jobs:
+  - {{id: talk-es, video: media/talk.mp4, audio: media/talk_es.mp3, output: {long}}}
+  - {{id: a, video: media/intro.mp4, audio: media/intro_es.mp3, output: {short}}}
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("nth", [1, 2, 3, 4])
+async def test_a_long_job_and_a_job_swapping_paths_lose_nothing_whenever_a_run_dies(
+    tmp_path: Path, short_long_media: Path, monkeypatch: pytest.MonkeyPatch, nth: int
+) -> None:
+    """The stitched file and the ordinary result move in one step, through staging names:
+    a run dying after any of the four moves (both staged, then one, then both at their new
+    paths) leaves the next run to finish them, downloading, stitching and paying nothing."""
+    manifest = long_project(
+        tmp_path, short_long_media, SWAP.format(long="L/t.mp4", short="N/a.mp4")
+    )
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code == 0
+        made = {"talk-es": sha256(out / "L" / "t.mp4"), "a": sha256(out / "N" / "a.mp4")}
+        paid, transfers = len(sim.ledger.generations), len(sim.ledger.transfers)
+        manifest.write_text(SWAP.format(long="N/a.mp4", short="L/t.mp4"), encoding="utf-8")
+        with monkeypatch.context() as patch:
+            real = pipeline.reconcile.place
+            patch.setattr("pipeline.reconcile.place", _crash_on(nth, real, after=True))
+            with pytest.raises(Crash):
+                await run_once(sim, manifest, out)
+        outcome = await run_once(sim, manifest, out)
+        assert (len(sim.ledger.generations), len(sim.ledger.transfers)) == (paid, transfers)
+    assert outcome.exit_code == 0, outcome.rows
+    assert {r.id: r.state for r in outcome.rows} == {"talk-es": "done", "a": "done"}
+    assert {"talk-es": sha256(out / "N" / "a.mp4"), "a": sha256(out / "L" / "t.mp4")} == made
+    assert not list(out.rglob("superseded"))
+    assert not list(out.glob(".*.mp4"))
 
 
 # preflight and validate -----------------------------------------------------------------

@@ -112,6 +112,14 @@ MALFORMED = {
         "id,video,audio\na,media/intro.mp4,media/caf\xe9.wav\n".encode("latin-1"),
         "row 2 column 'audio': not UTF-8; save the sheet as \"CSV UTF-8\"",
     ),
+    "UTF-16 with its BOM (a spreadsheet's Unicode text)": (
+        "id\tvideo\taudio\na\tmedia/intro.mp4\tmedia/intro_es.mp3\n".encode("utf-16"),
+        'row 1: the sheet is UTF-16, not UTF-8; save the sheet as "CSV UTF-8"',
+    ),
+    "UTF-16 without a BOM": (
+        "id,video,audio\na,media/intro.mp4,media/intro_es.mp3\n".encode("utf-16-le"),
+        "row 1: the sheet is UTF-16 or another text with NUL bytes, not UTF-8",
+    ),
     "duplicate ids": (
         "id,video,audio\nA,media/intro.mp4,media/intro_es.mp3\na,media/intro.mp4,media/x.wav\n",
         "job 'A' column 'id': used by 2 jobs (row 2, row 3)",

@@ -340,6 +340,51 @@ def test_a_run_killed_while_moving_results_loses_and_pays_nothing(
     assert not (out / "superseded").exists()
 
 
+CHAIN = """
+version: 1
+jobs:
+  - {{id: a, video: media/intro.mp4, audio: media/intro_es.mp3, output: {a}}}
+  - {{id: b, video: media/intro.mp4, audio: media/intro_de.wav, output: {b}}}
+  - {{id: c, video: media/intro.mp4, tts: {{text: hola, speaker: "1"}}, output: {c}}}
+"""
+
+
+@pytest.mark.anyio
+async def test_no_move_lands_on_the_result_of_a_job_left_out_by_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """a -> b's path and c -> a's path, with b left out (`--only a,c`): a's move would push
+    b's result aside, so a stays, and so does c, whose path is a's still; every record names
+    its own file, the forecast says so, and the run with b finishes the moves, paying and
+    downloading nothing."""
+    manifest = project(tmp_path, CHAIN.format(a="x/a.mp4", b="y/b.mp4", c="z/c.mp4"))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code is ExitCode.OK
+        made = {i: sha256(Path(str(path))) for i, path in records(out).items()}
+        paid, transfers = len(sim.ledger.generations), len(sim.ledger.transfers)
+        manifest.write_text(CHAIN.format(a="y/b.mp4", b="q/b.mp4", c="x/a.mp4"), "utf-8")
+        assert main(["run", str(manifest), "--dry-run", "--only", "a,c"]) == 0
+        forecast_lines = capsys.readouterr().out.splitlines()
+        only = await run_once(sim, manifest, out, only=("a", "c"))
+        left = records(out)
+        kept = {i: sha256(Path(str(path))) for i, path in left.items()}
+        everything = await run_once(sim, manifest, out)
+        assert (len(sim.ledger.generations), len(sim.ledger.transfers)) == (paid, transfers)
+    assert only.exit_code is ExitCode.OK
+    assert left == {
+        i: str(out / p) for i, p in (("a", "x/a.mp4"), ("b", "y/b.mp4"), ("c", "z/c.mp4"))
+    }
+    assert kept == made
+    assert forecast_lines[0].startswith("a ")
+    assert f"its file stays at {out / 'x' / 'a.mp4'}" in forecast_lines[0]
+    assert everything.exit_code is ExitCode.OK
+    wanted = {"a": out / "y" / "b.mp4", "b": out / "q" / "b.mp4", "c": out / "x" / "a.mp4"}
+    assert records(out) == {i: str(path) for i, path in wanted.items()}
+    assert {i: sha256(path) for i, path in wanted.items()} == made
+    assert not list(out.rglob("superseded"))
+
+
 def test_validate_lists_each_jobs_output_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,10 +12,13 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.client import Speaker
+from pipeline.manifest import load_manifest
+from pipeline.plan import fingerprint
+from pipeline.preflight import preflight
 from pipeline.runner import ExitCode
 from pipeline.simulator import serve
 from pipeline.speakers import SpeakerBook
-from pipeline.state import StateStore
+from pipeline.state import MIGRATIONS, StateStore
 from tests.harness import STATE_NAME, fast_sim, project, run_once, sim_in_thread
 
 BOOK = SpeakerBook.of(
@@ -45,11 +48,12 @@ GENERATE = "/openapi/v2/video/lip_sync/generate"
         ("Isabella", ("3", "")),
         ("  isabella ", ("3", "")),  # a name ignoring case and spaces
         ("3", ("3", "")),  # an id stays as written
-        ("auto", ("auto", "")),  # the API matches ids without case: kept as written
+        ("auto", ("Auto", "")),  # an id in another case: as the list spells it
+        (" auto ", ("Auto", "")),
         ("harper", ("7", "")),
     ],
 )
-def test_a_name_resolves_to_its_id_and_an_id_stays_as_written(
+def test_a_name_resolves_to_its_id_and_an_id_to_the_lists_spelling(
     value: str, expected: tuple[str, str]
 ) -> None:
     assert BOOK.resolve(value) == expected
@@ -184,6 +188,138 @@ async def test_an_unreadable_list_keeps_paid_work_and_holds_only_new_tts_jobs(
     assert last.exit_code is ExitCode.OK
     assert len(sim.ledger.generations) == paid + 1
     assert speaker_ids(sim.ledger)["Hallo"] == "9"
+
+
+@pytest.mark.anyio
+async def test_an_id_an_earlier_version_fingerprinted_as_written_is_not_paid_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before an id took the list's spelling, `auto` was fingerprinted as written. Such a
+    record is the job's: the forecast skips it, the run rewrites it to the list's spelling
+    (`Auto`) and pays nothing, in either spelling."""
+    text = (
+        "version: 1\njobs:\n  - {{id: a, video: media/intro.mp4, tts: {{text: x, speaker: {}}}}}\n"
+    )
+    manifest = project(tmp_path, text.format("auto"))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code is ExitCode.OK
+        checked = preflight(load_manifest(manifest))
+        as_written = fingerprint(checked.manifest.jobs[0], checked.media)
+        store = StateStore.read_only(out / STATE_NAME)
+        try:
+            canonical = store.job("a").fingerprint
+        finally:
+            store.close()
+        assert canonical != as_written
+        with sqlite3.connect(out / STATE_NAME) as conn:  # as an earlier version left it
+            conn.execute("UPDATE jobs SET fingerprint = ? WHERE id = 'a'", (as_written,))
+        assert main(["run", str(manifest), "--dry-run"]) == 0
+        forecast = capsys.readouterr().out
+        again = await run_once(sim, manifest, out)
+        manifest.write_text(text.format("AUTO"), encoding="utf-8")
+        third = await run_once(sim, manifest, out)
+    assert forecast.splitlines()[0].split() == ["a", "skip", "done"], forecast
+    assert again.exit_code is ExitCode.OK
+    assert third.exit_code is ExitCode.OK
+    assert again.credits_this_run == third.credits_this_run == 0
+    assert len(sim.ledger.generations) == 1
+    assert speaker_ids(sim.ledger) == {"x": "Auto"}
+    store = StateStore.read_only(out / STATE_NAME)
+    try:
+        assert store.job("a").fingerprint == canonical
+        assert store.job("a").state.value == "done"
+    finally:
+        store.close()
+
+
+RENAMED = ({"speaker_id": "7", "name": "Harper"}, {"speaker_id": "3", "name": "Isabella (UK)"})
+ONE_BY_NAME = (
+    "version: 1\njobs:\n  - {id: a, video: media/intro.mp4, tts: {text: x, speaker: Isabella}}\n"
+)
+
+
+def _lists_asked(sim_ledger: object) -> int:
+    requests = sim_ledger.requests  # type: ignore[attr-defined]
+    return sum(1 for r in requests if r.path.endswith(("/tts_list", "/tts_speaker")))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("older_file", [False, True])
+async def test_a_renamed_speaker_keeps_its_paid_results_and_new_work_fails_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], older_file: bool
+) -> None:
+    """The list renames speaker 3 (`Isabella` -> `Isabella (UK)`): the name resolved before
+    keeps finding 3 for the paid job (this run and the next, which asks for no list), while a
+    new job by that name fails alone. `older_file`: a state file made before names were kept
+    (0014_speaker_names seeds them from the kept list)."""
+    manifest = project(tmp_path, ONE_BY_NAME)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code is ExitCode.OK
+        if older_file:
+            with sqlite3.connect(out / STATE_NAME) as conn:
+                conn.execute("DROP TABLE speaker_names")
+                older = str(next(i for i, (n, _) in enumerate(MIGRATIONS) if n.endswith("names")))
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (older,))
+        sim.config.speakers = RENAMED
+        extra = "  - {id: c, video: media/intro.mp4, tts: {text: new, speaker: Isabella}}\n"
+        manifest.write_text(ONE_BY_NAME + extra, encoding="utf-8")
+        second = await run_once(sim, manifest, out)
+        manifest.write_text(ONE_BY_NAME, encoding="utf-8")
+        asked = _lists_asked(sim.ledger)
+        assert main(["run", str(manifest), "--dry-run"]) == 0
+        forecast = capsys.readouterr().out
+        third = await run_once(sim, manifest, out)
+    rows = {r.id: r for r in second.rows}
+    assert rows["a"].state == "done"
+    assert rows["c"].state == "failed"
+    assert rows["c"].error is not None
+    assert "unknown speaker 'Isabella'" in rows["c"].error
+    assert second.exit_code is ExitCode.JOBS_FAILED
+    assert third.exit_code is ExitCode.OK
+    assert [r.state for r in third.rows] == ["done"]
+    assert forecast.splitlines()[0].split() == ["a", "skip", "done"], forecast
+    assert asked == 2  # the first run's and the second's (a new job)
+    assert _lists_asked(sim.ledger) == asked  # all paid for: the third run asked nothing
+    assert len(sim.ledger.generations) == 1
+    assert sorted(p.name for p in out.rglob("*.mp4")) == ["a.mp4"]
+
+
+@pytest.mark.anyio
+async def test_an_unknown_speaker_on_a_paid_job_holds_it_and_sets_nothing_aside(
+    tmp_path: Path,
+) -> None:
+    """A done job's speaker changed to a name no list has (a typo): the job is reported
+    failed with the problem, its record and file stay exactly as they were (nothing archived,
+    moved or paid); with the name fixed it is done again, for nothing."""
+    manifest = project(tmp_path, ONE_BY_NAME)
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        assert (await run_once(sim, manifest, out)).exit_code is ExitCode.OK
+        made = (out / "a.mp4").read_bytes()
+        manifest.write_text(ONE_BY_NAME.replace("Isabella", "Isabela"), encoding="utf-8")
+        held = await run_once(sim, manifest, out)
+        store = StateStore.read_only(out / STATE_NAME)
+        try:
+            records = {r.id: r.state.value for r in store.jobs(archived=True)}
+        finally:
+            store.close()
+        manifest.write_text(ONE_BY_NAME, encoding="utf-8")
+        fixed = await run_once(sim, manifest, out)
+    assert held.exit_code is ExitCode.JOBS_FAILED
+    (row,) = held.rows
+    assert row.state == "failed"
+    assert row.error == (
+        "job 'a' field 'tts.speaker': unknown speaker 'Isabela' (see `pixverse-batch"
+        " speakers`); did you mean `Isabella`?"
+    )
+    assert records == {"a": "done"}
+    assert (out / "a.mp4").read_bytes() == made
+    assert not (out / "superseded").exists()
+    assert fixed.exit_code is ExitCode.OK
+    assert [r.state for r in fixed.rows] == ["done"]
+    assert len(sim.ledger.generations) == 1
 
 
 def test_speakers_prints_every_field_the_api_gives(

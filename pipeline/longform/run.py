@@ -17,7 +17,8 @@ without overwriting anything, and
 only then is the job recorded as stitched; the segment folder is removed after that unless
 `--keep-segments`. A stitched job whose file is intact is not expanded again, and its
 segments' records are left as they are; if the job's `output` changed since, the stitched
-file moves there (nothing is stitched, downloaded or paid again). The job's state is derived
+file moves there with reconcile's moves (`moves`, `pipeline.reconcile.Stitched`: nothing is
+stitched, downloaded or paid again). The job's state is derived
 from its segments: failed when one of them failed for good (its row names the segment and
 why), done once stitched.
 """
@@ -43,8 +44,16 @@ from pipeline.longform.segments import LongPlan
 from pipeline.longform.stitch import StitchError, stitch
 from pipeline.manifest import MB, Job
 from pipeline.media import MediaProbeError, probe, sha256_file
-from pipeline.outputs import SEGMENT_MARK, job_path, place, prune_empty, segments_dir
+from pipeline.outputs import (
+    SEGMENT_MARK,
+    job_path,
+    long_staging_path,
+    place,
+    segments_dir,
+    size_of,
+)
 from pipeline.preflight import Checked, MediaFile
+from pipeline.reconcile import Stitched, intact
 from pipeline.report import SUSPECT, ReportRow
 from pipeline.state import JobRecord, LongRecord, StateStore
 
@@ -70,6 +79,7 @@ class LongJobs:
     stitched: set[str] = field(default_factory=set)
     problems: dict[str, str] = field(default_factory=dict)  # job id -> why it was not stitched
     uncut: set[str] = field(default_factory=set)  # jobs whose segments could not be cut
+    moves: list[Stitched] = field(default_factory=list)  # stitched files due at a new path
     media: dict[Path, MediaFile] = field(default_factory=dict)  # the run's, with the cuts
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
     _cut_locks: dict[str, anyio.Lock] = field(default_factory=dict)
@@ -132,23 +142,25 @@ class LongJobs:
         return plan
 
     def _is_stitched(self, job: Job, plan: LongPlan) -> bool:
-        """Stitched for these inputs, its file at the job's path: moved there if the job's
-        `output` changed, found there if a run died between that move and its record."""
+        """Stitched for these inputs, its file where its row says, or found at the job's
+        path or its staging name (a run died between a move and its record). If the job's
+        `output` changed, its move joins reconcile's (`moves`): one step with the other
+        results, so a swap with an ordinary job stages both and displaces neither."""
         row = long_row(self.store.long_jobs(), job.id)
         if row is None or not row.stitched or not same_plan(row, plan) or row.output is None:
             return False
         home = job_path(self.output_dir, job.id, job.output)
-        if _size(Path(row.output)) == row.bytes:
-            if row.output != str(home):
-                with map_disk_errors(f"cannot move {row.output} to {home}"):
-                    place(Path(row.output), home)
-                self.store.save_stitched(job.id, str(home), row.bytes)
-                prune_empty(Path(row.output).parent, self.output_dir)
-                log.info("%s: stitched result moved to %s", job.id, home)
-            return True
-        if row.output != str(home) and _size(home) == row.bytes:
-            self.store.save_stitched(job.id, str(home), row.bytes)
-            return True
+        claimed = {r.output for r in self.store.jobs(archived=True) if r.output and intact(r)}
+        staged = long_staging_path(self.output_dir, job.id)
+        for where in dict.fromkeys((row.output, str(home), str(staged))):
+            if where != row.output and where in claimed:
+                continue  # another result's file, however long
+            if size_of(Path(where)) == row.bytes:
+                if where != row.output:
+                    self.store.save_stitched(job.id, where, row.bytes)
+                if where != str(home):
+                    self.moves.append(Stitched(job.id, Path(where), home, row.bytes or 0))
+                return True
         return False
 
     def _upgrade_fingerprints(self) -> None:
@@ -452,7 +464,7 @@ def derived(
         start, end = plan.ranges()[index - 1]
         return f"segment {index} ({round(start, 3)}-{round(end, 3)} s)"
 
-    if entry.stitched and entry.output is not None and _size(Path(entry.output)) == entry.bytes:
+    if entry.stitched and entry.output is not None and size_of(Path(entry.output)) == entry.bytes:
         suspect = next((r for r in ours if r.suspect), None)
         row = replace(row, state=JobState.DONE.value, output=entry.output, bytes=entry.bytes)
         if suspect is not None:
@@ -499,10 +511,3 @@ def derived(
 def _index(record: JobRecord) -> int:
     """A segment record's place in its job (1-based)."""
     return int(record.id.rpartition(SEGMENT_MARK)[2])
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
