@@ -57,6 +57,8 @@ GENERATE = "/openapi/v2/video/lip_sync/generate"
 RESULT = "/openapi/v2/video/result/"
 TERMINAL = frozenset({1, 6, 7, 8})
 RETRY = RetryPolicy(attempts=4, max_elapsed=10, initial_wait=0.005, max_wait=0.02)
+# the example's video, shipped as package data (pipeline/examples/)
+SAMPLE_VIDEO = REPO / "pipeline" / "examples" / "media" / "intro.mp4"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def make_project(root: Path, scenario: Scenario) -> Checked:
     """Audio jobs on one shared video; each voice as long as its generation should be."""
     media = root / "media"
     media.mkdir(parents=True)
-    shutil.copy(REPO / "manifests" / "media" / "intro.mp4", media / "intro.mp4")
+    shutil.copy(SAMPLE_VIDEO, media / "intro.mp4")
     low, high = scenario.gen
     lines = ["version: 1", "jobs:"]
     for i in range(scenario.jobs):
@@ -214,7 +216,7 @@ async def run_baseline(checked: Checked, client: PixverseClient, out: Path, s: S
 async def fill_account(client: PixverseClient, sim: Simulator, s: Scenario) -> float:
     """Another client takes every slot for `other_holds`; returns when they end (sim clock)."""
     config = sim.config
-    media = (await client.upload(REPO / "manifests" / "media" / "intro.mp4")).media_id
+    media = (await client.upload(SAMPLE_VIDEO)).media_id
     per_input, config.generation_per_input_second = config.generation_per_input_second, 0.0
     jitter, config.generation_jitter = config.generation_jitter, 0.0
     generation, config.generation_seconds = config.generation_seconds, s.other_holds

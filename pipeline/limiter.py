@@ -22,9 +22,22 @@ Contract (every number is "generations of this run on the account"):
   the first waiting job submits after a backoff that starts at `probe_first` and doubles up to
   `probe_max` (the poll interval). Every other job waits for a slot this run gives back or for
   the probe's acceptance, which ends the refusal and restarts slow start from there.
-* Above the ceiling, rarely: after `above_after` generations finished while at the ceiling, or
-  `above_every` seconds, one submission above it. Accepted, the ceiling grows by one; refused,
-  both intervals double. Someone else's load never lowers the ceiling.
+* One refusal is one sample. Nothing in a 500044 tells "the account's limit is N" from
+  "someone else held some slots for a moment" (another client, a nightly run's leftovers, the
+  console): only a try above the ceiling does, and at the true limit each try costs a refused
+  request. So a ceiling just learned from a refusal is *provisional*: it is tried again every
+  `provisional_turns` turnovers of its slots (that many times the ceiling of generations
+  finished at it), until `confirm_tries` tries above it were refused (the limit came back with
+  other generations running: it is the account's). The beat is long enough that a short run at
+  its true limit pays one refusal only (13 jobs at limit 2: about 6 turnovers in all), short
+  enough that a foreign load at the start does not keep the run low for the rest of it.
+* Above a confirmed ceiling, rarely: after `above_after` generations finished while at the
+  ceiling, or `above_every` seconds, one submission above it. Every refused try (provisional or
+  not) doubles both intervals, so a long run at its true limit pays a handful of refusals.
+* A try above accepted shows the ceiling was low (someone else's load when it was learned, or
+  counted low): slow start climbs again from there, one more per acceptance up to `maximum`,
+  and the next refusal at or above the old ceiling sets the new one (provisional again; never
+  below the old). Someone else's load never lowers the ceiling.
 * Counted, not guessed: "running" is what this run knows, and a generation may have ended
   since its last poll. So a ceiling learned from a refusal, or grown by an acceptance, counts
   only the generations seen still running (`seen_running`) after that answer; one seen ended
@@ -50,6 +63,8 @@ class LimiterTiming:
     probe_max: float = 5.0  # the probe backoff grows to this (the poll interval)
     above_after: int = 20  # generations finished at the ceiling before one try above it
     above_every: float = 120.0  # or this many seconds, whichever comes first
+    provisional_turns: int = 6  # a provisional ceiling: a try above every 6 x ceiling finishes
+    confirm_tries: int = 2  # refused tries above that make a learned ceiling the account's
 
 
 @dataclass(eq=False)
@@ -71,6 +86,7 @@ class _Evidence:
     raise_: bool
     value: int
     unsure: set[Permit]
+    floor: int = 1  # a refusal never takes the ceiling below this (what the account took)
 
 
 @dataclass(eq=False)
@@ -106,7 +122,9 @@ class SlotLimiter:
         self._probe_out = False  # a probe (refusing) or an above-ceiling try is in flight
         self._prober: anyio.CancelScope | None = None  # the waiter sleeping until `_probe_at`
         self._prober_waiter: _Waiter | None = None
-        self._finished_at_ceiling = 0
+        self._finished_at_ceiling = 0  # since the ceiling was learned or last tried
+        self._confirm_left = 0  # refused tries above still needed to confirm the ceiling
+        self._climb = False  # a try above was accepted: slow start again, up to the maximum
         self._above_after = self.timing.above_after
         self._above_every = self.timing.above_every
         self._above_since = clock()
@@ -130,8 +148,14 @@ class SlotLimiter:
         """For the progress line: slots in use / the ceiling (or the maximum, not yet met)."""
         if self.ceiling is None:
             return f"slots {self._running}/{self.maximum}"
+        how = ", provisional" if self.provisional else ", climbing" if self._climb else ""
         refusing = ", account busy elsewhere" if self.refusing else ""
-        return f"slots {self._running}/{self.ceiling} (learned ceiling{refusing})"
+        return f"slots {self._running}/{self.ceiling} (learned ceiling{how}{refusing})"
+
+    @property
+    def provisional(self) -> bool:
+        """The ceiling rests on too few refusals to be the account's: tried again soon."""
+        return self.ceiling is not None and self._confirm_left > 0 and not self._climb
 
     # asking ---------------------------------------------------------------------------------
 
@@ -211,6 +235,7 @@ class SlotLimiter:
             self.refusing = False  # the account took one more: slow start again from here
         if permit.above:
             self._above_reset(self._above_after, self._above_every)
+            self._climb = True  # the ceiling was low: find the account's limit again
         if self.ceiling is not None and self._running > self.ceiling:
             self._learn(_Evidence(raise_=True, value=self._running, unsure=others))
         if not self.refusing:  # while refusing, only the probe's acceptance opens up
@@ -228,9 +253,12 @@ class SlotLimiter:
         running = self._running
         if permit.above:
             self._above_reset(2 * self._above_after, 2 * self._above_every)
-        if self.ceiling is None and running > 0:
-            self.ceiling = running  # at most: see `_settle`
-            self._learn(_Evidence(raise_=False, value=running, unsure=set(self._runs)))
+        learning = self.ceiling is None or self._climb  # slow start, or a climb above it
+        if learning and running > (self.ceiling or 0):
+            self._set_ceiling(running)
+        elif self.ceiling is not None and running >= self.ceiling:
+            self._climb = False
+            self._confirm_left = max(0, self._confirm_left - 1)  # the limit came back
         if self.ceiling is not None and running >= self.ceiling:
             self._cap = self.ceiling  # our own limit: the next release lets the next job in
             return
@@ -269,7 +297,20 @@ class SlotLimiter:
     # internals ------------------------------------------------------------------------------
 
     def _target(self) -> int:
-        return self.maximum if self.ceiling is None else min(self.maximum, self.ceiling)
+        if self.ceiling is None or self._climb:
+            return self.maximum
+        return min(self.maximum, self.ceiling)
+
+    def _set_ceiling(self, running: int) -> None:
+        """A refusal while holding `running`, with no ceiling yet or climbing above it: the
+        account's limit as this run sees it, provisional, never below the ceiling it passed."""
+        floor = self.ceiling or 1
+        self.ceiling = running  # at most: see `_settle`
+        self._climb = False
+        self._confirm_left = self.timing.confirm_tries
+        self._evidence.clear()  # older answers: this one is newer
+        self._above_reset(self._above_after, self._above_every)
+        self._learn(_Evidence(raise_=False, value=running, unsure=set(self._runs), floor=floor))
 
     def _learn(self, evidence: _Evidence) -> None:
         self._evidence.append(evidence)
@@ -278,7 +319,7 @@ class SlotLimiter:
     def _settle(self, evidence: _Evidence) -> None:
         """Apply what is sure of `evidence` so far; drop it once nothing is unsure."""
         if not evidence.raise_ and self.ceiling is not None:
-            self.ceiling = max(1, min(self.ceiling, evidence.value))
+            self.ceiling = max(evidence.floor, min(self.ceiling, evidence.value))
             self._cap = min(self._cap, self._target())
         if evidence.raise_ and (self.ceiling is None or evidence.value <= self.ceiling):
             evidence.unsure.clear()  # nothing left to raise
@@ -294,16 +335,22 @@ class SlotLimiter:
         self._above_since = self._clock()
 
     def _above_due(self) -> bool:
+        ceiling = self.ceiling
+        if (
+            ceiling is None
+            or self.refusing
+            or self._probe_out
+            or self._climb  # slow start is on its way up already
+            or ceiling >= self.maximum
+            or self.held >= self.maximum
+            or self._running < ceiling
+        ):
+            return False
+        finished = self._finished_at_ceiling
+        if self._confirm_left > 0 and finished >= self.timing.provisional_turns * ceiling:
+            return True
         return (
-            self.ceiling is not None
-            and not self.refusing
-            and not self._probe_out
-            and self.ceiling < self.maximum
-            and self._running >= self.ceiling
-            and (
-                self._finished_at_ceiling >= self._above_after
-                or self._clock() - self._above_since >= self._above_every
-            )
+            finished >= self._above_after or self._clock() - self._above_since >= self._above_every
         )
 
     def _dispatch(self) -> None:

@@ -191,6 +191,98 @@ async def test_above_the_ceiling_rarely_and_less_often_after_each_refusal() -> N
     assert limiter.rejections == 2
 
 
+class AtCeiling:
+    """Generations at the ceiling: each `turn` ends the oldest and sends its replacement."""
+
+    def __init__(self, limiter: SlotLimiter, permits: list[Permit]) -> None:
+        self.limiter, self.permits = limiter, permits
+
+    @classmethod
+    async def learned(cls, maximum: int, timing: LimiterTiming) -> AtCeiling:
+        """Two accepted, the third refused: a ceiling of 2, both seen running after it."""
+        limiter = SlotLimiter(maximum, timing)
+        permits = await fill(limiter, 2)
+        limiter.rejected(await limiter.acquire())
+        polled(limiter, permits)
+        return cls(limiter, permits)
+
+    async def turn(self) -> None:
+        self.limiter.release(self.permits.pop(0))
+        permit = await self.limiter.acquire()
+        self.limiter.accepted(permit)
+        self.permits.append(permit)
+        polled(self.limiter, self.permits)
+
+    async def turns_until_a_try_above(self, most: int) -> int:
+        """Finishes until one try above the ceiling is granted (held, not answered yet)."""
+        for count in range(1, most + 1):
+            await self.turn()
+            above = await try_acquire(self.limiter)
+            if above is not None:
+                assert above.above
+                self.above = above
+                return count
+        raise AssertionError(f"no try above the ceiling in {most} finishes")
+
+
+async def test_a_first_ceiling_is_provisional_and_tried_again_on_a_short_beat_until_confirmed() -> (
+    None
+):
+    """R1: a refusal may come from someone else holding slots for a moment, so one refusal
+    is not the account's limit: it is tried again every `provisional_turns` turnovers until
+    `confirm_tries` tries were refused; then rarely, every refusal doubling the interval."""
+    timing = LimiterTiming(above_after=20, above_every=1e9, provisional_turns=3, confirm_tries=2)
+    slots = await AtCeiling.learned(5, timing)
+    limiter = slots.limiter
+    assert (limiter.ceiling, limiter.provisional) == (2, True)
+    assert await slots.turns_until_a_try_above(50) == 6  # 3 turnovers of 2 slots
+    limiter.rejected(slots.above)
+    assert (limiter.ceiling, limiter.provisional) == (2, True)  # once is not yet the limit
+    assert await slots.turns_until_a_try_above(50) == 6  # the same beat, not doubled
+    limiter.rejected(slots.above)
+    assert (limiter.ceiling, limiter.provisional) == (2, False)  # came back: the account's
+    # rare from now on: above_after doubled by each of the two refusals
+    assert await slots.turns_until_a_try_above(200) == 80
+    assert limiter.rejections == 3
+
+
+async def test_an_accepted_try_above_climbs_again_one_more_per_acceptance() -> None:
+    """The ceiling was someone else's load: the next tries do not wait another interval each."""
+    slots = await AtCeiling.learned(5, LimiterTiming(above_after=4, above_every=1e9))
+    limiter = slots.limiter
+    await slots.turns_until_a_try_above(10)
+    async with anyio.create_task_group() as tg:
+        jobs = Jobs(limiter, tg)
+        jobs.ask(5)
+        limiter.accepted(slots.above)  # the account took a third
+        assert len(await jobs.settle()) == 1  # slow start again: one more ...
+        limiter.accepted(jobs.granted[0])
+        assert len(await jobs.settle()) == 2  # ... per acceptance
+        limiter.accepted(jobs.granted[1])
+        assert len(await jobs.settle()) == 2  # --concurrency 5 reached
+        assert limiter.held == 5
+        tg.cancel_scope.cancel()
+    assert limiter.rejections == 1
+
+
+async def test_a_refusal_in_the_climb_sets_the_ceiling_never_below_the_old_one() -> None:
+    slots = await AtCeiling.learned(6, LimiterTiming(above_after=1, above_every=1e9))
+    limiter = slots.limiter
+    await slots.turns_until_a_try_above(5)
+    limiter.accepted(slots.above)
+    climbing = await limiter.acquire()  # granted at once: the climb
+    limiter.accepted(climbing)
+    refused = await limiter.acquire()
+    limiter.rejected(refused)  # 500044 with 4 running: the account's limit, as far as known
+    assert (limiter.ceiling, limiter.provisional) == (4, True)
+    assert limiter.limit == 4
+    for permit in [*slots.permits, slots.above]:
+        limiter.release(permit)  # seen ended, never seen running after the refusal
+    assert limiter.ceiling == 2  # counted low, but not below what the account took before
+    assert limiter.limit == 2
+    assert await try_acquire(limiter) is not None  # one running of two: room for one more
+
+
 async def test_a_generation_seen_ended_after_a_refusal_is_not_counted() -> None:
     """A generation may end unseen between polls: counted at a 500044, it would make the
     ceiling too high, and every later refusal would read as someone else's load."""

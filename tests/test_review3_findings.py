@@ -14,10 +14,6 @@ from tests.harness import FAST_RETRY, SAMPLES, fast_sim, project, run_once, tts_
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: a first 500044 caused by a brief foreign load pins the ceiling low; slots idle",
-)
 async def test_r1_a_brief_foreign_load_at_the_start_does_not_halve_the_run(tmp_path: Path) -> None:
     """Another client holds 2 of 4 slots for about half a second as the run starts. The run's
     third submission is refused while it has 2 running, so the limiter takes 2 as the account's
