@@ -21,7 +21,7 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -133,6 +133,9 @@ class ReportRow:
         )
 
 
+_ROW_FIELDS = tuple(f.name for f in fields(ReportRow))
+
+
 def build_rows(records: Sequence[JobRecord], stopped_by: str | None = None) -> list[ReportRow]:
     """One row a job. `stopped_by` (why the run ended early) becomes the error of unfinished
     jobs that have none of their own, so report.csv alone tells the morning why."""
@@ -199,8 +202,12 @@ def job_rows(
     `--keep-going`) show as failed, whatever their record says."""
     base = manifest.path.resolve().parent
     rows = []
+    # read once for every job: thousands of jobs, four queries each, were seconds
+    records = {r.id: r for r in store.jobs()} if store is not None else {}
+    histories = store.histories() if store is not None else {}
+    media = store.media_ids() if store is not None else {}
     for job in manifest.jobs:
-        record = store.find(job.id) if store is not None else None
+        record = records.get(job.id)
         if record is not None:
             row = replace(ReportRow.from_record(record), run_id=run_id)
         else:
@@ -218,14 +225,14 @@ def job_rows(
             row = replace(row, language=job.dub.lang)
         scope = (key_scopes or {}).get(record.key_fp or "", media_scope) if record else media_scope
         if store is not None and hashes is not None and scope is not None:
-            row = replace(row, media_ids=_media_ids(job, store, hashes, scope))
-        if store is not None and record is not None:
-            history = store.history(job.id)
+            row = replace(row, media_ids=_media_ids(job, media, hashes, scope))
+        if record is not None:
+            history = histories.get(job.id, [])
             row = replace(
                 row, trace_ids=_trace_ids(history), stage_seconds=_stage_seconds(history, now)
             )
-        if row.state in (JobState.DONE.value, SUSPECT) and row.output:
-            duration, resolution = _probed(Path(row.output))
+        if record is not None and row.state in (JobState.DONE.value, SUSPECT) and row.output:
+            duration, resolution = _result_facts(record, Path(row.output))
             row = replace(row, duration=duration, resolution=resolution)
         rows.append(row)
     return rows
@@ -250,12 +257,12 @@ def _inputs(job: Job, base: Path, hashes: Mapping[Path, str]) -> list[dict[str, 
 
 
 def _media_ids(
-    job: Job, store: StateStore, hashes: Mapping[Path, str], scope: str
+    job: Job, media: Mapping[tuple[str, str], int], hashes: Mapping[Path, str], scope: str
 ) -> dict[str, int]:
     ids = {}
     for name, path in (("video", job.video), ("audio", job.audio)):
         if path is not None and path in hashes:
-            media_id = store.media_id(hashes[path], scope)
+            media_id = media.get((hashes[path], scope))
             if media_id is not None:
                 ids[name] = media_id
     return ids
@@ -283,6 +290,19 @@ def _stage_seconds(history: Sequence[Event], now: float) -> dict[str, float]:
     return {state: round(value, 1) for state, value in seconds.items()}
 
 
+def _result_facts(record: JobRecord, output: Path) -> tuple[float | None, str | None]:
+    """Duration and resolution of a result: as its download read them (state 0010) while the
+    file still has the length it was downloaded with, else probed now."""
+    if record.result_seconds is not None and record.bytes is not None:
+        try:
+            unchanged = output.stat().st_size == record.bytes
+        except OSError:
+            unchanged = False
+        if unchanged:
+            return record.result_seconds, record.result_resolution
+    return _probed(output)
+
+
 def _probed(output: Path) -> tuple[float | None, str | None]:
     """Duration and resolution of a result as FFmpeg reads it, or None when it cannot."""
     try:
@@ -303,19 +323,25 @@ def write_report(
     json path. Every text passes `redact` (the API key must not reach a report); raises
     DiskError."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    document = {**extra, "summary": summary_counts(rows), "jobs": [asdict(r) for r in rows]}
+    jobs = [_as_dict(r) for r in rows]
+    document = {**extra, "summary": summary_counts(rows), "jobs": jobs}
     json_path = output_dir / "report.json"
     atomic_write(json_path, redact(json.dumps(document, indent=2, ensure_ascii=False) + "\n"))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_value(k, v) for k, v in asdict(row).items()})
+    for job in jobs:
+        writer.writerow({k: _csv_value(k, v) for k, v in job.items()})
     atomic_write(output_dir / "report.csv", redact(buffer.getvalue()))
     code = extra.get("exit_code")
     meaning = MEANINGS.get(code) if isinstance(code, int) else None
     atomic_write(output_dir / PAGE_NAME, redact(build_page(document, output_dir, meaning)))
     return json_path
+
+
+def _as_dict(row: ReportRow) -> dict[str, object]:
+    """`dataclasses.asdict` without its deep copy (a row's lists and dicts are only read)."""
+    return {name: getattr(row, name) for name in _ROW_FIELDS}
 
 
 def _csv_value(name: str, value: object) -> object:

@@ -60,7 +60,7 @@ from pipeline.jobstate import JobState
 from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
 from pipeline.longform.run import LongJobs
 from pipeline.manifest import Job
-from pipeline.media import result_problem
+from pipeline.media import ResultCheck, judge_result
 from pipeline.outputs import archive_path, result_path
 from pipeline.plan import WorkQueue, estimate_credits, generate_body, input_seconds
 from pipeline.poller import Poller
@@ -203,6 +203,7 @@ class _Run:
     problem: FatalError | StateError | DiskError | TransientError | None = None
     # one upload per distinct content and key, however many jobs share it
     media_locks: dict[tuple[str, str], anyio.Lock] = field(default_factory=dict)
+    media_cache: dict[tuple[str, str], int] = field(default_factory=dict)  # (sha256, scope)
     changed_media: set[str] = field(default_factory=set)  # checked hashes whose file changed
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
     _watched: dict[int, PixverseClient] = field(default_factory=dict)  # video id -> its key's
@@ -657,6 +658,10 @@ class _Run:
         for path in job.media_paths():
             facts = self.checked.media[path]
             kind = facts.info.kind
+            known = self.media_cache.get((facts.sha256, scope))
+            if known is not None:  # the state file's, as this run last read or wrote it
+                ids[path] = known
+                continue
             lock = self.media_locks.setdefault((facts.sha256, scope), anyio.Lock())
             async with lock:  # one upload per distinct content, however many jobs share it
                 media_id = self.store.media_id(facts.sha256, scope)
@@ -681,7 +686,7 @@ class _Run:
                         media_id,
                         f" (key {account.key_fp})" if self.pool.several else "",
                     )
-            ids[path] = media_id
+            ids[path] = self.media_cache[facts.sha256, scope] = media_id
         return ids
 
     async def _submit(self, job: Job, record: JobRecord, ticket: _Ticket) -> JobRecord:
@@ -705,7 +710,9 @@ class _Run:
         except StaleMediaError:
             self._drop_slot(ticket)
             for path in job.media_paths():
-                self.store.forget_media(self.checked.media[path].sha256, account.media_scope)
+                sha256 = self.checked.media[path].sha256
+                self.store.forget_media(sha256, account.media_scope)
+                self.media_cache.pop((sha256, account.media_scope), None)
             if ticket.reuploaded:
                 raise
             ticket.reuploaded = True
@@ -861,32 +868,36 @@ class _Run:
         link = self._links.pop(job_id, Link(None, None))
         client = account.client
         async with self.downloads:
-            size = await download_result(client, record.video_id, dest, link, sleep=self.sleep)
-        log.info("%s: downloaded %s (%d bytes)", job_id, dest, size)
-        suspect = await anyio.to_thread.run_sync(self._suspect, job, dest)
+            fetched = await download_result(client, record.video_id, dest, link, sleep=self.sleep)
+        log.info("%s: downloaded %s (%d bytes)", job_id, dest, fetched.size)
+        suspect = self._suspect(job, fetched.check)
         if suspect is not None:
             # paid for: kept where it is, flagged, never regenerated without --redo
             log.warning("%s: suspect result, kept as %s: %s", job_id, dest, suspect)
+        info = fetched.check.info
         return self.store.transition(
             job_id,
             JobState.DONE,
             f"downloaded; suspect: {suspect}" if suspect else "downloaded",
             output=str(dest),
-            bytes=size,
+            bytes=fetched.size,
             error=f"suspect result: {suspect}" if suspect else None,
             suspect=suspect,
+            result_seconds=round(info.duration, 3),
+            result_resolution=f"{info.width}x{info.height}" if info.width and info.height else None,
         )
 
-    def _suspect(self, job: Job | None, path: Path) -> str | None:
-        """Why the downloaded result at `path` looks wrong (`media.result_problem`), or None.
-        The audio's length is the yardstick; for TTS (or an archived record) only the frame."""
+    def _suspect(self, job: Job | None, check: ResultCheck) -> str | None:
+        """Why the downloaded result looks wrong (`media.judge_result` of the download's own
+        check), or None. The audio's length is the yardstick; for TTS (or an archived record)
+        only the frame."""
         media = self.checked.media
         audio = video = None
         if job is not None and job.audio is not None and job.audio in media:
             audio = media[job.audio].info.duration
         if job is not None and job.video is not None and job.video in media:
             video = media[job.video].info.duration
-        return result_problem(path, audio, video)
+        return judge_result(check, audio, video)
 
 
 def _redo_segments(redo: frozenset[str], longform: LongJobs) -> frozenset[str]:

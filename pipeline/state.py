@@ -149,6 +149,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         )
         """,
     ),
+    (
+        # The result as the download's check read it (seconds, "WIDTHxHEIGHT"), so a report
+        # of 10,000 results does not open each file again (issue 6); a file whose length is no
+        # longer `bytes` is read again.
+        "0010_result_facts",
+        """
+        ALTER TABLE jobs ADD COLUMN result_seconds REAL;
+        ALTER TABLE jobs ADD COLUMN result_resolution TEXT;
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -182,6 +192,8 @@ _UPDATABLE = frozenset(
         "err_msg",
         "inputs",
         "suspect",
+        "result_seconds",
+        "result_resolution",
     }
 )
 _ERROR_FACTS = ("error_class", "err_code", "err_msg")
@@ -231,6 +243,8 @@ class JobRecord:
     err_msg: str | None = None  # the API's ErrMsg behind `error`
     inputs: str | None = None  # JSON of `plan.input_facts` when the record was (re)started
     suspect: str | None = None  # a done result that failed its probe: why (kept, flagged)
+    result_seconds: float | None = None  # the result's length as its download's check read it
+    result_resolution: str | None = None  # its "WIDTHxHEIGHT", read then
 
     @property
     def archived(self) -> bool:
@@ -238,7 +252,11 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
-        values = dict(row)
+        return cls.from_values(dict(row))
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> JobRecord:
+        """A record from its columns' values, as SQLite gives them back (ints for flags)."""
         values["state"] = JobState(values["state"])
         # `status` reads a file read-only, unmigrated: columns of later migrations may be missing
         for name in (
@@ -249,6 +267,8 @@ class JobRecord:
             *_ERROR_FACTS,
             "inputs",
             "suspect",
+            "result_seconds",
+            "result_resolution",
         ):
             values.setdefault(name, None)
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))
@@ -281,6 +301,9 @@ class StateStore:
         self._lock_fd = lock_fd
         self._clock = clock
         self._redact = redact  # applied to every `error` and event detail before it is saved
+        # `total_credits` once read, then kept up to date by `_update` (the only writer of
+        # `credits`): summing every record per submission made a long run quadratic
+        self._credits: int | None = None
 
     @classmethod
     def open(
@@ -389,16 +412,19 @@ class StateStore:
         """Move a job to `target` (checked against the table) and save `fields`, atomically."""
         current = self.job(job_id)
         check_transition(job_id, current.state, target)
-        return self._update(job_id, current.state, target, detail, fields)
+        return self._update(current, target, detail, fields)
 
     def update(self, job_id: str, detail: str = "", **fields: Any) -> JobRecord:
         """Save `fields` without a state change (a new trace id, a count)."""
         current = self.job(job_id)
-        return self._update(job_id, current.state, current.state, detail, fields)
+        return self._update(current, current.state, detail, fields)
 
     def _update(
-        self, job_id: str, current: JobState, target: JobState, detail: str, fields: dict[str, Any]
+        self, record: JobRecord, target: JobState, detail: str, fields: dict[str, Any]
     ) -> JobRecord:
+        """Write the change, committed, and return the record as it now is in the file (made
+        from `record` and the change: reading it back cost a query per write)."""
+        job_id, current = record.id, record.state
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not job fields: {sorted(unknown)}")
@@ -410,10 +436,16 @@ class StateStore:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         sets = "state = ?, updated_at = ?" + (", " + assignments if fields else "")
         sql = f"UPDATE jobs SET {sets} WHERE id = ?"  # names come from _UPDATABLE
+        now = self._clock()
         with self._write():
-            self._conn.execute(sql, (target.value, self._clock(), *fields.values(), job_id))
+            changed = self._conn.execute(sql, (target.value, now, *fields.values(), job_id))
+            if changed.rowcount != 1:
+                raise StateError(f"job '{job_id}' is not in the state file")
             self._event(job_id, current, target, detail)
-        return self.job(job_id)
+        if self._credits is not None and "credits" in fields:
+            self._credits += int(fields["credits"]) - record.credits
+        values = {**record.__dict__, **fields, "state": target, "updated_at": now}
+        return JobRecord.from_values(values)
 
     def reassign(
         self,
@@ -472,10 +504,22 @@ class StateStore:
         ).fetchall()
         return [Event(float(r[0]), r[1], r[2], r[3] or "") for r in rows]
 
+    def histories(self) -> dict[str, list[Event]]:
+        """Every job's `history`, by job id, in one read (a report of thousands of jobs)."""
+        found: dict[str, list[Event]] = {}
+        rows = self._conn.execute(
+            "SELECT job_id, at, from_state, to_state, detail FROM events ORDER BY job_id, seq"
+        )
+        for r in rows:
+            found.setdefault(r[0], []).append(Event(float(r[1]), r[2], r[3], r[4] or ""))
+        return found
+
     def total_credits(self) -> int:
         """Net credits of every record, archived ones too: what all runs have cost."""
-        row = self._conn.execute("SELECT coalesce(sum(credits), 0) FROM jobs").fetchone()
-        return int(row[0])
+        if self._credits is None or self._lock_fd is None:  # read-only: a run may be writing
+            row = self._conn.execute("SELECT coalesce(sum(credits), 0) FROM jobs").fetchone()
+            self._credits = int(row[0])
+        return self._credits
 
     # media --------------------------------------------------------------------------------
 
@@ -484,6 +528,11 @@ class StateStore:
             "SELECT media_id FROM media WHERE sha256 = ? AND base_url = ?", (sha256, base_url)
         ).fetchone()
         return None if row is None else int(row["media_id"])
+
+    def media_ids(self) -> dict[tuple[str, str], int]:
+        """Every cached media id, by (sha256, base URL and key scope)."""
+        rows = self._conn.execute("SELECT sha256, base_url, media_id FROM media")
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
 
     def save_media(self, sha256: str, base_url: str, kind: str, media_id: int) -> None:
         with self._write():
