@@ -217,26 +217,30 @@ def write_manifest(root: Path, jobs: int, videos: list[str]) -> Path:
 
 
 def make_noise_video(path: Path, megabytes: float) -> Path:
-    """A real H.264 mp4 of about `megabytes` MB: noise frames barely compress. Under the API's
-    30 s and 1920 px, so preflight and the simulator take it as an upload."""
+    """A real H.264 mp4 of about `megabytes` MB (10^6 bytes; the API allows 50 MiB): noise
+    frames do not compress. Under the API's 30 s and 1920 px, so preflight and the simulator
+    take it as an upload."""
     import av
 
-    width, height, fps = 1280, 720, 25
+    width, height, fps = 640, 360, 25
     frame_bytes = width * height * 3 // 2
+    target = megabytes * 1e6
     with av.open(str(path), "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps, options={"qp": "0", "preset": "ultrafast"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        written, i = 0, 0
-        while written < megabytes * 1e6 * 0.98:
+        written = packets = frames = 0
+        # the encoder holds a frame or two back: stop when what it holds would reach the size
+        while packets == 0 or written + (frames - packets + 1) * written / packets < target:
             frame = av.VideoFrame(width, height, "yuv420p")
             noise = os.urandom(frame_bytes)
             for plane, start, size in _planes(frame, width, height):
                 plane.update(noise[start : start + size])
-            frame.pts, frame.time_base = i, Fraction(1, fps)
+            frame.pts, frame.time_base = frames, Fraction(1, fps)
+            frames += 1
             for packet in stream.encode(frame):
                 written += packet.size
+                packets += 1
                 out.mux(packet)
-            i += 1
         for packet in stream.encode(None):
             out.mux(packet)
     return path

@@ -89,6 +89,7 @@ class Poller:
         self._decided_at = 0  # samples learned when `_by_size` was last decided
         self._learned = 0  # samples learned in all
         self._cdfs: dict[bool, _Cdf] = {}  # per model, built on first use after a change
+        self._built_at = 0  # samples learned when the distributions were last dropped
         self._wake: anyio.CancelScope | None = None
         self._calls = anyio.CapacityLimiter(POLLS_AT_ONCE)
         self.polls = 0  # status calls made (benchmarks read it)
@@ -226,7 +227,9 @@ class Poller:
     def _learn(self, sample: _Sample) -> None:
         self._samples.append(sample)
         self._learned += 1
-        self._cdfs.clear()
+        # built again after every new sample while few are known, then after each tenth more
+        if self._learned - self._built_at >= max(1, len(self._samples) // 10):
+            self._cdfs.clear()
 
     def _model(self, size: float | None) -> tuple[_Cdf, float] | None:
         """Where generations like this one end: the distribution, and the factor its times
@@ -238,6 +241,7 @@ class Poller:
         by_size = bool(self.size_predicts() and size)
         cdf = self._cdfs.get(by_size)
         if cdf is None:
+            self._built_at = self._learned
             if by_size:
                 cdf = _Cdf([(s.low / s.size, s.high / s.size) for s in samples if s.size])
             else:

@@ -150,6 +150,7 @@ class _Ticket:
     pool: AccountPool
     job_id: str
     admitted: bool = True
+    downloading: bool = False  # holds a place among the jobs between generation and DONE
     binding: Binding = field(default_factory=Binding)  # the key it goes to (`pipeline.pool`)
     permit: Permit | None = None  # the generation slot, while held
     holder: Account | None = None  # whose slot `permit` is
@@ -197,6 +198,7 @@ class _Run:
     pool: AccountPool = field(init=False)
     poller: Poller = field(init=False)
     admission: anyio.Semaphore = field(init=False)
+    download_queue: anyio.Semaphore = field(init=False)  # jobs past generation, not yet DONE
     uploads: anyio.CapacityLimiter = field(init=False)
     downloads: anyio.CapacityLimiter = field(init=False)
     stop_submitting: anyio.Event = field(default_factory=anyio.Event)
@@ -234,6 +236,7 @@ class _Run:
         self.poller = Poller(self._status, o.poll_interval, sleep=self.sleep)
         keys = len(self.clients)
         self.admission = anyio.Semaphore(keys * (o.concurrency + max(0, o.upload_ahead)))
+        self.download_queue = anyio.Semaphore(keys * (o.concurrency + max(0, o.upload_ahead)))
         self.uploads = anyio.CapacityLimiter(o.upload_concurrency)
         self.downloads = anyio.CapacityLimiter(o.download_concurrency)
 
@@ -453,6 +456,7 @@ class _Run:
             self._drop_slot(ticket)
             self.pool.unbind(ticket.binding)
             self._leave_admission(ticket)
+            self._leave_download_queue(ticket)
             self._settle(job_id)
             self._tickets.discard(ticket)
 
@@ -500,6 +504,21 @@ class _Run:
             account.saved_ceiling = ceiling
             key_fp, concurrency = account.key_fp, self.options.concurrency
             self.store.save_slot_ceiling(self.base_url, key_fp, ceiling, concurrency)
+
+    async def _queue_for_download(self, ticket: _Ticket) -> None:
+        """From admission to the download queue: a place there first (so when downloads fall
+        behind, admission stops, and live tasks stay bounded: issue 6 found thousands of
+        finished generations each waiting in a task for one of the download slots), then the
+        admission place goes to the next job. The generation slot was given back already."""
+        if not ticket.downloading:
+            await self.download_queue.acquire()
+            ticket.downloading = True
+        self._leave_admission(ticket)
+
+    def _leave_download_queue(self, ticket: _Ticket) -> None:
+        if ticket.downloading:
+            ticket.downloading = False
+            self.download_queue.release()
 
     def _leave_admission(self, ticket: _Ticket) -> None:
         if ticket.admitted:
@@ -564,7 +583,7 @@ class _Run:
                 )
                 resumed = False
             elif state is JobState.DOWNLOADING:
-                self._leave_admission(ticket)
+                await self._queue_for_download(ticket)
                 dest = result_path(self.options.output_dir, job.id)
                 record = await self._download(job.id, record, dest, ticket.account, job)
             else:
@@ -789,7 +808,7 @@ class _Run:
                 )
                 resumed = False
             elif record.state is JobState.DOWNLOADING:
-                self._leave_admission(ticket)
+                await self._queue_for_download(ticket)
                 dest = archive_path(self.options.output_dir, record_id)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 record = await self._download(record_id, record, dest, ticket.account)

@@ -304,6 +304,9 @@ class StateStore:
         # `total_credits` once read, then kept up to date by `_update` (the only writer of
         # `credits`): summing every record per submission made a long run quadratic
         self._credits: int | None = None
+        # the records as this run last read or wrote them (a run holds the lock: nobody else
+        # writes), so the reads around every write are not queries; none when read-only
+        self._records: dict[str, JobRecord] | None = {} if lock_fd is not None else None
 
     @classmethod
     def open(
@@ -369,14 +372,21 @@ class StateStore:
         return [JobRecord.from_row(r) for r in rows]
 
     def job(self, job_id: str) -> JobRecord:
-        row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        record = self.find(job_id)
+        if record is None:
             raise StateError(f"job '{job_id}' is not in the state file")
-        return JobRecord.from_row(row)
+        return record
 
     def find(self, job_id: str) -> JobRecord | None:
+        if self._records is not None and job_id in self._records:
+            return self._records[job_id]
         row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else JobRecord.from_row(row)
+        if row is None:
+            return None
+        record = JobRecord.from_row(row)
+        if self._records is not None:
+            self._records[job_id] = record
+        return record
 
     def add_job(self, job_id: str, fingerprint: str) -> JobRecord:
         with self._write():
@@ -445,7 +455,10 @@ class StateStore:
         if self._credits is not None and "credits" in fields:
             self._credits += int(fields["credits"]) - record.credits
         values = {**record.__dict__, **fields, "state": target, "updated_at": now}
-        return JobRecord.from_values(values)
+        updated = JobRecord.from_values(values)
+        if self._records is not None:
+            self._records[job_id] = updated
+        return updated
 
     def reassign(
         self,
@@ -462,6 +475,7 @@ class StateStore:
         record's file is now (saved in the same transaction)."""
         outputs = outputs or {}
         states = {old: self.job(old).state for old in renames}
+        self._forget_records()
         with self._write():
             # through temporary ids first: a swap or cycle never has two records on one id
             for old in renames:
@@ -477,6 +491,7 @@ class StateStore:
 
     def save_outputs(self, outputs: Mapping[str, str], detail: str) -> None:
         """Record where files are now (job id -> path), in one transaction."""
+        self._forget_records()
         with self._write():
             for job_id, output in outputs.items():
                 row = self._conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,))
@@ -654,6 +669,11 @@ class StateStore:
             if _disk_problem(exc):
                 raise _disk_error("cannot write the state file", exc) from exc
             raise StateError(f"cannot write state file: {exc}") from exc
+
+    def _forget_records(self) -> None:
+        """Before a write that is not `_update`'s: the records are read again afterwards."""
+        if self._records is not None:
+            self._records.clear()
 
     def _rekey(self, old_id: str, new_id: str) -> None:
         # events are found through the events_job_id index: rows of this job only
