@@ -9,6 +9,7 @@ id (`generate`): when to re-send it, and with which id, is the exactly-once prot
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -80,6 +81,7 @@ class ClientConfig:
         return key_fingerprint(self.api_key)
 
 
+@functools.lru_cache(maxsize=16)  # asked for several times per job (issue 6: CPU per job)
 def key_fingerprint(api_key: str) -> str:
     digest = hashlib.sha256(b"pixverse-batch key fingerprint\0" + api_key.encode())
     return digest.hexdigest()[:12]
@@ -351,7 +353,9 @@ class PixverseClient:
                 ) as response:
                     body = await response.read()
                     status, headers = response.status, dict(response.headers)
-                    self._record(response, body)
+                    self._answered = True
+                    if self._recorder is not None:  # the exchange is built only for it
+                        self._record(response, body)
         except TransportError as exc:
             log.debug("%s trace=%s: no reply (%s) after %s", what, trace_id, exc, _ms(started))
             hinted = self._unreachable(exc)

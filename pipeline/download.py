@@ -135,15 +135,15 @@ async def _receive(response: aiohttp.ClientResponse, tmp: Path, what: str) -> tu
     """Stream the body into `tmp`, fsynced; return (bytes received, bytes written).
 
     Bytes go to the file from a worker thread, `BATCH` at a time (at most that much is held in
-    memory), and the last batch, flush, fsync and close are one trip to the thread: a result
-    of a few hundred kilobytes costs two trips, not one per chunk (issue 6: CPU per job).
+    memory); the file is opened with the first batch, and the last batch, flush, fsync and
+    close are one trip to the thread: a result under a megabyte costs one trip, not one per
+    chunk (issue 6: CPU per job).
 
     Only the file operations are disk errors: a failed read (aiohttp's ClientOSError is an
     OSError too) stays a transport error, mapped where the response was opened."""
     decoder = _Decoder(response.headers.get("Content-Encoding"))
     received = written = 0
-    with map_disk_errors(what):
-        out = await anyio.to_thread.run_sync(_open_for_writing, tmp)
+    out: list[BinaryIO] = []  # the file, once opened
     try:
         batch: list[bytes] = []
         pending = 0
@@ -155,30 +155,32 @@ async def _receive(response: aiohttp.ClientResponse, tmp: Path, what: str) -> tu
             written += len(data)
             if pending >= BATCH:
                 with map_disk_errors(what):
-                    await anyio.to_thread.run_sync(out.writelines, batch)
+                    await anyio.to_thread.run_sync(_write, tmp, out, batch)
                 batch, pending = [], 0
         data = decoder.finish()
         batch.append(data)
         written += len(data)
         with map_disk_errors(what):
-            await anyio.to_thread.run_sync(_finish, out, batch)
+            await anyio.to_thread.run_sync(_finish, tmp, out, batch)
     finally:
-        if not out.closed:
+        if out and not out[0].closed:
             with map_disk_errors(what):
-                out.close()
+                out[0].close()
     return received, written
 
 
-def _open_for_writing(path: Path) -> BinaryIO:
-    return path.open("wb")
+def _write(path: Path, out: list[BinaryIO], batch: list[bytes]) -> None:
+    if not out:
+        out.append(path.open("wb"))
+    out[0].writelines(batch)
 
 
-def _finish(out: BinaryIO, batch: list[bytes]) -> None:
+def _finish(path: Path, out: list[BinaryIO], batch: list[bytes]) -> None:
     """The last bytes, then flush, fsync and close: durable before the rename."""
-    out.writelines(batch)
-    out.flush()
-    os.fsync(out.fileno())
-    out.close()
+    _write(path, out, batch)
+    out[0].flush()
+    os.fsync(out[0].fileno())
+    out[0].close()
 
 
 class _Decoder:

@@ -34,7 +34,7 @@ from pipeline.thumbs import THUMBS, Thumb, prune, thumbnail
 GROUPS = ("failed", "suspect", "unfinished", "done")  # problems first
 _KEY_TABLES = ("accounts", "keys", "per_key")  # where per-key figures may sit
 _PROBLEMS_OPEN = 20  # a longer list of problems starts folded
-MAX_PICTURES = 500  # distinct videos a page shows as thumbnails (see the module docstring)
+MAX_PICTURES = 300  # distinct videos a page shows as thumbnails (see the module docstring)
 
 
 def build_page(document: Mapping[str, Any], out: Path, meaning: str | None = None) -> str:
@@ -194,7 +194,8 @@ class _Pictures:
         self._root = os.path.abspath(out)
         self._thumbs: dict[Path, Thumb | None] = {}  # None: over the page's count
         self._shown = 0
-        self._links: dict[Path, str | None] = {}
+        self._links: dict[Path, str] = {}
+        self._files: dict[Path, str | None] = {}  # None: not a file
 
     def thumb(self, video: Path) -> Thumb | None:
         if video not in self._thumbs:
@@ -208,15 +209,18 @@ class _Pictures:
         return self._thumbs[video]
 
     def link(self, path: Path) -> str:
-        return _link(path, self._root)
+        known = self._links.get(path)
+        if known is None:
+            known = self._links[path] = _link(path, self._root)
+        return known
 
     def file_link(self, path: Path | None) -> str | None:
         """The link to `path` if it is a file, else None."""
         if path is None:
             return None
-        if path not in self._links:
-            self._links[path] = self.link(path) if path.is_file() else None
-        return self._links[path]
+        if path not in self._files:
+            self._files[path] = self.link(path) if path.is_file() else None
+        return self._files[path]
 
 
 def _card(job: Mapping[str, Any], out: Path, base: Path | None, pics: _Pictures) -> str:
@@ -355,7 +359,11 @@ def _link(path: Path, root: str) -> str:
     """A relative URL from the page in `root` (absolute) to `path` (percent-encoded: names
     may hold spaces, #). Made from the names as they are, not with symlinks followed: a
     browser resolves `..` in a URL by its names too (and `resolve` costs a call per folder)."""
-    relative = os.path.relpath(os.path.abspath(path), root)
+    absolute = os.path.abspath(path)
+    if absolute.startswith(root + os.sep):  # inside the output folder: results, thumbnails
+        relative = absolute[len(root) + 1 :]
+    else:
+        relative = os.path.relpath(absolute, root)
     return quote(Path(relative).as_posix())
 
 

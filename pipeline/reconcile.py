@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,10 +323,11 @@ def _recover(store: StateStore, output_dir: Path) -> None:
     name, or at its home (`<job id>.mp4`, or superseded/<archive id>.mp4), with its length and
     no other record's claim. What is found nowhere is downloaded again (never regenerated)."""
     records = store.jobs(archived=True)
-    claimed = {r.output for r in records if r.output and intact(r)}
+    whole = {r.id for r in records if r.output and intact(r)}
+    claimed = {r.output for r in records if r.id in whole}
     found: dict[str, str] = {}
     for record in records:
-        if record.state is not JobState.DONE or record.video_id is None or intact(record):
+        if record.state is not JobState.DONE or record.video_id is None or record.id in whole:
             continue
         home = (archive_path if record.archived else result_path)(output_dir, record.id)
         for candidate in (str(staging_path(output_dir, record.video_id)), str(home)):
@@ -374,8 +377,11 @@ def _movable(record: JobRecord, output_dir: Path) -> bool:
 
 def intact(record: JobRecord, path: Path | None = None) -> bool:
     """Is the record's file (or `path`) there with the record's length?"""
-    where = path if path is not None else (Path(record.output) if record.output else None)
+    where = path if path is not None else record.output
+    if where is None:
+        return False
     try:
-        return where is not None and where.is_file() and where.stat().st_size == record.bytes
+        found = os.stat(where)
     except OSError:
         return False
+    return stat.S_ISREG(found.st_mode) and found.st_size == record.bytes

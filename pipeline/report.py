@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import map_disk_errors
@@ -209,32 +210,31 @@ def job_rows(
     for job in manifest.jobs:
         record = records.get(job.id)
         if record is not None:
-            row = replace(ReportRow.from_record(record), run_id=run_id)
+            row = ReportRow.from_record(record)
         else:
             row = ReportRow(job.id, placeholder, None, None, None, 0, False, 0, 0, None)
-            row = replace(row, run_id=run_id)
+        # every change at once: a `replace` a field was a tenth of a 10,000-job report
+        changes: dict[str, Any] = {"run_id": run_id, "inputs": _inputs(job, base, hashes or {})}
         own = [p for p in problems if p.startswith(f"job '{job.id}'")]
         if own:
-            row = replace(row, error="; ".join(own), error_class="ManifestError")
+            changes.update(error="; ".join(own), error_class="ManifestError")
             if job.id in invalid:
-                row = replace(row, state=JobState.FAILED.value)
+                changes["state"] = JobState.FAILED.value
         elif stopped_by and row.state.startswith("unfinished") and not row.error:
-            row = replace(row, error=f"not finished: {stopped_by}")
-        row = replace(row, inputs=_inputs(job, base, hashes or {}))
+            changes["error"] = f"not finished: {stopped_by}"
         if job.dub is not None:
-            row = replace(row, language=job.dub.lang)
+            changes["language"] = job.dub.lang
         scope = (key_scopes or {}).get(record.key_fp or "", media_scope) if record else media_scope
         if store is not None and hashes is not None and scope is not None:
-            row = replace(row, media_ids=_media_ids(job, media, hashes, scope))
+            changes["media_ids"] = _media_ids(job, media, hashes, scope)
         if record is not None:
             history = histories.get(job.id, [])
-            row = replace(
-                row, trace_ids=_trace_ids(history), stage_seconds=_stage_seconds(history, now)
-            )
-        if record is not None and row.state in (JobState.DONE.value, SUSPECT) and row.output:
-            duration, resolution = _result_facts(record, Path(row.output))
-            row = replace(row, duration=duration, resolution=resolution)
-        rows.append(row)
+            changes["trace_ids"] = _trace_ids(history)
+            changes["stage_seconds"] = _stage_seconds(history, now)
+        state = changes.get("state", row.state)
+        if record is not None and state in (JobState.DONE.value, SUSPECT) and row.output:
+            changes["duration"], changes["resolution"] = _result_facts(record, Path(row.output))
+        rows.append(replace(row, **changes))
     return rows
 
 

@@ -276,6 +276,10 @@ class JobRecord:
         return cls(**values)
 
 
+def _by_id(record: JobRecord) -> str:
+    return record.id
+
+
 class LongRecord(NamedTuple):
     """A long job's row: its plan (JSON, by `basis`) and, once stitched, its result."""
 
@@ -307,6 +311,7 @@ class StateStore:
         # the records as this run last read or wrote them (a run holds the lock: nobody else
         # writes), so the reads around every write are not queries; none when read-only
         self._records: dict[str, JobRecord] | None = {} if lock_fd is not None else None
+        self._all_read = False  # `_records` holds every record (`jobs` filled it)
 
     @classmethod
     def open(
@@ -367,9 +372,18 @@ class StateStore:
 
     def jobs(self, *, archived: bool = False) -> list[JobRecord]:
         """Every job record by id; archived ones (see the module docstring) only if asked."""
-        where = "" if archived else f" WHERE instr(id, '{ARCHIVE_MARK}') = 0"
-        rows = self._conn.execute(f"SELECT * FROM jobs{where} ORDER BY id").fetchall()
-        return [JobRecord.from_row(r) for r in rows]
+        if self._records is None or not self._all_read:
+            rows = self._conn.execute("SELECT * FROM jobs").fetchall()
+            records = {r["id"]: JobRecord.from_row(r) for r in rows}
+            if self._records is None:
+                return sorted(
+                    (r for r in records.values() if archived or not r.archived), key=_by_id
+                )
+            self._records.clear()
+            self._records.update(records)
+            self._all_read = True
+        every = sorted(self._records.values(), key=_by_id)
+        return every if archived else [r for r in every if not r.archived]
 
     def job(self, job_id: str) -> JobRecord:
         record = self.find(job_id)
@@ -389,6 +403,7 @@ class StateStore:
         return record
 
     def add_job(self, job_id: str, fingerprint: str) -> JobRecord:
+        self._all_read = False  # a record the cache has not read
         with self._write():
             self._conn.execute(
                 "INSERT INTO jobs (id, fingerprint, state, updated_at) VALUES (?, ?, ?, ?)",
@@ -401,6 +416,7 @@ class StateStore:
         """`add_job` for many (job id -> fingerprint, with `inputs[job id]` saved as the
         record's `inputs` where given), in one transaction."""
         inputs = inputs or {}
+        self._all_read = False  # records the cache has not read
         with self._write():
             for job_id, fingerprint in jobs.items():
                 self._conn.execute(
@@ -674,6 +690,7 @@ class StateStore:
         """Before a write that is not `_update`'s: the records are read again afterwards."""
         if self._records is not None:
             self._records.clear()
+        self._all_read = False
 
     def _rekey(self, old_id: str, new_id: str) -> None:
         # events are found through the events_job_id index: rows of this job only

@@ -70,8 +70,14 @@ def install(point: str, nth: int) -> None:
 
         client_class.generate = after  # type: ignore[method-assign]
     elif point == "mid-download":
-        opening = pipeline.download._open_for_writing
-        pipeline.download._open_for_writing = lambda path: _DyingFile(opening(path), counter)  # type: ignore[assignment,return-value]
+        writing = pipeline.download._write
+
+        def write(path: Any, out: list[Any], batch: list[bytes]) -> None:
+            if not out:
+                out.append(_DyingFile(path.open("wb"), counter))
+            writing(path, out, batch)
+
+        pipeline.download._write = write
     elif point == "after-rename":
         pipeline.download.place = _after(pipeline.download.place, counter)
     elif point == "take-over":
