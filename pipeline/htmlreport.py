@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 from importlib.resources import files
@@ -40,13 +40,19 @@ MAX_PICTURES = 300  # distinct videos a page shows as thumbnails (see the module
 def build_page(document: Mapping[str, Any], out: Path, meaning: str | None = None) -> str:
     """The page of `document` (report.json's content) written into `out`; `meaning` says
     what the exit code means. Makes missing thumbnails under `out/.thumbs/`, drops stale ones."""
+    return "".join(page_parts(document, out, meaning))
+
+
+def page_parts(
+    document: Mapping[str, Any], out: Path, meaning: str | None = None
+) -> Iterator[str]:
+    """`build_page` a part at a time (the head, each card, the end): a 10,000-job page is
+    written without being held whole. No text of the document spans two parts."""
     base = _manifest_dir(document)
     jobs = [job for job in document.get("jobs") or [] if isinstance(job, Mapping)]
     pictures = _Pictures(out)
-    cards = [_card(job, out, base, pictures) for job in jobs]
-    prune(out / THUMBS, pictures.used)
     title = f"pixverse-batch run {document.get('run_id') or ''}".strip()
-    return "".join(
+    yield "".join(
         [
             '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
@@ -55,12 +61,16 @@ def build_page(document: Mapping[str, Any], out: Path, meaning: str | None = Non
             _top(document, jobs, meaning),
             _controls(jobs),
             '<main id="cards">\n',
-            *cards,
-            "</main>\n",
-            f"<footer>page written {_e(_now())} from the state file, by pixverse-batch"
-            f" {_e(document.get('version') or '')}</footer>\n",
-            f"<script>\n{_asset('report.js')}</script>\n</body>\n</html>\n",
         ]
+    )
+    for job in jobs:
+        yield _card(job, out, base, pictures)
+    prune(out / THUMBS, pictures.used)
+    yield (
+        "</main>\n"
+        f"<footer>page written {_e(_now())} from the state file, by pixverse-batch"
+        f" {_e(document.get('version') or '')}</footer>\n"
+        f"<script>\n{_asset('report.js')}</script>\n</body>\n</html>\n"
     )
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import map_disk_errors
-from pipeline.htmlreport import build_page
+from pipeline.htmlreport import page_parts
 from pipeline.jobstate import JobState
 from pipeline.manifest import Job, Manifest
 from pipeline.media import MediaProbeError, probe
@@ -207,6 +207,7 @@ def job_rows(
     records = {r.id: r for r in store.jobs()} if store is not None else {}
     histories = store.histories() if store is not None else {}
     media = store.media_ids() if store is not None else {}
+    relative: dict[Path, str] = {}
     for job in manifest.jobs:
         record = records.get(job.id)
         if record is not None:
@@ -214,7 +215,8 @@ def job_rows(
         else:
             row = ReportRow(job.id, placeholder, None, None, None, 0, False, 0, 0, None)
         # every change at once: a `replace` a field was a tenth of a 10,000-job report
-        changes: dict[str, Any] = {"run_id": run_id, "inputs": _inputs(job, base, hashes or {})}
+        inputs = _inputs(job, base, hashes or {}, relative)
+        changes: dict[str, Any] = {"run_id": run_id, "inputs": inputs}
         own = [p for p in problems if p.startswith(f"job '{job.id}'")]
         if own:
             changes.update(error="; ".join(own), error_class="ManifestError")
@@ -238,11 +240,17 @@ def job_rows(
     return rows
 
 
-def _inputs(job: Job, base: Path, hashes: Mapping[Path, str]) -> list[dict[str, object]]:
-    """The video source, then the voice: files with their sha256 (None: not checked)."""
+def _inputs(
+    job: Job, base: Path, hashes: Mapping[Path, str], relative: dict[Path, str] | None = None
+) -> list[dict[str, object]]:
+    """The video source, then the voice: files with their sha256 (None: not checked).
+    `relative`: paths relative to `base` already worked out (thousands of jobs share files)."""
+    relative = {} if relative is None else relative
 
     def file(name: str, path: Path) -> dict[str, object]:
-        return {"field": name, "path": os.path.relpath(path, base), "sha256": hashes.get(path)}
+        if path not in relative:
+            relative[path] = os.path.relpath(path, base)
+        return {"field": name, "path": relative[path], "sha256": hashes.get(path)}
 
     inputs: list[dict[str, object]] = []
     if job.video is not None:
@@ -326,31 +334,45 @@ def write_report(
     jobs = [_as_dict(r) for r in rows]
     document = {**extra, "summary": summary_counts(rows), "jobs": jobs}
     json_path = output_dir / "report.json"
-    atomic_write(json_path, redact(_json_text(document)))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for job in jobs:
-        writer.writerow({k: _csv_value(k, v) for k, v in job.items()})
-    atomic_write(output_dir / "report.csv", redact(buffer.getvalue()))
+    # each file a part at a time, each part redacted: a part is whole lines (or a whole
+    # card), so no text that could hold a key spans two of them
+    atomic_write_parts(json_path, map(redact, _json_parts(document)))
+    atomic_write_parts(output_dir / "report.csv", map(redact, _csv_parts(jobs)))
     code = extra.get("exit_code")
     meaning = MEANINGS.get(code) if isinstance(code, int) else None
-    atomic_write(output_dir / PAGE_NAME, redact(build_page(document, output_dir, meaning)))
+    page = page_parts(document, output_dir, meaning)
+    atomic_write_parts(output_dir / PAGE_NAME, map(redact, page))
     return json_path
 
 
-def _json_text(document: Mapping[str, object]) -> str:
+def _csv_parts(jobs: Sequence[Mapping[str, object]], rows: int = 500) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for index, job in enumerate(jobs, 1):
+        writer.writerow({k: _csv_value(k, v) for k, v in job.items()})
+        if index % rows == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _json_parts(document: Mapping[str, object]) -> Iterator[str]:
     """report.json: the run's facts indented, then `jobs` (the last key) one job a line.
     Indenting goes through the json module's Python encoder, its C one only without; for
     10,000 jobs that was seconds, and a line per job reads (and greps) as well."""
     facts = {k: v for k, v in document.items() if k != "jobs"}
-    head = json.dumps(facts, indent=2, ensure_ascii=False)
     jobs = document.get("jobs")
     if not isinstance(jobs, list) or not facts:
-        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    lines = ",\n".join(f"    {json.dumps(job, ensure_ascii=False)}" for job in jobs)
-    body = f"[\n{lines}\n  ]" if jobs else "[]"
-    return f'{head[:-2]},\n  "jobs": {body}\n}}\n'
+        yield json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        return
+    head = json.dumps(facts, indent=2, ensure_ascii=False)
+    yield f'{head[:-2]},\n  "jobs": ' + ("[\n" if jobs else "[]")
+    last = len(jobs) - 1
+    for index, job in enumerate(jobs):
+        yield f"    {json.dumps(job, ensure_ascii=False)}{',' if index < last else ''}\n"
+    yield ("  ]\n}\n" if jobs else "\n}\n")
 
 
 def _as_dict(row: ReportRow) -> dict[str, object]:
@@ -436,12 +458,18 @@ def keys_line(keys: Sequence[Mapping[str, object]]) -> str:
 
 def atomic_write(path: Path, text: str) -> None:
     """Replace `path` with `text` whole, or leave it as it was (and no temporary behind)."""
+    atomic_write_parts(path, [text])
+
+
+def atomic_write_parts(path: Path, parts: Iterable[str]) -> None:
+    """`atomic_write` of the text the `parts` make, written one after the other."""
     tmp = path.with_name(f".{path.name}.tmp")
     placed = False
     with map_disk_errors(f"cannot write {path}"):
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
+                for part in parts:
+                    handle.write(part)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
