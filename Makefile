@@ -28,6 +28,7 @@ test: lint typecheck unit
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_slots.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/bench_scale.py --write docs/benchmarks.md
 
 # The full reliability suite (SIGKILLs, chaos, two runs, disk full, no replay, the state
 # machine), figures printed; about 10 minutes on 2 cores. `make test` runs the fast versions.

@@ -410,13 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_doc(path: Path, table: list[str], took: float) -> None:
-    """Replace the block between the markers in `path` with this run's table."""
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    text = path.read_text(encoding="utf-8") if path.exists() else f"{begin}\n{end}\n"
+def write_doc(path: Path, table: list[str], took: float, marker: str = "bench") -> None:
+    """Replace the block between the `marker` comments in `path` with this run's table (the
+    block goes at the end when the file has no such markers yet)."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
     head, _, rest = text.partition(begin)
     _, _, tail = rest.partition(end)
-    block = "\n".join(table) + f"\n\nThis run of `make bench` took {took:.0f} s.\n"
+    block = "\n".join(table) + f"\n\nThis part of `make bench` took {took:.0f} s.\n"
     path.write_text(f"{head}{begin}\n{block}{end}{tail}", encoding="utf-8")
 
 

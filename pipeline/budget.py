@@ -44,8 +44,11 @@ class Budget:
 
     def ask(self, job_id: str, estimate: int) -> bool:
         """May `job_id` be submitted at about `estimate` credits? Holds the estimate if so."""
+        if self.cap is None:  # granted: what was spent need not be read for it
+            self._held[job_id] = estimate
+            return True
         others = self._spent() + sum(v for k, v in self._held.items() if k != job_id)
-        if self.cap is not None and others + estimate > self.cap:
+        if others + estimate > self.cap:
             self._held.pop(job_id, None)
             if job_id not in self.refused:
                 self.refused.append(job_id)

@@ -9,7 +9,9 @@ id (`generate`): when to re-send it, and with which id, is the exactly-once prot
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -83,6 +85,7 @@ class ClientConfig:
         return key_fingerprint(self.api_key)
 
 
+@functools.lru_cache(maxsize=16)  # asked for several times per job (issue 6: CPU per job)
 def key_fingerprint(api_key: str) -> str:
     digest = hashlib.sha256(b"pixverse-batch key fingerprint\0" + api_key.encode())
     return digest.hexdigest()[:12]
@@ -99,6 +102,33 @@ class Upload:
     media_id: int
     media_type: str  # "video" or "audio", as the server classified it ("" if it did not say)
     sha256: str  # hex digest of exactly the bytes sent
+
+
+class _HashingReader(io.BufferedReader):
+    """An upload's file, read by aiohttp in chunks (from a worker thread), hashing what it
+    reads; a seek back to the start (a re-sent body) starts the hash again."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self._digest = hashlib.sha256()
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._digest.update(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        position = super().seek(offset, whence)
+        if position == 0:
+            self._digest = hashlib.sha256()
+        return position
+
+    def hexdigest(self) -> str:
+        """Of every byte of the file as this reading went (the rest read now, if any)."""
+        if not self.closed:  # aiohttp before 3.10 closes the file once it is sent
+            while self.read(1 << 20):
+                pass
+        return self._digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -389,7 +419,9 @@ class PixverseClient:
                 ) as response:
                     body = await response.read()
                     status, headers = response.status, dict(response.headers)
-                    self._record(response, body)
+                    self._answered = True
+                    if self._recorder is not None:  # the exchange is built only for it
+                        self._record(response, body)
         except TransportError as exc:
             log.debug("%s trace=%s: no reply (%s) after %s", what, trace_id, exc, _ms(started))
             hinted = self._unreachable(exc)
@@ -479,20 +511,21 @@ class PixverseClient:
         the server judges a file by its name. The returned sha256 is of the bytes sent, so the
         caller can tell whether the file changed since it was checked."""
         filename, content_type = _upload_name(path, container)
-        # read once: every attempt sends these bytes, and the digest is theirs
-        data = await anyio.Path(path).read_bytes()  # inputs are capped at 50 MB by preflight
-        digest = await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
         async for attempt in self._retrier():
             with attempt:
-                form = aiohttp.FormData()
-                form.add_field("file", data, filename=filename, content_type=content_type)
-                resp = await self._request(
-                    "POST",
-                    "/media/upload",
-                    trace_id=new_trace_id(),
-                    data=form,
-                    timeout=self.config.transfer_timeout,
-                )
+                # streamed from the file (a 50 MB input is never in memory whole), hashed as it
+                # is read: the digest is of the bytes this attempt sent
+                with _HashingReader(path) as file:
+                    form = aiohttp.FormData()
+                    form.add_field("file", file, filename=filename, content_type=content_type)
+                    resp = await self._request(
+                        "POST",
+                        "/media/upload",
+                        trace_id=new_trace_id(),
+                        data=form,
+                        timeout=self.config.transfer_timeout,
+                    )
+                    digest = await anyio.to_thread.run_sync(file.hexdigest)
                 return Upload(_int(resp, "media_id"), str(resp.get("media_type", "")), digest)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -21,21 +21,22 @@ import random
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-import aiofiles
 import aiohttp
 import anyio
 import anyio.to_thread
 
 from pipeline.client import PixverseClient
 from pipeline.errors import TransientError, TransportError, VideoGoneError, map_disk_errors
-from pipeline.media import MediaProbeError, probe
+from pipeline.media import MediaProbeError, ResultCheck, inspect_result
 from pipeline.outputs import place
 from pipeline.retry import Sleep
 
 log = logging.getLogger("pipeline.download")
 
 CHUNK = 1 << 16
+BATCH = 1 << 20  # bytes handed to the writing thread at once (held in memory meanwhile)
 RESULT_CONTAINERS = frozenset({"mp4", "mov"})  # the ISO family, as media.probe names it
 
 
@@ -49,6 +50,15 @@ class Link:
     size: int | None
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A result in place: its byte count, and what reading it found (`media.inspect_result`:
+    the caller judges it without opening it again)."""
+
+    size: int
+    check: ResultCheck
+
+
 async def download_result(
     client: PixverseClient,
     video_id: int,
@@ -57,8 +67,8 @@ async def download_result(
     *,
     tries: int = 5,
     sleep: Sleep = anyio.sleep,
-) -> int:
-    """Fetch video `video_id` to `dest`; return its byte count. Raises TransientError when
+) -> Fetched:
+    """Fetch video `video_id` to `dest`. Raises TransientError when
     every try failed (the job stays resumable), JobError when the video is gone, DiskError
     when the file cannot be written."""
     last: TransientError | None = None
@@ -89,14 +99,14 @@ async def _fresh_link(client: PixverseClient, video_id: int) -> Link:
     return Link(status.url, status.size)
 
 
-async def fetch_to_file(client: PixverseClient, link: Link, dest: Path) -> int:
-    """Fetch `link` to `dest` (whole, checked, durable) and return its size. Raises
+async def fetch_to_file(client: PixverseClient, link: Link, dest: Path) -> Fetched:
+    """Fetch `link` to `dest` (whole, checked, durable). Raises
     LinkExpiredError, TransportError (a failed or bad transfer), DiskError (a failed write)."""
     with map_disk_errors(f"cannot save {dest}"):  # the rename and the folder's fsync
         return await _fetch(client, link, dest)
 
 
-async def _fetch(client: PixverseClient, link: Link, dest: Path) -> int:
+async def _fetch(client: PixverseClient, link: Link, dest: Path) -> Fetched:
     assert link.url is not None
     tmp = dest.with_name(f".{dest.name}.part")
     placed = False
@@ -110,44 +120,67 @@ async def _fetch(client: PixverseClient, link: Link, dest: Path) -> int:
             received, written = await _receive(response, tmp, f"cannot save {dest}")
         if expected is not None and received != expected:
             raise TransportError(f"got {received} bytes, Content-Length says {expected}")
-        await _check_video(tmp)
-        place(tmp, dest)  # never over a file already there: that one goes to superseded/
+        check = await _check_video(tmp)
+        place(tmp, dest)  # never over a file already there; fsyncs the folder after the rename
         placed = True
-        _fsync_dir(dest.parent)
     finally:
         # only a temporary that exists: on a read-only file system even unlinking a
         # missing file fails (EROFS), which would hide the error that matters
         if not placed and tmp.exists():
             tmp.unlink()
-    return written
+    return Fetched(written, check)
 
 
 async def _receive(response: aiohttp.ClientResponse, tmp: Path, what: str) -> tuple[int, int]:
     """Stream the body into `tmp`, fsynced; return (bytes received, bytes written).
 
+    Bytes go to the file from a worker thread, `BATCH` at a time (at most that much is held in
+    memory); the file is opened with the first batch, and the last batch, flush, fsync and
+    close are one trip to the thread: a result under a megabyte costs one trip, not one per
+    chunk (issue 6: CPU per job).
+
     Only the file operations are disk errors: a failed read (aiohttp's ClientOSError is an
     OSError too) stays a transport error, mapped where the response was opened."""
     decoder = _Decoder(response.headers.get("Content-Encoding"))
     received = written = 0
-    with map_disk_errors(what):
-        out = await aiofiles.open(tmp, "wb")
+    out: list[BinaryIO] = []  # the file, once opened
     try:
+        batch: list[bytes] = []
+        pending = 0
         async for chunk in response.content.iter_chunked(CHUNK):
             received += len(chunk)
             data = decoder.feed(chunk)
-            with map_disk_errors(what):
-                await out.write(data)
+            batch.append(data)
+            pending += len(data)
             written += len(data)
+            if pending >= BATCH:
+                with map_disk_errors(what):
+                    await anyio.to_thread.run_sync(_write, tmp, out, batch)
+                batch, pending = [], 0
         data = decoder.finish()
-        with map_disk_errors(what):
-            await out.write(data)
-            await out.flush()
-            await anyio.to_thread.run_sync(os.fsync, out.fileno())
+        batch.append(data)
         written += len(data)
-    finally:
         with map_disk_errors(what):
-            await out.close()
+            await anyio.to_thread.run_sync(_finish, tmp, out, batch)
+    finally:
+        if out and not out[0].closed:
+            with map_disk_errors(what):
+                out[0].close()
     return received, written
+
+
+def _write(path: Path, out: list[BinaryIO], batch: list[bytes]) -> None:
+    if not out:
+        out.append(path.open("wb"))
+    out[0].writelines(batch)
+
+
+def _finish(path: Path, out: list[BinaryIO], batch: list[bytes]) -> None:
+    """The last bytes, then flush, fsync and close: durable before the rename."""
+    _write(path, out, batch)
+    out[0].flush()
+    os.fsync(out[0].fileno())
+    out[0].close()
 
 
 class _Decoder:
@@ -182,15 +215,17 @@ class _Decoder:
         return self._zlib.flush()
 
 
-async def _check_video(path: Path) -> None:
+async def _check_video(path: Path) -> ResultCheck:
     """A result is an mp4 with a video stream; anything else (an error page sent with 200,
     a placeholder) is a failed try, never a DONE job."""
     try:
-        info = await anyio.to_thread.run_sync(probe, path)
+        check = await anyio.to_thread.run_sync(inspect_result, path)
     except MediaProbeError as exc:
         raise TransportError(f"the download is not a video: {exc}") from exc
+    info = check.info
     if info.kind != "video" or info.container not in RESULT_CONTAINERS:
         raise TransportError(f"the download is {info.container} {info.kind}, not an mp4 video")
+    return check
 
 
 def check_writable(folder: Path) -> None:

@@ -8,16 +8,19 @@ with a thumbnail of its source and its result, its facts, its error, its segment
 and controls to play the result or compare it with the source side by side.
 
 `build_page` makes the thumbnails it lacks (`pipeline.thumbs`: once per file) and returns the
-text; the caller writes it atomically and redacts it (`report.write_report`). A missing or
-broken file shows on its card; it never fails the page. Figures the document may carry from
-other features (`segments` on a job, per-key figures under `accounts`) are shown when present.
+text; the caller writes it atomically and redacts it (`report.write_report`). A page shows at
+most `MAX_PICTURES` distinct videos as pictures (the first cards'; later cards say so and keep
+their play and open links): a thumbnail costs a decode and a JPEG, about 2 ms, and a 10,000-job
+night would spend longer on pictures than on its own work (issue 6). A missing or broken file
+shows on its card; it never fails the page. Figures the document may carry from other features
+(`segments` on a job, per-key figures under `accounts`) are shown when present.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 from importlib.resources import files
@@ -31,19 +34,24 @@ from pipeline.thumbs import THUMBS, Thumb, prune, thumbnail
 GROUPS = ("failed", "suspect", "unfinished", "done")  # problems first
 _KEY_TABLES = ("accounts", "keys", "per_key")  # where per-key figures may sit
 _PROBLEMS_OPEN = 20  # a longer list of problems starts folded
+MAX_PICTURES = 300  # distinct videos a page shows as thumbnails (see the module docstring)
 
 
 def build_page(document: Mapping[str, Any], out: Path, meaning: str | None = None) -> str:
     """The page of `document` (report.json's content) written into `out`; `meaning` says
     what the exit code means. Makes missing thumbnails under `out/.thumbs/`, drops stale ones."""
+    return "".join(page_parts(document, out, meaning))
+
+
+def page_parts(document: Mapping[str, Any], out: Path, meaning: str | None = None) -> Iterator[str]:
+    """`build_page` a part at a time (the head, each card, the end): a 10,000-job page is
+    written without being held whole. No text of the document spans two parts."""
     base = _manifest_dir(document)
     jobs = [job for job in document.get("jobs") or [] if isinstance(job, Mapping)]
-    used: list[Path] = []
     ran = Path(str(document["output_dir"])) if document.get("output_dir") else None
-    cards = [_card(job, out, base, used, ran) for job in jobs]
-    prune(out / THUMBS, used)
+    pictures = _Pictures(out)
     title = f"pixverse-batch run {document.get('run_id') or ''}".strip()
-    return "".join(
+    yield "".join(
         [
             '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
@@ -52,12 +60,16 @@ def build_page(document: Mapping[str, Any], out: Path, meaning: str | None = Non
             _top(document, jobs, meaning),
             _controls(jobs),
             '<main id="cards">\n',
-            *cards,
-            "</main>\n",
-            f"<footer>page written {_e(_now())} from the state file, by pixverse-batch"
-            f" {_e(document.get('version') or '')}</footer>\n",
-            f"<script>\n{_asset('report.js')}</script>\n</body>\n</html>\n",
         ]
+    )
+    for job in jobs:
+        yield _card(job, out, base, pictures, ran)
+    prune(out / THUMBS, pictures.used)
+    yield (
+        "</main>\n"
+        f"<footer>page written {_e(_now())} from the state file, by pixverse-batch"
+        f" {_e(document.get('version') or '')}</footer>\n"
+        f"<script>\n{_asset('report.js')}</script>\n</body>\n</html>\n"
     )
 
 
@@ -181,23 +193,62 @@ def _controls(jobs: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+class _Pictures:
+    """The page's thumbnails and links: each video looked at once however many cards show
+    it, and no more than `MAX_PICTURES` of them made or shown."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.used: list[Path] = []  # the thumbnails shown (`prune` keeps these)
+        self._root = os.path.abspath(out)
+        self._thumbs: dict[Path, Thumb | None] = {}  # None: over the page's count
+        self._shown = 0
+        self._links: dict[Path, str] = {}
+        self._files: dict[Path, str | None] = {}  # None: not a file
+
+    def thumb(self, video: Path) -> Thumb | None:
+        if video not in self._thumbs:
+            made = None
+            if self._shown < MAX_PICTURES:
+                made = thumbnail(video, self.out / THUMBS)
+                self._shown += 1
+                if made.path is not None:
+                    self.used.append(made.path)
+            self._thumbs[video] = made
+        return self._thumbs[video]
+
+    def link(self, path: Path) -> str:
+        known = self._links.get(path)
+        if known is None:
+            known = self._links[path] = _link(path, self._root)
+        return known
+
+    def file_link(self, path: Path | None) -> str | None:
+        """The link to `path` if it is a file, else None."""
+        if path is None:
+            return None
+        if path not in self._files:
+            self._files[path] = self.link(path) if path.is_file() else None
+        return self._files[path]
+
+
 def _card(
-    job: Mapping[str, Any], out: Path, base: Path | None, used: list[Path], ran: Path | None
+    job: Mapping[str, Any], out: Path, base: Path | None, pics: _Pictures, ran: Path | None
 ) -> str:
     state = str(job.get("state") or "")
     kind = group(state)
     source, source_note = _source(job, base)
     result = _result(job, out, ran)
     pictures = [
-        _picture("source", source, source_note, out, used),
-        _picture("result", result, None if result else _no_result(kind), out, used),
+        _picture("source", source, source_note, pics),
+        _picture("result", result, None if result else _no_result(kind), pics),
     ]
     data = {
         "id": job.get("id"),
         "state": kind,
         "credits": job.get("credits") or 0,
-        "result": _link(result, out) if result and result.is_file() else None,
-        "source": _link(source, out) if source and source.is_file() else None,
+        "result": pics.file_link(result),
+        "source": pics.file_link(source),
     }
     attributes = "".join(
         f' data-{name}="{_e(value)}"' for name, value in data.items() if value is not None
@@ -226,19 +277,19 @@ def _card(
     )
 
 
-def _picture(label: str, video: Path | None, note: str | None, out: Path, used: list[Path]) -> str:
+def _picture(label: str, video: Path | None, note: str | None, pics: _Pictures) -> str:
+    thumb = pics.thumb(video) if video is not None else None
     if video is None:
         inner = f'<div class="nopic">{_e(note or "none")}</div>'
+    elif thumb is None:
+        inner = f'<div class="nopic">no picture: this page shows {MAX_PICTURES} videos</div>'
+    elif thumb.path is not None:
+        inner = (
+            f'<img loading="lazy" src="{_e(pics.link(thumb.path))}"'
+            f' alt="{label}: middle frame of {_e(video.name)}">'
+        )
     else:
-        thumb: Thumb = thumbnail(video, out / THUMBS)
-        if thumb.path is not None:
-            used.append(thumb.path)
-            inner = (
-                f'<img loading="lazy" src="{_e(_link(thumb.path, out))}"'
-                f' alt="{label}: middle frame of {_e(video.name)}">'
-            )
-        else:
-            inner = f'<div class="nopic bad">{_e(video.name)}: {_e(thumb.problem)}</div>'
+        inner = f'<div class="nopic bad">{_e(video.name)}: {_e(thumb.problem)}</div>'
     return f"<figure>{inner}<figcaption>{label}</figcaption></figure>"
 
 
@@ -321,9 +372,15 @@ def _manifest_dir(document: Mapping[str, Any]) -> Path | None:
     return None
 
 
-def _link(path: Path, out: Path) -> str:
-    """A relative URL from the page to `path` (percent-encoded: names may hold spaces, #)."""
-    relative = os.path.relpath(path.resolve(), out.resolve())
+def _link(path: Path, root: str) -> str:
+    """A relative URL from the page in `root` (absolute) to `path` (percent-encoded: names
+    may hold spaces, #). Made from the names as they are, not with symlinks followed: a
+    browser resolves `..` in a URL by its names too (and `resolve` costs a call per folder)."""
+    absolute = os.path.abspath(path)
+    if absolute.startswith(root + os.sep):  # inside the output folder: results, thumbnails
+        relative = absolute[len(root) + 1 :]
+    else:
+        relative = os.path.relpath(absolute, root)
     return quote(Path(relative).as_posix())
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import av
 import av.logging
@@ -54,6 +54,15 @@ class MediaInfo:
 
 def probe(path: Path) -> MediaInfo:
     """Describe the media in `path`; raise MediaProbeError if it is not usable media."""
+    return _read(path, lambda container, size, _: _describe(container, path, size))
+
+
+_T = TypeVar("_T")
+
+
+def _read(path: Path, read: Callable[[InputContainer, int, _Logs], _T]) -> _T:
+    """`read(container, size, FFmpeg's error lines)` of the media in `path`, opened once;
+    MediaProbeError when it is not readable media."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -63,7 +72,7 @@ def probe(path: Path) -> MediaInfo:
     with _ffmpeg_errors() as logs:
         try:
             with av.open(str(path), metadata_errors="replace") as container:
-                return _describe(container, path, size)
+                return read(container, size, logs)
         except (av.FFmpegError, OSError) as exc:
             detail = logs[-1][2] if logs else (exc.strerror or str(exc))
             raise MediaProbeError(f"not a readable media file: {_one_line(detail)}") from exc
@@ -78,8 +87,11 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_Logs = list[tuple[int, str, str]]  # FFmpeg's log lines: level, component, message
+
+
 @contextmanager
-def _ffmpeg_errors() -> Iterator[list[tuple[int, str, str]]]:
+def _ffmpeg_errors() -> Iterator[_Logs]:
     """Capture FFmpeg's error lines (for messages) and keep its warnings off the terminal.
 
     PyAV installs no log callback by default, which also hides the reason an open failed
@@ -174,8 +186,54 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+@dataclass(frozen=True)
+class ResultCheck:
+    """A downloaded result as one reading of it found it: what `probe` says, and why its
+    first video frame does not decode (None: it decodes; a file without video has none)."""
+
+    info: MediaInfo
+    frame_problem: str | None
+
+
+def inspect_result(path: Path) -> ResultCheck:
+    """`probe` and the first frame's decode in one opening of the file (a result is read
+    once: on 10,000 jobs a second opening is seconds of CPU). Raises MediaProbeError when
+    the file is not readable media, as `probe` does."""
+
+    def read(container: InputContainer, size: int, logs: _Logs) -> ResultCheck:
+        return ResultCheck(_describe(container, path, size), _frame_problem(container, logs))
+
+    return _read(path, read)
+
+
+def _frame_problem(container: InputContainer, logs: _Logs) -> str | None:
+    if not container.streams.video:
+        return None
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1  # one frame: decoder threads cost more than they give
+    try:
+        if _first_frame(container, stream) is None:
+            return "its first video frame does not decode"
+    except (av.FFmpegError, ValueError) as exc:
+        detail = logs[-1][2] if logs else str(exc)
+        return f"its first video frame does not decode: {_one_line(detail)}"
+    return None
+
+
 def result_problem(
     path: Path, audio_seconds: float | None, video_seconds: float | None = None
+) -> str | None:
+    """`judge_result` of the file at `path` (one that is no readable media: it does not
+    decode)."""
+    try:
+        check = inspect_result(path)
+    except MediaProbeError as exc:
+        return f"its first video frame does not decode: {exc}"
+    return judge_result(check, audio_seconds, video_seconds)
+
+
+def judge_result(
+    check: ResultCheck, audio_seconds: float | None, video_seconds: float | None = None
 ) -> str | None:
     """Why a downloaded result looks wrong although it is an mp4 with a video stream, or None.
 
@@ -183,19 +241,12 @@ def result_problem(
     the spoken length is the server's), the result must cover it: not shorter than the audio,
     nor longer than the longer of the audio and the source video (a lip sync may keep the
     source's length), each within max(1 s, 10 %) of slack for encoders' padding."""
-    with _ffmpeg_errors() as logs:
-        try:
-            with av.open(str(path), metadata_errors="replace") as container:
-                videos = list(container.streams.video)
-                if not videos:
-                    return "no video stream"
-                duration = duration_of(container, [*videos, *container.streams.audio])
-                if _first_frame(container, videos[0]) is None:
-                    return "its first video frame does not decode"
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            detail = logs[-1][2] if logs else str(exc)
-            return f"its first video frame does not decode: {_one_line(detail)}"
-    if audio_seconds is None or duration is None:
+    if check.info.kind != "video":
+        return "no video stream"
+    if check.frame_problem is not None:
+        return check.frame_problem
+    duration = check.info.duration
+    if audio_seconds is None:
         return None
     slack = max(1.0, 0.1 * audio_seconds)
     longest = max(audio_seconds, video_seconds or 0.0)

@@ -26,13 +26,14 @@ Contract:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -85,6 +86,10 @@ class Poller:
         self._order = itertools.count()
         self._samples: deque[_Sample] = deque(maxlen=WINDOW)
         self._by_size: bool | None = None  # the model in use, decided when samples change
+        self._decided_at = 0  # samples learned when `_by_size` was last decided
+        self._learned = 0  # samples learned in all
+        self._cdfs: dict[bool, _Cdf] = {}  # per model, built on first use after a change
+        self._built_at = 0  # samples learned when the distributions were last dropped
         self._wake: anyio.CancelScope | None = None
         self._calls = anyio.CapacityLimiter(POLLS_AT_ONCE)
         self.polls = 0  # status calls made (benchmarks read it)
@@ -129,11 +134,15 @@ class Poller:
             raise watch.error
 
     def size_predicts(self) -> bool:
-        """Whether generation times seen so far follow the jobs' input length."""
-        if len(self._samples) < MIN_SAMPLES:
+        """Whether generation times seen so far follow the jobs' input length. Decided again
+        after every new sample while few are known, then after each tenth more (the answer
+        moves slowly, and deciding reads every sample)."""
+        count = len(self._samples)
+        if count < MIN_SAMPLES:
             return False
-        if self._by_size is None:
+        if self._by_size is None or self._learned - self._decided_at >= max(1, count // 10):
             self._by_size = _size_predicts(self._samples)
+            self._decided_at = self._learned
         return self._by_size
 
     # polling --------------------------------------------------------------------------------
@@ -183,13 +192,20 @@ class Poller:
         interval = self.poll_interval
         elapsed = now - watch.started
         polled = watch.polls > 0
-        intervals = self._intervals(watch.size)
-        if intervals is None:
+        model = self._model(watch.size)
+        if model is None:
             return now + interval
-        ended_by = _cdf(intervals)
+        cdf, scale = model
+        if scale == 1.0:
+            ended_by = cdf.share
+        else:
+
+            def ended_by(t: float) -> float:
+                return cdf.share(t / scale)
+
         if not polled:
             target = FIRST_SHARE
-            earliest, latest = elapsed, max(high for _, high in intervals)
+            earliest, latest = elapsed, cdf.highest * scale
         else:
             done = ended_by(elapsed)
             if done >= 0.999:
@@ -210,32 +226,64 @@ class Poller:
 
     def _learn(self, sample: _Sample) -> None:
         self._samples.append(sample)
-        self._by_size = None
+        self._learned += 1
+        # built again after every new sample while few are known, then after each tenth more
+        if self._learned - self._built_at >= max(1, len(self._samples) // 10):
+            self._cdfs.clear()
 
-    def _intervals(self, size: float | None) -> list[tuple[float, float]] | None:
-        """Where generations like this one ended (low, high), or None: too few seen yet."""
+    def _model(self, size: float | None) -> tuple[_Cdf, float] | None:
+        """Where generations like this one end: the distribution, and the factor its times
+        are multiplied by (by size: seconds per input second, times this job's seconds);
+        None: too few seen yet."""
         samples = self._samples
         if len(samples) < MIN_SAMPLES:
             return None
-        if self.size_predicts() and size:
-            return [(s.low * size / s.size, s.high * size / s.size) for s in samples if s.size]
-        return [(s.low, s.high) for s in samples]
+        by_size = bool(self.size_predicts() and size)
+        cdf = self._cdfs.get(by_size)
+        if cdf is None:
+            self._built_at = self._learned
+            if by_size:
+                cdf = _Cdf([(s.low / s.size, s.high / s.size) for s in samples if s.size])
+            else:
+                cdf = _Cdf([(s.low, s.high) for s in samples])
+            self._cdfs[by_size] = cdf
+        return cdf, (size or 1.0) if by_size else 1.0
 
 
-def _cdf(intervals: list[tuple[float, float]]) -> Callable[[float], float]:
-    """The share of generations ended by t, each spread evenly over its interval."""
-    count = len(intervals)
+class _Cdf:
+    """The share of generations ended by t, each spread evenly over its (low, high]
+    interval; built once per change of the samples, each `share` in O(log n) (the poller asks
+    it some thirty times per poll it schedules).
 
-    def ended_by(t: float) -> float:
-        total = 0.0
-        for low, high in intervals:
-            if t >= high:
-                total += 1.0
-            elif t > low:
-                total += (t - low) / (high - low)
-        return total / count
+    share(t) = #{high <= t} + sum over {low < t < high} of (t - low) / (high - low), and the
+    intervals with low < t < high are those with low < t less those with high <= t (every
+    one of which has low < t), so prefix sums over both orders give it."""
 
-    return ended_by
+    def __init__(self, intervals: list[tuple[float, float]]) -> None:
+        self.count = len(intervals)
+        # a point (low == high) is a step at high: a width too small to count elsewhere
+        spans = [(low, max(high, low + 1e-6 * max(1.0, abs(low)))) for low, high in intervals]
+        self.highest = max(high for _, high in spans)
+        by_low = sorted(spans)
+        by_high = sorted(spans, key=lambda span: span[1])
+        self._lows = [low for low, _ in by_low]
+        self._highs = [high for _, high in by_high]
+        self._low_w = _prefix(1.0 / (high - low) for low, high in by_low)
+        self._low_lw = _prefix(low / (high - low) for low, high in by_low)
+        self._high_w = _prefix(1.0 / (high - low) for low, high in by_high)
+        self._high_lw = _prefix(low / (high - low) for low, high in by_high)
+
+    def share(self, t: float) -> float:
+        started = bisect.bisect_left(self._lows, t)  # low < t
+        ended = bisect.bisect_right(self._highs, t)  # high <= t
+        weights = self._low_w[started] - self._high_w[ended]
+        offsets = self._low_lw[started] - self._high_lw[ended]
+        partial = max(0.0, t * weights - offsets)
+        return min(1.0, (ended + partial) / self.count)
+
+
+def _prefix(values: Iterable[float]) -> list[float]:
+    return [0.0, *itertools.accumulate(values)]
 
 
 def _size_predicts(samples: deque[_Sample]) -> bool:

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -530,11 +532,12 @@ def _recover(store: StateStore, output_dir: Path, homes: Mapping[str, Path]) -> 
     with its length and no other record's claim. What is found nowhere is downloaded again
     (never regenerated)."""
     records = store.jobs(archived=True)
-    claimed = {r.output for r in records if r.output and intact(r)}
+    whole = {r.id for r in records if r.output and intact(r)}
+    claimed = {r.output for r in records if r.id in whole}
     claimed |= {row.output for row in store.long_jobs() if row.stitched and row.output}
     found: dict[str, str] = {}
     for record in records:
-        if record.state is not JobState.DONE or record.video_id is None or intact(record):
+        if record.state is not JobState.DONE or record.video_id is None or record.id in whole:
             continue
         if record.archived:
             home = archive_path(output_dir, record.id)
@@ -586,8 +589,11 @@ def movable(record: JobRecord, output_dir: Path) -> bool:
 
 def intact(record: JobRecord, path: Path | None = None) -> bool:
     """Is the record's file (or `path`) there with the record's length?"""
-    where = path if path is not None else (Path(record.output) if record.output else None)
+    where = path if path is not None else record.output
+    if where is None:
+        return False
     try:
-        return where is not None and where.is_file() and where.stat().st_size == record.bytes
+        found = os.stat(where)
     except OSError:
         return False
+    return stat.S_ISREG(found.st_mode) and found.st_size == record.bytes

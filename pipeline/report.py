@@ -21,14 +21,15 @@ import os
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import map_disk_errors
-from pipeline.htmlreport import build_page
+from pipeline.htmlreport import page_parts
 from pipeline.jobstate import JobState
 from pipeline.manifest import Job, Manifest
 from pipeline.media import MediaProbeError, probe
@@ -134,6 +135,9 @@ class ReportRow:
         )
 
 
+_ROW_FIELDS = tuple(f.name for f in fields(ReportRow))
+
+
 def build_rows(records: Sequence[JobRecord], stopped_by: str | None = None) -> list[ReportRow]:
     """One row a job. `stopped_by` (why the run ended early) becomes the error of unfinished
     jobs that have none of their own, so report.csv alone tells the morning why."""
@@ -215,43 +219,54 @@ def job_rows(
     `--keep-going`) show as failed, whatever their record says."""
     base = manifest.path.resolve().parent
     rows = []
+    # read once for every job: thousands of jobs, four queries each, were seconds
+    records = {r.id: r for r in store.jobs()} if store is not None else {}
+    histories = store.histories() if store is not None else {}
+    media = store.media_ids() if store is not None else {}
+    relative: dict[Path, str] = {}
     for job in manifest.jobs:
-        record = store.find(job.id) if store is not None else None
+        record = records.get(job.id)
         if record is not None:
-            row = replace(ReportRow.from_record(record), run_id=run_id)
+            row = ReportRow.from_record(record)
         else:
             row = ReportRow(job.id, placeholder, None, None, None, 0, False, 0, 0, None)
-            row = replace(row, run_id=run_id)
+        # every change at once: a `replace` a field was a tenth of a 10,000-job report
+        inputs = _inputs(job, base, hashes or {}, relative)
+        changes: dict[str, Any] = {"run_id": run_id, "inputs": inputs}
         own = [p for p in problems if p.startswith(f"job '{job.id}'")]
         if own:
-            row = replace(row, error="; ".join(own), error_class="ManifestError")
+            changes.update(error="; ".join(own), error_class="ManifestError")
             if job.id in invalid:
-                row = replace(row, state=JobState.FAILED.value)
+                changes["state"] = JobState.FAILED.value
         elif stopped_by and row.state.startswith("unfinished") and not row.error:
-            row = replace(row, error=f"not finished: {stopped_by}")
-        row = replace(row, inputs=_inputs(job, base, hashes or {}))
+            changes["error"] = f"not finished: {stopped_by}"
         if job.dub is not None:
-            row = replace(row, language=job.dub.lang)
+            changes["language"] = job.dub.lang
         scope = (key_scopes or {}).get(record.key_fp or "", media_scope) if record else media_scope
         if store is not None and hashes is not None and scope is not None:
-            row = replace(row, media_ids=_media_ids(job, store, hashes, scope))
-        if store is not None and record is not None:
-            history = store.history(job.id)
-            row = replace(
-                row, trace_ids=_trace_ids(history), stage_seconds=_stage_seconds(history, now)
-            )
-        if row.state in (JobState.DONE.value, SUSPECT) and row.output:
-            duration, resolution = _probed(Path(row.output))
-            row = replace(row, duration=duration, resolution=resolution)
-        rows.append(row)
+            changes["media_ids"] = _media_ids(job, media, hashes, scope)
+        if record is not None:
+            history = histories.get(job.id, [])
+            changes["trace_ids"] = _trace_ids(history)
+            changes["stage_seconds"] = _stage_seconds(history, now)
+        state = changes.get("state", row.state)
+        if record is not None and state in (JobState.DONE.value, SUSPECT) and row.output:
+            changes["duration"], changes["resolution"] = _result_facts(record, Path(row.output))
+        rows.append(replace(row, **changes))
     return rows
 
 
-def _inputs(job: Job, base: Path, hashes: Mapping[Path, str]) -> list[dict[str, object]]:
-    """The video source, then the voice: files with their sha256 (None: not checked)."""
+def _inputs(
+    job: Job, base: Path, hashes: Mapping[Path, str], relative: dict[Path, str] | None = None
+) -> list[dict[str, object]]:
+    """The video source, then the voice: files with their sha256 (None: not checked).
+    `relative`: paths relative to `base` already worked out (thousands of jobs share files)."""
+    relative = {} if relative is None else relative
 
     def file(name: str, path: Path) -> dict[str, object]:
-        return {"field": name, "path": os.path.relpath(path, base), "sha256": hashes.get(path)}
+        if path not in relative:
+            relative[path] = os.path.relpath(path, base)
+        return {"field": name, "path": relative[path], "sha256": hashes.get(path)}
 
     inputs: list[dict[str, object]] = []
     if job.video is not None:
@@ -266,12 +281,12 @@ def _inputs(job: Job, base: Path, hashes: Mapping[Path, str]) -> list[dict[str, 
 
 
 def _media_ids(
-    job: Job, store: StateStore, hashes: Mapping[Path, str], scope: str
+    job: Job, media: Mapping[tuple[str, str], int], hashes: Mapping[Path, str], scope: str
 ) -> dict[str, int]:
     ids = {}
     for name, path in (("video", job.video), ("audio", job.audio)):
         if path is not None and path in hashes:
-            media_id = store.media_id(hashes[path], scope)
+            media_id = media.get((hashes[path], scope))
             if media_id is not None:
                 ids[name] = media_id
     return ids
@@ -299,6 +314,19 @@ def _stage_seconds(history: Sequence[Event], now: float) -> dict[str, float]:
     return {state: round(value, 1) for state, value in seconds.items()}
 
 
+def _result_facts(record: JobRecord, output: Path) -> tuple[float | None, str | None]:
+    """Duration and resolution of a result: as its download read them (state 0015) while the
+    file still has the length it was downloaded with, else probed now."""
+    if record.result_seconds is not None and record.bytes is not None:
+        try:
+            unchanged = output.stat().st_size == record.bytes
+        except OSError:
+            unchanged = False
+        if unchanged:
+            return record.result_seconds, record.result_resolution
+    return _probed(output)
+
+
 def _probed(output: Path) -> tuple[float | None, str | None]:
     """Duration and resolution of a result as FFmpeg reads it, or None when it cannot."""
     try:
@@ -319,19 +347,53 @@ def write_report(
     json path. Every text passes `redact` (the API key must not reach a report); raises
     DiskError."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    document = {**extra, "summary": summary_counts(rows), "jobs": [asdict(r) for r in rows]}
+    jobs = [_as_dict(r) for r in rows]
+    document = {**extra, "summary": summary_counts(rows), "jobs": jobs}
     json_path = output_dir / "report.json"
-    atomic_write(json_path, redact(json.dumps(document, indent=2, ensure_ascii=False) + "\n"))
+    # each file a part at a time, each part redacted: a part is whole lines (or a whole
+    # card), so no text that could hold a key spans two of them
+    atomic_write_parts(json_path, map(redact, _json_parts(document)))
+    atomic_write_parts(output_dir / "report.csv", map(redact, _csv_parts(jobs)))
+    code = extra.get("exit_code")
+    meaning = MEANINGS.get(code) if isinstance(code, int) else None
+    page = page_parts(document, output_dir, meaning)
+    atomic_write_parts(output_dir / PAGE_NAME, map(redact, page))
+    return json_path
+
+
+def _csv_parts(jobs: Sequence[Mapping[str, object]], rows: int = 500) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_value(k, v) for k, v in asdict(row).items()})
-    atomic_write(output_dir / "report.csv", redact(buffer.getvalue()))
-    code = extra.get("exit_code")
-    meaning = MEANINGS.get(code) if isinstance(code, int) else None
-    atomic_write(output_dir / PAGE_NAME, redact(build_page(document, output_dir, meaning)))
-    return json_path
+    for index, job in enumerate(jobs, 1):
+        writer.writerow({k: _csv_value(k, v) for k, v in job.items()})
+        if index % rows == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _json_parts(document: Mapping[str, object]) -> Iterator[str]:
+    """report.json: the run's facts indented, then `jobs` (the last key) one job a line.
+    Indenting goes through the json module's Python encoder, its C one only without; for
+    10,000 jobs that was seconds, and a line per job reads (and greps) as well."""
+    facts = {k: v for k, v in document.items() if k != "jobs"}
+    jobs = document.get("jobs")
+    if not isinstance(jobs, list) or not facts:
+        yield json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        return
+    head = json.dumps(facts, indent=2, ensure_ascii=False)
+    yield f'{head[:-2]},\n  "jobs": ' + ("[\n" if jobs else "[]")
+    last = len(jobs) - 1
+    for index, job in enumerate(jobs):
+        yield f"    {json.dumps(job, ensure_ascii=False)}{',' if index < last else ''}\n"
+    yield ("  ]\n}\n" if jobs else "\n}\n")
+
+
+def _as_dict(row: ReportRow) -> dict[str, object]:
+    """`dataclasses.asdict` without its deep copy (a row's lists and dicts are only read)."""
+    return {name: getattr(row, name) for name in _ROW_FIELDS}
 
 
 def _csv_value(name: str, value: object) -> object:
@@ -412,12 +474,18 @@ def keys_line(keys: Sequence[Mapping[str, object]]) -> str:
 
 def atomic_write(path: Path, text: str) -> None:
     """Replace `path` with `text` whole, or leave it as it was (and no temporary behind)."""
+    atomic_write_parts(path, [text])
+
+
+def atomic_write_parts(path: Path, parts: Iterable[str]) -> None:
+    """`atomic_write` of the text the `parts` make, written one after the other."""
     tmp = path.with_name(f".{path.name}.tmp")
     placed = False
     with map_disk_errors(f"cannot write {path}"):
         try:
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
+                for part in parts:
+                    handle.write(part)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)

@@ -62,7 +62,7 @@ from pipeline.jobstate import JobState
 from pipeline.limiter import LimiterTiming, Permit, SlotLimiter
 from pipeline.longform.run import LongJobs, legacy_fingerprints
 from pipeline.manifest import Job
-from pipeline.media import result_problem
+from pipeline.media import ResultCheck, judge_result
 from pipeline.outputs import archive_path, job_path
 from pipeline.plan import (
     WorkQueue,
@@ -167,6 +167,7 @@ class _Ticket:
     pool: AccountPool
     job_id: str
     admitted: bool = True
+    downloading: bool = False  # holds a place among the jobs between generation and DONE
     binding: Binding = field(default_factory=Binding)  # the key it goes to (`pipeline.pool`)
     permit: Permit | None = None  # the generation slot, while held
     holder: Account | None = None  # whose slot `permit` is
@@ -214,12 +215,14 @@ class _Run:
     pool: AccountPool = field(init=False)
     poller: Poller = field(init=False)
     admission: anyio.Semaphore = field(init=False)
+    download_queue: anyio.Semaphore = field(init=False)  # jobs past generation, not yet DONE
     uploads: anyio.CapacityLimiter = field(init=False)
     downloads: anyio.CapacityLimiter = field(init=False)
     stop_submitting: anyio.Event = field(default_factory=anyio.Event)
     problem: FatalError | StateError | DiskError | TransientError | None = None
     # one upload per distinct content and key, however many jobs share it
     media_locks: dict[tuple[str, str], anyio.Lock] = field(default_factory=dict)
+    media_cache: dict[tuple[str, str], int] = field(default_factory=dict)  # (sha256, scope)
     changed_media: set[str] = field(default_factory=set)  # checked hashes whose file changed
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
     _watched: dict[int, PixverseClient] = field(default_factory=dict)  # video id -> its key's
@@ -259,6 +262,7 @@ class _Run:
         self.poller = Poller(self._status, o.poll_interval, sleep=self.sleep)
         keys = len(self.clients)
         self.admission = anyio.Semaphore(keys * (o.concurrency + max(0, o.upload_ahead)))
+        self.download_queue = anyio.Semaphore(keys * (o.concurrency + max(0, o.upload_ahead)))
         self.uploads = anyio.CapacityLimiter(o.upload_concurrency)
         self.downloads = anyio.CapacityLimiter(o.download_concurrency)
 
@@ -544,6 +548,7 @@ class _Run:
             self._drop_slot(ticket)
             self.pool.unbind(ticket.binding)
             self._leave_admission(ticket)
+            self._leave_download_queue(ticket)
             self._settle(job_id)
             self._tickets.discard(ticket)
 
@@ -591,6 +596,21 @@ class _Run:
             account.saved_ceiling = ceiling
             key_fp, concurrency = account.key_fp, self.options.concurrency
             self.store.save_slot_ceiling(self.base_url, key_fp, ceiling, concurrency)
+
+    async def _queue_for_download(self, ticket: _Ticket) -> None:
+        """From admission to the download queue: a place there first (so when downloads fall
+        behind, admission stops, and live tasks stay bounded: issue 6 found thousands of
+        finished generations each waiting in a task for one of the download slots), then the
+        admission place goes to the next job. The generation slot was given back already."""
+        if not ticket.downloading:
+            await self.download_queue.acquire()
+            ticket.downloading = True
+        self._leave_admission(ticket)
+
+    def _leave_download_queue(self, ticket: _Ticket) -> None:
+        if ticket.downloading:
+            ticket.downloading = False
+            self.download_queue.release()
 
     def _leave_admission(self, ticket: _Ticket) -> None:
         if ticket.admitted:
@@ -657,7 +677,7 @@ class _Run:
                 )
                 resumed = False
             elif state is JobState.DOWNLOADING:
-                self._leave_admission(ticket)
+                await self._queue_for_download(ticket)
                 dest = job_path(self.options.output_dir, job.id, job.output)
                 with map_disk_errors(f"cannot create {dest.parent}"):
                     dest.parent.mkdir(parents=True, exist_ok=True)  # `output: es/a.mp4`, or a
@@ -754,6 +774,10 @@ class _Run:
         for path in job.media_paths():
             facts = self.checked.media[path]
             kind = facts.info.kind
+            known = self.media_cache.get((facts.sha256, scope))
+            if known is not None:  # the state file's, as this run last read or wrote it
+                ids[path] = known
+                continue
             lock = self.media_locks.setdefault((facts.sha256, scope), anyio.Lock())
             async with lock:  # one upload per distinct content, however many jobs share it
                 media_id = self.store.media_id(facts.sha256, scope)
@@ -778,7 +802,7 @@ class _Run:
                         media_id,
                         f" (key {account.key_fp})" if self.pool.several else "",
                     )
-            ids[path] = media_id
+            ids[path] = self.media_cache[facts.sha256, scope] = media_id
         return ids
 
     async def _submit(self, job: Job, record: JobRecord, ticket: _Ticket) -> JobRecord:
@@ -803,7 +827,9 @@ class _Run:
         except StaleMediaError:
             self._drop_slot(ticket)
             for path in job.media_paths():
-                self.store.forget_media(self.checked.media[path].sha256, account.media_scope)
+                sha256 = self.checked.media[path].sha256
+                self.store.forget_media(sha256, account.media_scope)
+                self.media_cache.pop((sha256, account.media_scope), None)
             if ticket.reuploaded:
                 raise
             ticket.reuploaded = True
@@ -888,7 +914,7 @@ class _Run:
                 )
                 resumed = False
             elif record.state is JobState.DOWNLOADING:
-                self._leave_admission(ticket)
+                await self._queue_for_download(ticket)
                 dest = archive_path(self.options.output_dir, record_id)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 record = await self._download(record_id, record, dest, ticket.account)
@@ -1040,36 +1066,39 @@ class _Run:
         link = self._links.pop(job_id, Link(None, None))
         client = account.client
         async with self.downloads:
-            size = await download_result(client, record.video_id, dest, link, sleep=self.sleep)
-        log.info("%s: downloaded %s (%d bytes)", job_id, dest, size)
-        suspect = await anyio.to_thread.run_sync(self._suspect, job, dest)
+            fetched = await download_result(client, record.video_id, dest, link, sleep=self.sleep)
+        log.info("%s: downloaded %s (%d bytes)", job_id, dest, fetched.size)
+        suspect = self._suspect(job, fetched.check)
         if suspect is not None:
             # paid for: kept where it is, flagged, never regenerated without --redo
             log.warning("%s: suspect result, kept as %s: %s", job_id, dest, suspect)
+        info = fetched.check.info
         return self.store.transition(
             job_id,
             JobState.DONE,
             f"downloaded; suspect: {suspect}" if suspect else "downloaded",
             output=str(dest),
-            bytes=size,
+            bytes=fetched.size,
             error=f"suspect result: {suspect}" if suspect else None,
             suspect=suspect,
+            result_seconds=round(info.duration, 3),
+            result_resolution=f"{info.width}x{info.height}" if info.width and info.height else None,
         )
 
-    def _suspect(self, job: Job | None, path: Path) -> str | None:
-        """Why the downloaded result at `path` looks wrong (`media.result_problem`), or None.
-        The audio's length is the yardstick; for TTS (or an archived record) only the frame;
-        a long job's segment is measured by its range."""
+    def _suspect(self, job: Job | None, check: ResultCheck) -> str | None:
+        """Why the downloaded result looks wrong (`media.judge_result` of the download's own
+        check), or None. The audio's length is the yardstick; for TTS (or an archived record)
+        only the frame; a long job's segment is measured by its range."""
         if job is not None and job.segment is not None:
             seconds = job.segment.end - job.segment.start
-            return result_problem(path, seconds, seconds)
+            return judge_result(check, seconds, seconds)
         media = self.checked.media
         audio = video = None
         if job is not None and job.audio is not None and job.audio in media:
             audio = media[job.audio].info.duration
         if job is not None and job.video is not None and job.video in media:
             video = media[job.video].info.duration
-        return result_problem(path, audio, video)
+        return judge_result(check, audio, video)
 
 
 def _redo_segments(redo: frozenset[str], longform: LongJobs) -> frozenset[str]:

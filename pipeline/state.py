@@ -207,6 +207,16 @@ MIGRATIONS: list[tuple[str, str]] = [
             HAVING count(DISTINCT speaker_id) = 1
         """,
     ),
+    (
+        # The result as the download's check read it (seconds, "WIDTHxHEIGHT"), so a report
+        # of 10,000 results does not open each file again (issue 6); a file whose length is no
+        # longer `bytes` is read again.
+        "0015_result_facts",
+        """
+        ALTER TABLE jobs ADD COLUMN result_seconds REAL;
+        ALTER TABLE jobs ADD COLUMN result_resolution TEXT;
+        """,
+    ),
 ]
 
 ARCHIVE_MARK = "@"  # in archive ids, `<old id>@<video id>`; never in a manifest id
@@ -244,6 +254,8 @@ _UPDATABLE = frozenset(
         "err_msg",
         "inputs",
         "suspect",
+        "result_seconds",
+        "result_resolution",
     }
 )
 _ERROR_FACTS = ("error_class", "err_code", "err_msg")
@@ -300,6 +312,8 @@ class JobRecord:
     boot_id: str | None = None
     sent_body: str | None = None  # JSON of the generate body the current trace id was sent with
     sent_estimate: int | None = None  # the price model's credits for that send
+    result_seconds: float | None = None  # the result's length as its download's check read it
+    result_resolution: str | None = None  # its "WIDTHxHEIGHT", read then
 
     @property
     def archived(self) -> bool:
@@ -307,7 +321,11 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
-        values = dict(row)
+        return cls.from_values(dict(row))
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> JobRecord:
+        """A record from its columns' values, as SQLite gives them back (ints for flags)."""
         values["state"] = JobState(values["state"])
         # `status` reads a file read-only, unmigrated: columns of later migrations may be missing
         for name in (
@@ -322,11 +340,17 @@ class JobRecord:
             "boot_id",
             "sent_body",
             "sent_estimate",
+            "result_seconds",
+            "result_resolution",
         ):
             values.setdefault(name, None)
         values["trace_ambiguous"] = bool(values.get("trace_ambiguous", 0))
         values["credits_estimated"] = bool(values.get("credits_estimated", 0))
         return cls(**values)
+
+
+def _by_id(record: JobRecord) -> str:
+    return record.id
 
 
 class LongRecord(NamedTuple):
@@ -355,6 +379,13 @@ class StateStore:
         self._lock_fd = lock_fd
         self._clock = clock
         self._redact = redact  # applied to every `error` and event detail before it is saved
+        # `total_credits` once read, then kept up to date by `_update` (the only writer of
+        # `credits`): summing every record per submission made a long run quadratic
+        self._credits: int | None = None
+        # the records as this run last read or wrote them (a run holds the lock: nobody else
+        # writes), so the reads around every write are not queries; none when read-only
+        self._records: dict[str, JobRecord] | None = {} if lock_fd is not None else None
+        self._all_read = False  # `_records` holds every record (`jobs` filled it)
 
     @classmethod
     def open(
@@ -421,21 +452,38 @@ class StateStore:
 
     def jobs(self, *, archived: bool = False) -> list[JobRecord]:
         """Every job record by id; archived ones (see the module docstring) only if asked."""
-        where = "" if archived else f" WHERE instr(id, '{ARCHIVE_MARK}') = 0"
-        rows = self._conn.execute(f"SELECT * FROM jobs{where} ORDER BY id").fetchall()
-        return [JobRecord.from_row(r) for r in rows]
+        if self._records is None or not self._all_read:
+            rows = self._conn.execute("SELECT * FROM jobs").fetchall()
+            records = {r["id"]: JobRecord.from_row(r) for r in rows}
+            if self._records is None:
+                return sorted(
+                    (r for r in records.values() if archived or not r.archived), key=_by_id
+                )
+            self._records.clear()
+            self._records.update(records)
+            self._all_read = True
+        every = sorted(self._records.values(), key=_by_id)
+        return every if archived else [r for r in every if not r.archived]
 
     def job(self, job_id: str) -> JobRecord:
-        row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        record = self.find(job_id)
+        if record is None:
             raise StateError(f"job '{job_id}' is not in the state file")
-        return JobRecord.from_row(row)
+        return record
 
     def find(self, job_id: str) -> JobRecord | None:
+        if self._records is not None and job_id in self._records:
+            return self._records[job_id]
         row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else JobRecord.from_row(row)
+        if row is None:
+            return None
+        record = JobRecord.from_row(row)
+        if self._records is not None:
+            self._records[job_id] = record
+        return record
 
     def add_job(self, job_id: str, fingerprint: str) -> JobRecord:
+        self._all_read = False  # a record the cache has not read
         with self._write():
             self._conn.execute(
                 "INSERT INTO jobs (id, fingerprint, state, updated_at) VALUES (?, ?, ?, ?)",
@@ -448,6 +496,7 @@ class StateStore:
         """`add_job` for many (job id -> fingerprint, with `inputs[job id]` saved as the
         record's `inputs` where given), in one transaction."""
         inputs = inputs or {}
+        self._all_read = False  # records the cache has not read
         with self._write():
             for job_id, fingerprint in jobs.items():
                 self._conn.execute(
@@ -484,6 +533,8 @@ class StateStore:
         }
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
+        self._all_read = False  # a record the cache has not read
+        self._credits = None  # its credits count in the total: read again
         with self._write():
             self._conn.execute(
                 f"INSERT INTO jobs ({names}) VALUES ({marks})", tuple(values.values())
@@ -496,16 +547,19 @@ class StateStore:
         """Move a job to `target` (checked against the table) and save `fields`, atomically."""
         current = self.job(job_id)
         check_transition(job_id, current.state, target)
-        return self._update(job_id, current.state, target, detail, fields)
+        return self._update(current, target, detail, fields)
 
     def update(self, job_id: str, detail: str = "", **fields: Any) -> JobRecord:
         """Save `fields` without a state change (a new trace id, a count)."""
         current = self.job(job_id)
-        return self._update(job_id, current.state, current.state, detail, fields)
+        return self._update(current, current.state, detail, fields)
 
     def _update(
-        self, job_id: str, current: JobState, target: JobState, detail: str, fields: dict[str, Any]
+        self, record: JobRecord, target: JobState, detail: str, fields: dict[str, Any]
     ) -> JobRecord:
+        """Write the change, committed, and return the record as it now is in the file (made
+        from `record` and the change: reading it back cost a query per write)."""
+        job_id, current = record.id, record.state
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not job fields: {sorted(unknown)}")
@@ -517,10 +571,19 @@ class StateStore:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         sets = "state = ?, updated_at = ?" + (", " + assignments if fields else "")
         sql = f"UPDATE jobs SET {sets} WHERE id = ?"  # names come from _UPDATABLE
+        now = self._clock()
         with self._write():
-            self._conn.execute(sql, (target.value, self._clock(), *fields.values(), job_id))
+            changed = self._conn.execute(sql, (target.value, now, *fields.values(), job_id))
+            if changed.rowcount != 1:
+                raise StateError(f"job '{job_id}' is not in the state file")
             self._event(job_id, current, target, detail)
-        return self.job(job_id)
+        if self._credits is not None and "credits" in fields:
+            self._credits += int(fields["credits"]) - record.credits
+        values = {**record.__dict__, **fields, "state": target, "updated_at": now}
+        updated = JobRecord.from_values(values)
+        if self._records is not None:
+            self._records[job_id] = updated
+        return updated
 
     def reassign(
         self,
@@ -537,6 +600,7 @@ class StateStore:
         record's file is now (saved in the same transaction)."""
         outputs = outputs or {}
         states = {old: self.job(old).state for old in renames}
+        self._forget_records()
         with self._write():
             # through temporary ids first: a swap or cycle never has two records on one id
             for old in renames:
@@ -552,6 +616,7 @@ class StateStore:
 
     def save_outputs(self, outputs: Mapping[str, str], detail: str) -> None:
         """Record where files are now (job id -> path), in one transaction."""
+        self._forget_records()
         with self._write():
             for job_id, output in outputs.items():
                 row = self._conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,))
@@ -579,10 +644,22 @@ class StateStore:
         ).fetchall()
         return [Event(float(r[0]), r[1], r[2], r[3] or "") for r in rows]
 
+    def histories(self) -> dict[str, list[Event]]:
+        """Every job's `history`, by job id, in one read (a report of thousands of jobs)."""
+        found: dict[str, list[Event]] = {}
+        rows = self._conn.execute(
+            "SELECT job_id, at, from_state, to_state, detail FROM events ORDER BY job_id, seq"
+        )
+        for r in rows:
+            found.setdefault(r[0], []).append(Event(float(r[1]), r[2], r[3], r[4] or ""))
+        return found
+
     def total_credits(self) -> int:
         """Net credits of every record, archived ones too: what all runs have cost."""
-        row = self._conn.execute("SELECT coalesce(sum(credits), 0) FROM jobs").fetchone()
-        return int(row[0])
+        if self._credits is None or self._lock_fd is None:  # read-only: a run may be writing
+            row = self._conn.execute("SELECT coalesce(sum(credits), 0) FROM jobs").fetchone()
+            self._credits = int(row[0])
+        return self._credits
 
     # media --------------------------------------------------------------------------------
 
@@ -591,6 +668,11 @@ class StateStore:
             "SELECT media_id FROM media WHERE sha256 = ? AND base_url = ?", (sha256, base_url)
         ).fetchone()
         return None if row is None else int(row["media_id"])
+
+    def media_ids(self) -> dict[tuple[str, str], int]:
+        """Every cached media id, by (sha256, base URL and key scope)."""
+        rows = self._conn.execute("SELECT sha256, base_url, media_id FROM media")
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
 
     def save_media(self, sha256: str, base_url: str, kind: str, media_id: int) -> None:
         with self._write():
@@ -779,6 +861,12 @@ class StateStore:
             if _disk_problem(exc):
                 raise _disk_error("cannot write the state file", exc) from exc
             raise StateError(f"cannot write state file: {exc}") from exc
+
+    def _forget_records(self) -> None:
+        """Before a write that is not `_update`'s: the records are read again afterwards."""
+        if self._records is not None:
+            self._records.clear()
+        self._all_read = False
 
     def _rekey(self, old_id: str, new_id: str) -> None:
         # events are found through the events_job_id index: rows of this job only

@@ -8,7 +8,7 @@ process with SIGKILL (no cleanup, no flush, like a power cut or the OOM killer) 
 * `before-send`: the generate request's intent is committed (trace id, `sent_at`,
   `resend_after`), the request has not left;
 * `after-reply`: the gateway accepted the generate and its reply arrived, not yet saved;
-* `mid-download`: the first chunk of a result is written (and flushed) to its `.part` file;
+* `mid-download`: the first bytes of a result are written (and flushed) to its `.part` file;
 * `after-rename`: a downloaded result was renamed to `<job>.mp4`, the job not yet DONE;
 * `take-over`: reconcile moved a taken-over result (N=1: to its staging name, before the id
   moves are committed; N=2: to its new job's name, before that is recorded);
@@ -70,7 +70,14 @@ def install(point: str, nth: int) -> None:
 
         client_class.generate = after  # type: ignore[method-assign]
     elif point == "mid-download":
-        pipeline.download.aiofiles = _DyingFiles(pipeline.download.aiofiles, counter)  # type: ignore[assignment]
+        writing = pipeline.download._write
+
+        def write(path: Any, out: list[Any], batch: list[bytes]) -> None:
+            if not out:
+                out.append(_DyingFile(path.open("wb"), counter))
+            writing(path, out, batch)
+
+        pipeline.download._write = write
     elif point == "after-rename":
         pipeline.download.place = _after(pipeline.download.place, counter)
     elif point == "take-over":
@@ -91,41 +98,21 @@ def _after(real: Callable[..., Any], counter: _Counter) -> Callable[..., Any]:
     return wrapper
 
 
-class _DyingFiles:
-    """`aiofiles` whose `open(...)` files die after their first write reached the disk."""
+class _DyingFile:
+    """A `.part` file that dies after its first write reached the disk."""
 
     def __init__(self, real: Any, counter: _Counter) -> None:
         self._real, self._counter = real, counter
 
-    def open(self, *args: Any, **kwargs: Any) -> Any:
-        return _DyingOpen(self._real.open(*args, **kwargs), self._counter)
+    def writelines(self, lines: Any) -> None:
+        self._real.writelines(lines)
+        if self._counter.due():
+            self._real.flush()
+            os.fsync(self._real.fileno())
+            die()
 
-
-class _DyingOpen:
-    def __init__(self, opening: Any, counter: _Counter) -> None:
-        self._opening, self._counter = opening, counter
-
-    def __await__(self) -> Any:  # `out = await aiofiles.open(...)` as well as `async with`
-        return self.__aenter__().__await__()
-
-    async def __aenter__(self) -> Any:
-        file = await self._opening.__aenter__()
-        counter = self._counter
-        real_write = file.write
-
-        async def write(data: bytes) -> int:
-            written: int = await real_write(data)
-            if counter.due():
-                await file.flush()
-                os.fsync(file.fileno())
-                die()
-            return written
-
-        file.write = write
-        return file
-
-    async def __aexit__(self, *exc: object) -> Any:
-        return await self._opening.__aexit__(*exc)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
 
 
 def main(argv: list[str]) -> int:

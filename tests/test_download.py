@@ -50,10 +50,10 @@ async def test_complete_download_is_renamed_into_place(tmp_path: Path) -> None:
     async with serve_app(_cdn()) as url:
         config = ClientConfig(base_url=url, api_key="k", retry=FAST_RETRY)
         async with PixverseClient(config) as client:
-            size = await fetch_to_file(
+            fetched = await fetch_to_file(
                 client, Link(f"{url}/whole.mp4", len(BODY)), tmp_path / "a.mp4"
             )
-    assert size == len(BODY)
+    assert fetched.size == len(BODY)
     assert (tmp_path / "a.mp4").read_bytes() == BODY
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]  # no temporary left
 
@@ -74,9 +74,9 @@ async def test_the_status_size_is_not_a_byte_count(tmp_path: Path) -> None:
         config = ClientConfig(base_url=url, api_key="k", retry=FAST_RETRY)
         async with PixverseClient(config) as client:
             for name, size in (("c.mp4", len(BODY) + 1), ("d.mp4", len(BODY) // 1024)):
-                written = await fetch_to_file(
+                fetched = await fetch_to_file(
                     client, Link(f"{url}/whole.mp4", size), tmp_path / name
                 )
-                assert written == len(BODY)
+                assert fetched.size == len(BODY)
                 assert (tmp_path / name).read_bytes() == BODY
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "d.mp4"]

@@ -143,11 +143,11 @@ async def test_a_cdn_that_compresses_the_mp4_anyway(
     async with serve_app(app) as url:
         config = ClientConfig(base_url=url, api_key="k", retry=FAST_RETRY)
         async with PixverseClient(config) as client:
-            size = await fetch_to_file(
+            fetched = await fetch_to_file(
                 client, Link(f"{url}/r.mp4", len(result_mp4)), tmp_path / "r.mp4"
             )
     assert asked == ["identity"]
-    assert size == len(result_mp4)
+    assert fetched.size == len(result_mp4)
     assert (tmp_path / "r.mp4").read_bytes() == result_mp4
     assert [p.name for p in tmp_path.iterdir()] == ["r.mp4"]
 

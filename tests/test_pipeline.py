@@ -358,11 +358,11 @@ async def test_expired_link_gets_a_fresh_one_without_regenerating(tmp_path: Path
             status = await client.status(video_id)
             await anyio.sleep(0.5)  # the link from that poll has expired
             dest = tmp_path / "again.mp4"
-            size = await download_result(client, video_id, dest, Link(status.url, status.size))
+            fetched = await download_result(client, video_id, dest, Link(status.url, status.size))
     downloads = [r for r in sim.ledger.requests if not r.path.startswith("/openapi")]
     assert downloads[-2].http_status == 403
     assert downloads[-1].http_status == 200
-    assert size == dest.stat().st_size
+    assert fetched.size == dest.stat().st_size
     assert sha256(dest) == sim.ledger.served_downloads[video_id]
     assert len(sim.ledger.generations) == 1
 

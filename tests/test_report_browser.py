@@ -20,7 +20,7 @@ import anyio
 import av
 import pytest
 
-from pipeline.htmlreport import build_page
+from pipeline.htmlreport import MAX_PICTURES, build_page
 from pipeline.thumbs import THUMBS, target, thumbnail
 from tests.pagecheck import mixed_run
 
@@ -195,15 +195,18 @@ def test_a_thousand_cards_filter_and_load_their_thumbnails_lazily(
         build_page({"run_id": "r", "exit_code": 1, "jobs": jobs}, out), encoding="utf-8"
     )
     loaded = "[...document.images].filter(i => i.complete && i.naturalWidth > 0)"
+    # a page shows MAX_PICTURES videos as pictures: the last card with one, and one without
+    far = f"#job-job-{MAX_PICTURES - 1:04d}"
     for tab in _open(browser, out / "report.html"):
         assert len(tab.shown()) == 1000
+        assert tab.page.locator("#job-job-0999 img").count() == 0
         tab.page.wait_for_function(f"{loaded}.length > 0", timeout=WAIT_MS)
-        assert tab.page.evaluate(f"{loaded}.length") < 500  # the far ones wait for a scroll
-        last = tab.page.locator("#job-job-0999 img").first
+        assert tab.page.evaluate(f"{loaded}.length") < MAX_PICTURES // 2  # far ones wait
+        last = tab.page.locator(f"{far} img").first
         assert not last.evaluate("i => i.complete && i.naturalWidth > 0")
         last.scroll_into_view_if_needed()
         tab.page.wait_for_function(
-            "(i => i.complete && i.naturalWidth > 0)(document.querySelector('#job-job-0999 img'))",
+            f"(i => i.complete && i.naturalWidth > 0)(document.querySelector('{far} img'))",
             timeout=WAIT_MS,
         )
         tab.page.click("button[data-filter=failed]")

@@ -260,6 +260,9 @@ async def test_a_renamed_speaker_keeps_its_paid_results_and_new_work_fails_alone
         if older_file:
             with sqlite3.connect(out / STATE_NAME) as conn:
                 conn.execute("DROP TABLE speaker_names")
+                # and what the migrations after it added (the file as it was before them)
+                conn.execute("ALTER TABLE jobs DROP COLUMN result_seconds")
+                conn.execute("ALTER TABLE jobs DROP COLUMN result_resolution")
                 older = str(next(i for i, (n, _) in enumerate(MIGRATIONS) if n.endswith("names")))
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (older,))
         sim.config.speakers = RENAMED

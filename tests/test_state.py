@@ -173,3 +173,25 @@ def test_reassign_moves_records_in_a_cycle_with_their_history(tmp_path: Path) ->
     assert [r.id for r in store.jobs()] == ["a", "b"]
     assert [r.id for r in store.jobs(archived=True)] == ["a", "b", "c@1"]
     store.close()
+
+
+def test_an_imported_record_is_seen_by_a_store_that_read_every_record(tmp_path: Path) -> None:
+    """`import_record` (failed.yaml's `resume_from`) adds a paid record: a store that had read
+    all its records and their credits (it keeps them) lists it and counts its credits."""
+    other = StateStore.open(tmp_path / "other.sqlite")
+    other.add_job("x", "fp-x")
+    other.transition("x", JobState.SUBMITTING, trace_id="trace-x")
+    paid = other.transition("x", JobState.GENERATING, video_id=42, attempts=1, credits=30)
+    other.close()
+    store = StateStore.open(tmp_path / "state.sqlite")
+    store.add_job("a", "fp-a")
+    assert [r.id for r in store.jobs()] == ["a"]
+    assert store.total_credits() == 0
+    store.import_record(paid, "x@42", JobState.GENERATING, "taken from the other run")
+    assert [r.id for r in store.jobs(archived=True)] == ["a", "x@42"]
+    assert store.job("x@42").video_id == 42
+    assert store.total_credits() == 30
+    store.close()
+    again = StateStore.open(tmp_path / "state.sqlite")
+    assert again.total_credits() == 30
+    again.close()
