@@ -43,9 +43,7 @@ def build_page(document: Mapping[str, Any], out: Path, meaning: str | None = Non
     return "".join(page_parts(document, out, meaning))
 
 
-def page_parts(
-    document: Mapping[str, Any], out: Path, meaning: str | None = None
-) -> Iterator[str]:
+def page_parts(document: Mapping[str, Any], out: Path, meaning: str | None = None) -> Iterator[str]:
     """`build_page` a part at a time (the head, each card, the end): a 10,000-job page is
     written without being held whole. No text of the document spans two parts."""
     base = _manifest_dir(document)
