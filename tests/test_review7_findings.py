@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 import pipeline.simulator.app as sim_app
+from pipeline.runner import RunOutcome
 from pipeline.simulator import serve
 from pipeline.simulator.state import SimState
 from tests.harness import fast_sim, project, run_once, tts_manifest
@@ -45,7 +46,7 @@ async def test_r7_1_slow_downloads_leave_the_generation_slot_idle(
     generated_while_held = 0
     async with serve(fast_sim(concurrency_limit=1)) as sim:
         async with anyio.create_task_group() as tg:
-            outcomes = []
+            outcomes: list[RunOutcome] = []
 
             async def run() -> None:
                 outcomes.append(
@@ -61,11 +62,12 @@ async def test_r7_1_slow_downloads_leave_the_generation_slot_idle(
 
             tg.start_soon(run)
             with anyio.move_on_after(20):
-                while len(sim.ledger.generations) < JOBS:
+                while len(sim.ledger.generations) < JOBS:  # noqa: ASYNC110 - polls the ledger
                     await anyio.sleep(0.05)
             generated_while_held = len(sim.ledger.generations)
             release.set()
-        assert outcomes and outcomes[0].exit_code == 0
+        assert outcomes
+        assert outcomes[0].exit_code == 0
         assert len(sim.ledger.generations) == JOBS  # each paid once, in the end
     assert generated_while_held == JOBS, (
         f"only {generated_while_held} of {JOBS} jobs were generated while downloads were held"
