@@ -101,6 +101,8 @@ from pipeline.submit import (
 
 log = logging.getLogger("pipeline.runner")
 
+DOWNLOAD_BACKLOG = 8  # finished generations that may wait for downloads, per admission place
+
 
 class ExitCode(IntEnum):
     OK = 0  # every job done
@@ -262,7 +264,11 @@ class _Run:
         self.poller = Poller(self._status, o.poll_interval, sleep=self.sleep)
         keys = len(self.clients)
         self.admission = anyio.Semaphore(keys * (o.concurrency + max(0, o.upload_ahead)))
-        self.download_queue = anyio.Semaphore(keys * (o.concurrency + max(0, o.upload_ahead)))
+        # results waiting for a download slot: bounded (live tasks stay bounded), but far
+        # more than admission, so slow downloads do not stop new work from taking the
+        # account's slots (review 7, R7-1): downloading holds no slot
+        admitted = keys * (o.concurrency + max(0, o.upload_ahead))
+        self.download_queue = anyio.Semaphore(DOWNLOAD_BACKLOG * admitted + 64)
         self.uploads = anyio.CapacityLimiter(o.upload_concurrency)
         self.downloads = anyio.CapacityLimiter(o.download_concurrency)
 

@@ -19,7 +19,6 @@ JOBS = 6
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason="R7-1: the download queue holds admission: slots idle")
 async def test_r7_1_slow_downloads_leave_the_generation_slot_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
