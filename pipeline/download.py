@@ -116,31 +116,28 @@ async def _fetch(client: PixverseClient, link: Link, dest: Path) -> Fetched:
                 raise LinkExpiredError("link expired or invalid", http_status=403)
             if response.status != 200:
                 raise TransportError("download failed", http_status=response.status)
-            expected = response.content_length
-            received, written = await _receive(response, tmp, f"cannot save {dest}")
-        if expected is not None and received != expected:
-            raise TransportError(f"got {received} bytes, Content-Length says {expected}")
-        check = await _check_video(tmp)
-        place(tmp, dest)  # never over a file already there; fsyncs the folder after the rename
+            fetched = await _receive(response, tmp, dest)
         placed = True
     finally:
         # only a temporary that exists: on a read-only file system even unlinking a
         # missing file fails (EROFS), which would hide the error that matters
         if not placed and tmp.exists():
             tmp.unlink()
-    return Fetched(written, check)
+    return fetched
 
 
-async def _receive(response: aiohttp.ClientResponse, tmp: Path, what: str) -> tuple[int, int]:
-    """Stream the body into `tmp`, fsynced; return (bytes received, bytes written).
+async def _receive(response: aiohttp.ClientResponse, tmp: Path, dest: Path) -> Fetched:
+    """Stream the body into `tmp`, then (`_land`) check it and place it at `dest`.
 
     Bytes go to the file from a worker thread, `BATCH` at a time (at most that much is held in
-    memory); the file is opened with the first batch, and the last batch, flush, fsync and
-    close are one trip to the thread: a result under a megabyte costs one trip, not one per
-    chunk (issue 6: CPU per job).
+    memory); the file is opened with the first batch, and the last batch, flush, fsync, close,
+    the check and the rename into place are one trip to the thread: a result under a megabyte
+    costs one trip, not one per chunk or step (issue 6: CPU per job).
 
     Only the file operations are disk errors: a failed read (aiohttp's ClientOSError is an
     OSError too) stays a transport error, mapped where the response was opened."""
+    what = f"cannot save {dest}"
+    expected = response.content_length
     decoder = _Decoder(response.headers.get("Content-Encoding"))
     received = written = 0
     out: list[BinaryIO] = []  # the file, once opened
@@ -160,13 +157,27 @@ async def _receive(response: aiohttp.ClientResponse, tmp: Path, what: str) -> tu
         data = decoder.finish()
         batch.append(data)
         written += len(data)
-        with map_disk_errors(what):
-            await anyio.to_thread.run_sync(_finish, tmp, out, batch)
+        if expected is not None and received != expected:
+            # before any rename: a cut transfer never lands (nor is it fsynced for nothing)
+            raise TransportError(f"got {received} bytes, Content-Length says {expected}")
+        check = await anyio.to_thread.run_sync(_land, tmp, out, batch, dest)
     finally:
         if out and not out[0].closed:
             with map_disk_errors(what):
                 out[0].close()
-    return received, written
+    return Fetched(written, check)
+
+
+def _land(tmp: Path, out: list[BinaryIO], batch: list[bytes], dest: Path) -> ResultCheck:
+    """In the worker thread: the last bytes, durable (`_finish`), checked as a video
+    (`_check_video`), then placed at `dest` without overwriting anything (`outputs.place`,
+    which fsyncs the folder after the rename)."""
+    with map_disk_errors(f"cannot save {dest}"):
+        _finish(tmp, out, batch)
+    check = _check_video(tmp)
+    with map_disk_errors(f"cannot save {dest}"):
+        place(tmp, dest)
+    return check
 
 
 def _write(path: Path, out: list[BinaryIO], batch: list[bytes]) -> None:
@@ -215,11 +226,11 @@ class _Decoder:
         return self._zlib.flush()
 
 
-async def _check_video(path: Path) -> ResultCheck:
+def _check_video(path: Path) -> ResultCheck:
     """A result is an mp4 with a video stream; anything else (an error page sent with 200,
     a placeholder) is a failed try, never a DONE job."""
     try:
-        check = await anyio.to_thread.run_sync(inspect_result, path)
+        check = inspect_result(path)
     except MediaProbeError as exc:
         raise TransportError(f"the download is not a video: {exc}") from exc
     info = check.info

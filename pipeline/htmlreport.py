@@ -19,6 +19,7 @@ shows on its card; it never fails the page. Figures the document may carry from 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -205,6 +206,7 @@ class _Pictures:
         self._shown = 0
         self._links: dict[Path, str] = {}
         self._files: dict[Path, str | None] = {}  # None: not a file
+        self._sources: dict[str, Path] = {}
 
     def thumb(self, video: Path) -> Thumb | None:
         if video not in self._thumbs:
@@ -216,6 +218,13 @@ class _Pictures:
                     self.used.append(made.path)
             self._thumbs[video] = made
         return self._thumbs[video]
+
+    def source(self, job: Mapping[str, Any], base: Path | None) -> tuple[Path | None, str | None]:
+        """`_source`, one Path per file however many cards show it (then found by identity)."""
+        found, note = _source(job, base)
+        if found is None:
+            return None, note
+        return self._sources.setdefault(str(found), found), None
 
     def link(self, path: Path) -> str:
         known = self._links.get(path)
@@ -237,7 +246,7 @@ def _card(
 ) -> str:
     state = str(job.get("state") or "")
     kind = group(state)
-    source, source_note = _source(job, base)
+    source, source_note = pics.source(job, base)
     result = _result(job, out, ran)
     pictures = [
         _picture("source", source, source_note, pics),
@@ -401,4 +410,9 @@ def _now() -> str:
 
 
 def _e(value: object) -> str:
-    return escape("" if value is None else str(value), quote=True)
+    text = "" if value is None else str(value)
+    # most values need nothing: one scan says so (a page has some twenty values a card)
+    return escape(text, quote=True) if _SPECIAL.search(text) else text
+
+
+_SPECIAL = re.compile("[&<>\"']")

@@ -179,6 +179,7 @@ class _Parser:
         self.words = wording or Wording()
         self.problems: list[str] = []
         self.files: list[tuple[str, str, Path]] = []  # every media path found, with its place
+        self._paths: dict[str, Path] = {}  # by the text that named it
         self.pattern: str | None = None
 
     def fail(self, where: str, fld: str, message: str) -> None:
@@ -451,7 +452,11 @@ class _Parser:
         if not _is_text(value):
             self.fail(where, fld, "must be a file path string")
             return None
-        path = self.base / str(value)
+        # one Path per file, however many jobs name it: a 10,000-job manifest's dict lookups by
+        # path then find it by identity, not by comparing parts (issue 6: CPU per job)
+        path = self._paths.get(str(value))
+        if path is None:
+            path = self._paths[str(value)] = self.base / str(value)
         self.files.append((where, fld, path))
         return path
 

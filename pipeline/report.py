@@ -363,10 +363,10 @@ def write_report(
 
 def _csv_parts(jobs: Sequence[Mapping[str, object]], rows: int = 500) -> Iterator[str]:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
     for index, job in enumerate(jobs, 1):
-        writer.writerow({k: _csv_value(k, v) for k, v in job.items()})
+        writer.writerow([_csv_value(name, job.get(name)) for name in COLUMNS])
         if index % rows == 0:
             yield buffer.getvalue()
             buffer.seek(0)
