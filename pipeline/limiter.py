@@ -87,6 +87,7 @@ class _Evidence:
     value: int
     unsure: set[Permit]
     floor: int = 1  # a refusal never takes the ceiling below this (what the account took)
+    number: int = 0  # the limiter's count of answers learned from when this one came (R8-2)
 
 
 @dataclass(eq=False)
@@ -114,6 +115,7 @@ class SlotLimiter:
         self._running = 0  # accepted generations holding a slot
         self._runs: set[Permit] = set()  # their permits
         self._evidence: list[_Evidence] = []
+        self._answers = 0  # evidence learned so far (`answers`)
         self._sending = 0  # granted submissions without an answer yet
         self._waiters: deque[_Waiter] = deque()
         self.refusing = False  # someone else's load fills the account: probes only
@@ -211,11 +213,22 @@ class SlotLimiter:
         self._runs.add(permit)
         return permit
 
-    def seen_running(self, permit: Permit | None) -> None:
-        """A poll saw this generation still running: it counts for what was learned before."""
+    @property
+    def answers(self) -> int:
+        """Answers learned from so far: read it when a poll is asked, give it to
+        `seen_running` with the reply (review 8, R8-2)."""
+        return self._answers
+
+    def seen_running(self, permit: Permit | None, asked: int | None = None) -> None:
+        """A poll saw this generation still running: it counts for what was learned before.
+        `asked`: `answers` when the poll left; an answer learned after it is not vouched for
+        (a reply delivered late may describe a generation that has since ended: counting it
+        would set the ceiling above the account's limit)."""
         if permit is None:
             return
         for evidence in list(self._evidence):
+            if asked is not None and evidence.number > asked:
+                continue
             evidence.unsure.discard(permit)
             self._settle(evidence)
 
@@ -313,6 +326,8 @@ class SlotLimiter:
         self._learn(_Evidence(raise_=False, value=running, unsure=set(self._runs), floor=floor))
 
     def _learn(self, evidence: _Evidence) -> None:
+        self._answers += 1
+        evidence.number = self._answers
         self._evidence.append(evidence)
         self._settle(evidence)
 

@@ -227,7 +227,9 @@ class _Run:
     media_cache: dict[tuple[str, str], int] = field(default_factory=dict)  # (sha256, scope)
     changed_media: set[str] = field(default_factory=set)  # checked hashes whose file changed
     _links: dict[str, Link] = field(default_factory=dict)  # fresh links from the last poll
-    _watched: dict[int, PixverseClient] = field(default_factory=dict)  # video id -> its key's
+    _watched: dict[int, Account] = field(default_factory=dict)  # video id -> the key that made it
+    # video id -> its key's limiter's `answers` when its latest poll left (review 8, R8-2)
+    _asked: dict[int, int] = field(default_factory=dict)
     _tickets: set[_Ticket] = field(default_factory=set)  # of the live job tasks
     _scope: anyio.CancelScope = field(init=False)
     started: float = field(init=False)
@@ -283,7 +285,9 @@ class _Run:
 
     async def _status(self, video_id: int) -> VideoStatus:
         """A poll, with the key that created the video: another key would see 500008."""
-        return await self._watched[video_id].status(video_id)
+        account = self._watched[video_id]
+        self._asked[video_id] = account.limiter.answers  # what a reply can vouch for (R8-2)
+        return await account.client.status(video_id)
 
     def _whose(self, account: Account) -> str:
         """How a message names a key when there are several (nothing when there is one)."""
@@ -1034,7 +1038,7 @@ class _Run:
                 self._drop_slot(ticket)
                 self._leave_admission(ticket)
             if not is_terminal(status):
-                account.limiter.seen_running(ticket.permit)
+                account.limiter.seen_running(ticket.permit, self._asked.get(video_id))
                 if waited > self.options.max_wait:
                     raise TransientError(
                         f"video {video_id} still generating after {running_for:.0f} s;"
@@ -1050,7 +1054,7 @@ class _Run:
             account.credits += latest.credits - charged  # a refund of status 7 or 8
             return True
 
-        self._watched[video_id] = account.client  # polled with the key that created it
+        self._watched[video_id] = account  # polled with the key that created it
         try:
             await self.poller.watch(
                 video_id,
@@ -1062,6 +1066,7 @@ class _Run:
             )
         finally:
             self._watched.pop(video_id, None)
+            self._asked.pop(video_id, None)
         return latest
 
     async def _download(

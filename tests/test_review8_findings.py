@@ -86,12 +86,6 @@ async def test_r8_1_poll_gaps_stay_within_the_interval_at_scale() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="R8-2: a poll asked before a 500044 but answered after it counts its generation as"
-    " running at the refusal, so the learned ceiling comes out above the account's limit and"
-    " every refusal at the true limit then reads as someone else's load (a probe storm)",
-)
 async def test_r8_2_a_poll_answered_after_a_refusal_does_not_raise_the_ceiling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
