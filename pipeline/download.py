@@ -160,7 +160,7 @@ async def _receive(response: aiohttp.ClientResponse, tmp: Path, dest: Path) -> F
         if expected is not None and received != expected:
             # before any rename: a cut transfer never lands (nor is it fsynced for nothing)
             raise TransportError(f"got {received} bytes, Content-Length says {expected}")
-        check = await anyio.to_thread.run_sync(_land, tmp, out, batch, dest)
+        check = await anyio.to_thread.run_sync(_land, tmp, out, batch, dest, what)
     finally:
         if out and not out[0].closed:
             with map_disk_errors(what):
@@ -168,14 +168,14 @@ async def _receive(response: aiohttp.ClientResponse, tmp: Path, dest: Path) -> F
     return Fetched(written, check)
 
 
-def _land(tmp: Path, out: list[BinaryIO], batch: list[bytes], dest: Path) -> ResultCheck:
+def _land(tmp: Path, out: list[BinaryIO], batch: list[bytes], dest: Path, what: str) -> ResultCheck:
     """In the worker thread: the last bytes, durable (`_finish`), checked as a video
     (`_check_video`), then placed at `dest` without overwriting anything (`outputs.place`,
-    which fsyncs the folder after the rename)."""
-    with map_disk_errors(f"cannot save {dest}"):
+    which fsyncs the folder after the rename); `what` names a failed write."""
+    with map_disk_errors(what):
         _finish(tmp, out, batch)
-    check = _check_video(tmp)
-    with map_disk_errors(f"cannot save {dest}"):
+    check = _check_video(tmp)  # outside the disk mapping: a bad video is a failed try
+    with map_disk_errors(what):
         place(tmp, dest)
     return check
 
