@@ -18,8 +18,17 @@ Contract:
   poll comes when the earliest generations have finished (the `FIRST_SHARE` quantile), and
   each next one when another `STEP_SHARE` of those still running would have finished: polls
   come more often where finishing is likely. Between two polls of one job there is never
-  more than `poll_interval` (nor less than `MIN_GAP_SHARE` of it); only the first poll may
-  come later than that after the submission, and never later than the quantile says.
+  more than `poll_interval` (nor less than `MIN_GAP_SHARE` of it), counted from when each
+  poll was sent, not when its reply came; only the first poll may come later than that after
+  the submission, and never later than the quantile says.
+* Status calls at once. Polls due together are sent together, up to a number sized to what
+  the interval needs: the jobs watched times a status call's round trip (as measured) over
+  the interval, times `CALLS_HEADROOM`, between `POLLS_AT_ONCE` and `POLLS_AT_MOST`. So 200
+  generations at 0.3 s a call and a 5 s interval make about 36 calls at once, not 200. The
+  wait for a free call (as measured) is taken off the next gap, with `GAP_MARGIN` of the
+  interval for jitter, so a poll that queued still leaves within the interval. Past
+  `POLLS_AT_MOST` calls of one interval (some 1,000 generations at 0.3 s a call and 5 s)
+  the gaps grow instead of the calls. The calls at once never shrink during a run.
 * A job resumed from an earlier run is polled at once (`poll_now`), and every job is polled
   by its `poll_by` moment (the 10-minute slot rule), whatever the schedule says.
 """
@@ -46,7 +55,11 @@ WINDOW = 200  # the most recent generations the schedule learns from
 FIRST_SHARE = 0.1  # the first poll: when this share of generations has ended
 STEP_SHARE = 0.3  # each next poll: when this share of those still running would have ended
 MIN_GAP_SHARE = 0.1  # of poll_interval: the shortest gap between two polls of one job
-POLLS_AT_ONCE = 8  # status calls in flight at once (they are small; this bounds a burst)
+POLLS_AT_ONCE = 8  # status calls in flight at once, at least (they are small)
+POLLS_AT_MOST = 64  # status calls in flight at once, at most: this bounds a burst
+CALLS_HEADROOM = 3.0  # calls at once: this many times what the interval needs on average
+GAP_MARGIN = 0.02  # of poll_interval: a later poll leaves this much early, for jitter
+SMOOTHING = 0.2  # weight of the newest measure in the round-trip and queue-wait averages
 
 
 @dataclass(eq=False)
@@ -92,6 +105,9 @@ class Poller:
         self._built_at = 0  # samples learned when the distributions were last dropped
         self._wake: anyio.CancelScope | None = None
         self._calls = anyio.CapacityLimiter(POLLS_AT_ONCE)
+        self._watched = 0  # watches not yet over
+        self._round_trip = 0.0  # a status call's average seconds, from send to reply
+        self._queued = 0.0  # a later poll's average seconds from due to sent (for a call)
         self.polls = 0  # status calls made (benchmarks read it)
         self.polls_per_job: list[int] = []  # per finished watch, in order (benchmarks read it)
 
@@ -126,10 +142,13 @@ class Poller:
         if poll_by is not None:
             watch.poll_by = watch.started + poll_by
         self._schedule(watch, now if poll_now else self._next_poll(watch, now))
+        self._watched += 1
+        self._size_calls()
         try:
             await watch.done.wait()
         finally:
             watch.done.set()  # cancelled: the poller drops it
+            self._watched -= 1
         if watch.error is not None:
             raise watch.error
 
@@ -150,8 +169,13 @@ class Poller:
     async def _poll(self, watch: _Watch) -> None:
         async with self._calls:
             asked = self._clock()
+            if watch.polls:  # a first poll may queue behind a burst of them: not a gap
+                self._queued += SMOOTHING * (max(0.0, asked - watch.due) - self._queued)
             try:
                 status = await self._status(watch.video_id)
+                took = self._clock() - asked
+                self._round_trip += SMOOTHING * (took - self._round_trip) if self.polls else took
+                self._size_calls()
                 watch.polls += 1
                 self.polls += 1
                 ended = watch.on_status(status)
@@ -175,8 +199,24 @@ class Poller:
             watch.done.set()
             return
         watch.last_running = asked - watch.started
-        now = self._clock()
-        self._schedule(watch, self._next_poll(watch, now))
+        # counted from the send, less what a poll waits for a free call and a margin for the
+        # loop's and the network's jitter: the gap the server sees between two polls stays
+        # within the interval however long the replies take
+        due = self._next_poll(watch, asked)
+        lead = min(
+            GAP_MARGIN * self.poll_interval + self._queued, MIN_GAP_SHARE * self.poll_interval
+        )
+        self._schedule(watch, max(asked + MIN_GAP_SHARE * self.poll_interval, due - lead))
+
+    def _size_calls(self) -> None:
+        """Calls at once: what polling every watched job once an interval needs, with room.
+        Never fewer later in the run: polls come in clusters (jobs started together stay
+        together), and a cluster still due as its jobs end would queue behind fewer calls;
+        a burst is at most the jobs watched anyway."""
+        needed = CALLS_HEADROOM * self._watched * self._round_trip / self.poll_interval
+        calls = min(POLLS_AT_MOST, math.ceil(needed))
+        if calls > self._calls.total_tokens:
+            self._calls.total_tokens = calls
 
     def _schedule(self, watch: _Watch, due: float) -> None:
         if watch.poll_by is not None and self._clock() < watch.poll_by < due:

@@ -44,11 +44,6 @@ class _SlowAccount:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="R8-1: with many generations in flight the gap between polls of one job passes"
-    " --poll-interval (8 status calls at once, and each next poll counted from the reply)",
-)
 async def test_r8_1_poll_gaps_stay_within_the_interval_at_scale() -> None:
     """Defect: the poller's contract (and issue 6) says the gap between two polls of one job
     is never more than `--poll-interval`. But every status call of the run goes through one
