@@ -19,6 +19,7 @@ measured: its verdict is pre-recorded in each run's state file, as a second run 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import shutil
 import statistics
@@ -83,6 +84,8 @@ SCENARIOS = (
     Scenario("limit2-200", 200, 2, 6, 0.1, (1.0, 2.0), scale=0.2),
     Scenario("other-client", 8, 4, 4, 1.0, (1.0, 2.0), other_holds=4.0),
     Scenario("polls", 40, 4, 4, 1.0, (4.0, 8.0), scale=0.4),
+    # 200 generations in flight at once: every gap still within --poll-interval (review8's R8-1)
+    Scenario("polls-200", 200, 200, 200, 2.0, (8.0, 12.0)),
 )
 
 
@@ -96,6 +99,7 @@ class Measure:
     during_other: int  # generate requests while the other client held every slot
     polls: list[int] = field(default_factory=list)  # status calls per generation
     delays: list[float] = field(default_factory=list)  # end of generation -> first seen
+    widest_gap: float = 0.0  # the longest time between two polls of one generation / interval
 
 
 # the project -------------------------------------------------------------------------------
@@ -275,6 +279,13 @@ def measure(
     polls: list[int] = []
     delays: list[float] = []
     by_video = Counter(r.path for r in requests if r.path.startswith(RESULT))
+    asked: dict[str, list[float]] = {}
+    for r in requests:
+        if r.path.startswith(RESULT):
+            asked.setdefault(r.path, []).append(r.at)
+    widest = max(
+        (b - a for times in asked.values() for a, b in itertools.pairwise(times)), default=0.0
+    )
     for g in ours:
         path = f"{RESULT}{g.video_id}"
         end = g.created_at + g.seconds
@@ -292,6 +303,7 @@ def measure(
         during_other=during,
         polls=polls,
         delays=delays,
+        widest_gap=widest / (s.poll * s.scale),
     )
 
 
@@ -336,6 +348,20 @@ TARGETS: tuple[tuple[str, str, Callable[[Measure], float], str, Callable[[float]
         "<= 0.5",
         lambda v: v <= 0.5,
     ),
+    (
+        "polls",
+        "widest gap between polls of one generation, x --poll-interval",
+        lambda m: m.widest_gap,
+        "<= 1",
+        lambda v: v <= 1.0,
+    ),
+    (
+        "polls-200",
+        "widest gap between polls of one generation, x --poll-interval",
+        lambda m: m.widest_gap,
+        "<= 1",
+        lambda v: v <= 1.0,
+    ),
 )
 
 
@@ -362,14 +388,16 @@ def row(s: Scenario, who: str, m: Measure) -> str:
         f"| {s.name} | {who} | {m.bound:.2f} | {m.wall:.2f} | {m.bound / m.wall:.3f}"
         f" | {m.utilisation:.3f} | {m.generate_requests} | {refused:.1%}"
         f" | {m.during_other if s.other_holds else '-'}"
-        f" | {statistics.median(m.polls):g} | {statistics.fmean(m.delays):.3f} |"
+        f" | {statistics.median(m.polls):g} | {statistics.fmean(m.delays):.3f}"
+        f" | {m.widest_gap:.2f} |"
     )
 
 
 HEADER = (
     "| scenario | client | bound s | makespan s | bound/makespan | utilisation"
     " | generate requests | refused | sent while full | status calls / gen (median)"
-    " | finish -> seen s (mean) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    " | finish -> seen s (mean) | widest poll gap / interval |"
+    "\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
