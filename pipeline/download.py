@@ -38,6 +38,7 @@ log = logging.getLogger("pipeline.download")
 CHUNK = 1 << 16
 BATCH = 1 << 20  # bytes handed to the writing thread at once (held in memory meanwhile)
 RESULT_CONTAINERS = frozenset({"mp4", "mov"})  # the ISO family, as media.probe names it
+_GZIP_PADDING = b"\x00 \t\r\n\x0b\x0c"  # may follow a gzip member (zeros: as Python's gzip)
 
 
 class LinkExpiredError(TransientError):
@@ -195,31 +196,57 @@ def _finish(path: Path, out: list[BinaryIO], batch: list[bytes]) -> None:
 
 
 class _Decoder:
-    """Undoes a gzip or deflate `Content-Encoding` (none: bytes pass through)."""
+    """Undoes a gzip or deflate `Content-Encoding` (none: bytes pass through).
+
+    A gzip body may be several members one after another (RFC 1952 2.2; `gzip`, urllib3 and
+    Python's gzip read them all): each member's end starts a new decoder on what follows.
+    Zero bytes and ASCII whitespace after a member are padding, skipped; anything else there
+    must be another member, or the transfer is bad (urllib3 drops such a tail silently, which
+    would also drop a damaged member). A stream that ends inside a member is cut short."""
 
     def __init__(self, encoding: str | None) -> None:
         self.encoding = (encoding or "identity").strip().lower()
         if self.encoding not in {"identity", "gzip", "x-gzip", "deflate"}:
             raise TransportError(f"download sent with Content-Encoding {encoding!r}")
         self._zlib: zlib._Decompress | None = None
+        self._members = 0  # gzip members decoded to their end
 
     def feed(self, chunk: bytes) -> bytes:
         if self.encoding == "identity" or not chunk:
             return chunk
-        if self._zlib is None:
-            # "deflate" should be zlib-wrapped (RFC 9110 8.4.1.2); some servers send it raw,
-            # which aiohttp also accepts: a zlib stream starts with CM = 8 in the low nibble
-            wbits = 16 + zlib.MAX_WBITS if "gzip" in self.encoding else zlib.MAX_WBITS
-            if self.encoding == "deflate" and chunk[0] & 0x0F != 8:
-                wbits = -zlib.MAX_WBITS
-            self._zlib = zlib.decompressobj(wbits)
+        if self.encoding == "deflate":
+            if self._zlib is None:
+                # "deflate" should be zlib-wrapped (RFC 9110 8.4.1.2); some servers send it
+                # raw, which aiohttp also accepts: a zlib stream starts with CM = 8 in the
+                # low nibble
+                raw = chunk[0] & 0x0F != 8
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+            return self._inflate(self._zlib, chunk)
+        out = []
+        while chunk:
+            if self._zlib is None:
+                if self._members:
+                    chunk = chunk.lstrip(_GZIP_PADDING)
+                    if not chunk:
+                        break
+                self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out.append(self._inflate(self._zlib, chunk))
+            if not self._zlib.eof:
+                break
+            chunk = self._zlib.unused_data  # the next member (or padding) begins here
+            self._zlib = None
+            self._members += 1
+        return b"".join(out)
+
+    def _inflate(self, decoder: zlib._Decompress, chunk: bytes) -> bytes:
         try:
-            return self._zlib.decompress(chunk)
+            return decoder.decompress(chunk)
         except zlib.error as exc:
-            raise TransportError(f"download: bad {self.encoding} data: {exc}") from exc
+            where = f" after member {self._members}" if self._members else ""
+            raise TransportError(f"download: bad {self.encoding} data{where}: {exc}") from exc
 
     def finish(self) -> bytes:
-        if self._zlib is None:
+        if self._zlib is None:  # identity, nothing sent, or a gzip member's end
             return b""
         if not self._zlib.eof:
             raise TransportError(f"download: the {self.encoding} stream is cut short")

@@ -56,11 +56,6 @@ def _two_member_gzip_cdn(payload: bytes) -> web.Application:
     return app
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R9-1: a gzip body of two members (valid per RFC 1952) is decoded only up to the"
-    " first member's end; the rest is dropped silently and half a video is placed as the result",
-)
 async def test_a_multi_member_gzip_result_lands_whole(tmp_path: Path) -> None:
     """Defect: `download._Decoder` feeds every chunk to one `zlib.decompressobj`, which stops
     at the end of the first gzip member and leaves the rest in `unused_data`, which nobody
