@@ -3,9 +3,10 @@
 The output file appears only complete and only as a video: bytes go to a hidden temporary file
 in the output folder; what arrived must match `Content-Length` (counted as sent, before undoing
 a `Content-Encoding` the CDN applied although identity was asked for; never the status reply's
-`size`, whose unit is undocumented), and it must probe as an mp4 with a video stream (a 200
-with an HTML page is not a result). Then it is fsynced, placed without overwriting anything
-(`outputs.place`), and the folder fsynced.
+`size`, whose unit is undocumented), it must probe as an mp4 with a video stream (a 200
+with an HTML page is not a result), and its boxes must add up to its length (`isobmff`: a body
+cut short with no `Content-Length`, close-delimited, reads as complete). Then it is fsynced,
+placed without overwriting anything (`outputs.place`), and the folder fsynced.
 
 An expired link (HTTP 403), a failed or bad transfer, or a status reply without a link yet (CDN
 lag) costs one try, and the next gets a freshly signed link from the status endpoint, after a
@@ -29,6 +30,7 @@ import anyio.to_thread
 
 from pipeline.client import PixverseClient
 from pipeline.errors import TransientError, TransportError, VideoGoneError, map_disk_errors
+from pipeline.isobmff import IncompleteError, check_whole
 from pipeline.media import MediaProbeError, ResultCheck, inspect_result
 from pipeline.outputs import place
 from pipeline.retry import Sleep
@@ -254,8 +256,9 @@ class _Decoder:
 
 
 def _check_video(path: Path) -> ResultCheck:
-    """A result is an mp4 with a video stream; anything else (an error page sent with 200,
-    a placeholder) is a failed try, never a DONE job."""
+    """A result is a whole mp4 with a video stream (`isobmff.check_whole`); anything else (an
+    error page sent with 200, a placeholder, a body cut short) is a failed try, never a DONE
+    job."""
     try:
         check = inspect_result(path)
     except MediaProbeError as exc:
@@ -263,6 +266,12 @@ def _check_video(path: Path) -> ResultCheck:
     info = check.info
     if info.kind != "video" or info.container not in RESULT_CONTAINERS:
         raise TransportError(f"the download is {info.container} {info.kind}, not an mp4 video")
+    try:
+        # a body cut short with no Content-Length (close-delimited) arrives as if whole, and
+        # a faststart mp4's front half probes and decodes: its boxes tell
+        check_whole(path)
+    except IncompleteError as exc:
+        raise TransportError(f"the download is cut short: {exc}") from exc
     return check
 
 
