@@ -3,9 +3,10 @@
 The output file appears only complete and only as a video: bytes go to a hidden temporary file
 in the output folder; what arrived must match `Content-Length` (counted as sent, before undoing
 a `Content-Encoding` the CDN applied although identity was asked for; never the status reply's
-`size`, whose unit is undocumented), and it must probe as an mp4 with a video stream (a 200
-with an HTML page is not a result). Then it is fsynced, placed without overwriting anything
-(`outputs.place`), and the folder fsynced.
+`size`, whose unit is undocumented), it must probe as an mp4 with a video stream (a 200
+with an HTML page is not a result), and its boxes must add up to its length (`isobmff`: a body
+cut short with no `Content-Length`, close-delimited, reads as complete). Then it is fsynced,
+placed without overwriting anything (`outputs.place`), and the folder fsynced.
 
 An expired link (HTTP 403), a failed or bad transfer, or a status reply without a link yet (CDN
 lag) costs one try, and the next gets a freshly signed link from the status endpoint, after a
@@ -29,6 +30,7 @@ import anyio.to_thread
 
 from pipeline.client import PixverseClient
 from pipeline.errors import TransientError, TransportError, VideoGoneError, map_disk_errors
+from pipeline.isobmff import IncompleteError, check_whole
 from pipeline.media import MediaProbeError, ResultCheck, inspect_result
 from pipeline.outputs import place
 from pipeline.retry import Sleep
@@ -38,6 +40,7 @@ log = logging.getLogger("pipeline.download")
 CHUNK = 1 << 16
 BATCH = 1 << 20  # bytes handed to the writing thread at once (held in memory meanwhile)
 RESULT_CONTAINERS = frozenset({"mp4", "mov"})  # the ISO family, as media.probe names it
+_GZIP_PADDING = b"\x00 \t\r\n\x0b\x0c"  # may follow a gzip member (zeros: as Python's gzip)
 
 
 class LinkExpiredError(TransientError):
@@ -195,31 +198,57 @@ def _finish(path: Path, out: list[BinaryIO], batch: list[bytes]) -> None:
 
 
 class _Decoder:
-    """Undoes a gzip or deflate `Content-Encoding` (none: bytes pass through)."""
+    """Undoes a gzip or deflate `Content-Encoding` (none: bytes pass through).
+
+    A gzip body may be several members one after another (RFC 1952 2.2; `gzip`, urllib3 and
+    Python's gzip read them all): each member's end starts a new decoder on what follows.
+    Zero bytes and ASCII whitespace after a member are padding, skipped; anything else there
+    must be another member, or the transfer is bad (urllib3 drops such a tail silently, which
+    would also drop a damaged member). A stream that ends inside a member is cut short."""
 
     def __init__(self, encoding: str | None) -> None:
         self.encoding = (encoding or "identity").strip().lower()
         if self.encoding not in {"identity", "gzip", "x-gzip", "deflate"}:
             raise TransportError(f"download sent with Content-Encoding {encoding!r}")
         self._zlib: zlib._Decompress | None = None
+        self._members = 0  # gzip members decoded to their end
 
     def feed(self, chunk: bytes) -> bytes:
         if self.encoding == "identity" or not chunk:
             return chunk
-        if self._zlib is None:
-            # "deflate" should be zlib-wrapped (RFC 9110 8.4.1.2); some servers send it raw,
-            # which aiohttp also accepts: a zlib stream starts with CM = 8 in the low nibble
-            wbits = 16 + zlib.MAX_WBITS if "gzip" in self.encoding else zlib.MAX_WBITS
-            if self.encoding == "deflate" and chunk[0] & 0x0F != 8:
-                wbits = -zlib.MAX_WBITS
-            self._zlib = zlib.decompressobj(wbits)
+        if self.encoding == "deflate":
+            if self._zlib is None:
+                # "deflate" should be zlib-wrapped (RFC 9110 8.4.1.2); some servers send it
+                # raw, which aiohttp also accepts: a zlib stream starts with CM = 8 in the
+                # low nibble
+                raw = chunk[0] & 0x0F != 8
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+            return self._inflate(self._zlib, chunk)
+        out = []
+        while chunk:
+            if self._zlib is None:
+                if self._members:
+                    chunk = chunk.lstrip(_GZIP_PADDING)
+                    if not chunk:
+                        break
+                self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out.append(self._inflate(self._zlib, chunk))
+            if not self._zlib.eof:
+                break
+            chunk = self._zlib.unused_data  # the next member (or padding) begins here
+            self._zlib = None
+            self._members += 1
+        return b"".join(out)
+
+    def _inflate(self, decoder: zlib._Decompress, chunk: bytes) -> bytes:
         try:
-            return self._zlib.decompress(chunk)
+            return decoder.decompress(chunk)
         except zlib.error as exc:
-            raise TransportError(f"download: bad {self.encoding} data: {exc}") from exc
+            where = f" after member {self._members}" if self._members else ""
+            raise TransportError(f"download: bad {self.encoding} data{where}: {exc}") from exc
 
     def finish(self) -> bytes:
-        if self._zlib is None:
+        if self._zlib is None:  # identity, nothing sent, or a gzip member's end
             return b""
         if not self._zlib.eof:
             raise TransportError(f"download: the {self.encoding} stream is cut short")
@@ -227,8 +256,9 @@ class _Decoder:
 
 
 def _check_video(path: Path) -> ResultCheck:
-    """A result is an mp4 with a video stream; anything else (an error page sent with 200,
-    a placeholder) is a failed try, never a DONE job."""
+    """A result is a whole mp4 with a video stream (`isobmff.check_whole`); anything else (an
+    error page sent with 200, a placeholder, a body cut short) is a failed try, never a DONE
+    job."""
     try:
         check = inspect_result(path)
     except MediaProbeError as exc:
@@ -236,6 +266,12 @@ def _check_video(path: Path) -> ResultCheck:
     info = check.info
     if info.kind != "video" or info.container not in RESULT_CONTAINERS:
         raise TransportError(f"the download is {info.container} {info.kind}, not an mp4 video")
+    try:
+        # a body cut short with no Content-Length (close-delimited) arrives as if whole, and
+        # a faststart mp4's front half probes and decodes: its boxes tell
+        check_whole(path)
+    except IncompleteError as exc:
+        raise TransportError(f"the download is cut short: {exc}") from exc
     return check
 
 

@@ -43,6 +43,7 @@ from tests.harness import (
 )
 from tests.media_factory import make_audio, make_video
 from tests.test_client import serve_app
+from tests.test_review9_findings import FASTSTART, _close_delimited_cdn
 
 RESULT = "/video/result"
 ONE_JOB = "version: 1\njobs:\n  - {id: j1, video: media/intro.mp4, audio: media/%s}\n"
@@ -184,6 +185,40 @@ async def test_an_html_page_with_status_200_is_not_saved_as_the_result(tmp_path:
     assert sha256(out / "job-0.mp4") == sim.ledger.served_downloads[video_id]
     assert probe(out / "job-0.mp4").kind == "video"
     assert sorted(p.name for p in out.glob("*.mp4*")) == ["job-0.mp4"]
+
+
+# 6'. a result cut short with no Content-Length ---------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_close_delimited_result_cut_short_is_fetched_again(tmp_path: Path) -> None:
+    """The first link goes to an edge that sends half of a faststart mp4 without
+    Content-Length and closes (it probes and decodes as a whole video): a failed try, not
+    DONE and not a disk error; the next try's fresh link gets the real video, paid once."""
+    edited = 0
+
+    async def hook(call: Call, forward: Forward) -> web.Response:
+        nonlocal edited
+        reply = await forward()
+        if call.path == RESULT and status_of(reply) == 1 and not edited:
+            edited += 1
+            return _edit_status(reply, url=f"{edge}/result.mp4", size=0)
+        return reply
+
+    manifest = project(tmp_path, tts_manifest(1))
+    out = tmp_path / "out"
+    async with (
+        _close_delimited_cdn(FASTSTART, len(FASTSTART) // 2) as edge,
+        serve(fast_sim()) as sim,
+        gateway_proxy(sim.url, hook) as proxy,
+    ):
+        outcome = await run_fast(sim, manifest, out, base_url=proxy.url)
+    assert edited == 1
+    assert outcome.exit_code is ExitCode.OK, outcome.rows
+    (video_id,) = sim.ledger.generations
+    assert sim.ledger.served_downloads.get(video_id) == sha256(out / "job-0.mp4")
+    assert sorted(p.name for p in out.glob("*.mp4*")) == ["job-0.mp4"]
+    assert _job(out, "job-0") == (JobState.DONE, None)
 
 
 # 7. the upload reads the file again after preflight hashed it -----------------------------
