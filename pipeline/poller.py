@@ -26,7 +26,7 @@ Contract:
   the interval, times `CALLS_HEADROOM`, between `POLLS_AT_ONCE` and `POLLS_AT_MOST`. So 200
   generations at 0.3 s a call and a 5 s interval make about 36 calls at once, not 200. The
   wait for a free call (as measured) is taken off the next gap, with `GAP_MARGIN` of the
-  interval for jitter, so a poll that queued still leaves within the interval. Past
+  interval (at least `GAP_MARGIN_SECONDS`) for jitter, so a poll that queued still leaves within the interval. Past
   `POLLS_AT_MOST` calls of one interval (some 1,000 generations at 0.3 s a call and 5 s)
   the gaps grow instead of the calls. The calls at once never shrink during a run.
 * A job resumed from an earlier run is polled at once (`poll_now`), and every job is polled
@@ -58,7 +58,8 @@ MIN_GAP_SHARE = 0.1  # of poll_interval: the shortest gap between two polls of o
 POLLS_AT_ONCE = 8  # status calls in flight at once, at least (they are small)
 POLLS_AT_MOST = 64  # status calls in flight at once, at most: this bounds a burst
 CALLS_HEADROOM = 3.0  # calls at once: this many times what the interval needs on average
-GAP_MARGIN = 0.02  # of poll_interval: a later poll leaves this much early, for jitter
+GAP_MARGIN = 0.02  # of poll_interval: a later poll leaves this much early, for jitter,
+GAP_MARGIN_SECONDS = 0.02  # and at least this (a short interval on a busy machine)
 SMOOTHING = 0.2  # weight of the newest measure in the round-trip and queue-wait averages
 
 
@@ -204,7 +205,8 @@ class Poller:
         # within the interval however long the replies take
         due = self._next_poll(watch, asked)
         lead = min(
-            GAP_MARGIN * self.poll_interval + self._queued, MIN_GAP_SHARE * self.poll_interval
+            max(GAP_MARGIN * self.poll_interval, GAP_MARGIN_SECONDS) + self._queued,
+            MIN_GAP_SHARE * self.poll_interval,
         )
         self._schedule(watch, max(asked + MIN_GAP_SHARE * self.poll_interval, due - lead))
 
