@@ -26,9 +26,10 @@ Contract:
   the interval, times `CALLS_HEADROOM`, between `POLLS_AT_ONCE` and `POLLS_AT_MOST`. So 200
   generations at 0.3 s a call and a 5 s interval make about 36 calls at once, not 200. The
   wait for a free call (as measured) is taken off the next gap, with `GAP_MARGIN` of the
-  interval (at least `GAP_MARGIN_SECONDS`) for jitter, so a poll that queued still leaves within the interval. Past
-  `POLLS_AT_MOST` calls of one interval (some 1,000 generations at 0.3 s a call and 5 s)
-  the gaps grow instead of the calls. The calls at once never shrink during a run.
+  interval (at least `GAP_MARGIN_SECONDS`) for jitter, so a poll that queued still leaves
+  within the interval. Past `POLLS_AT_MOST` calls of one interval (some 1,000 generations
+  at 0.3 s a call and 5 s) the gaps grow instead of the calls. The calls at once never
+  shrink during a run.
 * A job resumed from an earlier run is polled at once (`poll_now`), and every job is polled
   by its `poll_by` moment (the 10-minute slot rule), whatever the schedule says.
 """
