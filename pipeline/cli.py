@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -59,7 +60,7 @@ from pipeline.session import STATE_NAME, RunSession
 from pipeline.speakers import SpeakerBook, resolve_with
 from pipeline.speakers import lines as speaker_lines
 from pipeline.state import JobRecord, LongRecord, StateStore
-from pipeline.submit import describe_wait, iso
+from pipeline.submit import describe_wait, iso, set_aside_pending, unanswered_send
 
 log = logging.getLogger("pipeline.cli")
 
@@ -825,7 +826,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     """Job states from the state file; exits like `run` would have: 0 all done, 1 some
-    failed, 75 some unfinished (jobs of MANIFEST not started yet count as unfinished)."""
+    failed, 75 some unfinished (jobs of MANIFEST not started yet count as unfinished, and so
+    do records set aside that a run still works on: `set_aside_pending`)."""
     manifest = load_manifest(args.manifest) if args.manifest is not None else None
     if args.state is not None:
         state_path = args.state
@@ -838,6 +840,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     store = StateStore.read_only(state_path)
     try:
         records = store.jobs()
+        aside = set_aside_pending(store.jobs(archived=True))
         ceilings = store.slot_ceilings()
         long = {row.id: row for row in status_rows(records, store.long_jobs())}
     finally:
@@ -849,6 +852,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         records = [r for r in records if r.id in wanted or parent_of(r.id) in wanted]
         long = {i: row for i, row in long.items() if i in wanted}
         missing = [job.id for job in manifest.jobs if job.id not in by_id and job.id not in long]
+        aside = [r for r in aside if re.split(r"[~@]", r.id, maxsplit=1)[0] in wanted]
     # a long job counts once, by its own row; its segments are listed, not counted
     rows = build_rows([r for r in records if parent_of(r.id) is None]) + list(long.values())
     rows += [
@@ -868,6 +872,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     for r in long.values()
                 ]
                 + [{"id": job_id, "state": "new"} for job_id in missing],
+                "set_aside": [_status_json(r, now) for r in aside],
             }
         )
     else:
@@ -885,6 +890,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"{row.id:<32} {row.state:<12} long job, {count} segments: {what}")
         for job_id in missing:
             print(f"{job_id:<32} {'new':<12} not started")
+        for r in aside:
+            what = (
+                f"a send set aside unanswered (trace id {r.trace_id}), maybe paid for: the next"
+                " run re-sends it as it was"
+                if unanswered_send(r)
+                else f"set aside, video {r.video_id} paid for: the next run fetches it"
+            )
+            key = f" key={r.key_fp}" if r.key_fp else ""
+            print(f"{r.id:<32} {r.state.value:<12} {what}{key}")
         for base_url, key_fp, ceiling, concurrency, learned_at in ceilings:
             print(
                 f"slot ceiling {ceiling} (--concurrency {concurrency}) for {base_url} key"
@@ -900,7 +914,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 )
         print(summary_line(rows))
     counts = summary_counts(rows)
-    if counts["unfinished"]:
+    if counts["unfinished"] or aside:  # a run still has work to do
         return ExitCode.UNFINISHED
     return ExitCode.JOBS_FAILED if counts["failed"] or counts["suspect"] else ExitCode.OK
 

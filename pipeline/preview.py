@@ -28,7 +28,7 @@ from pipeline.plan import (
 from pipeline.preflight import Checked
 from pipeline.reconcile import decide, intact, movable, plan_records
 from pipeline.state import JobRecord, LongRecord
-from pipeline.submit import foreign_key
+from pipeline.submit import foreign_key, unanswered_send
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,13 @@ def forecast(
             why = (
                 "--redo" if job.id in redo else changed_inputs(job, old.inputs, facts) + " changed"
             )
-            step = Step(job.id, "resubmit", f"{why}: its paid result is kept aside", cost)
+            if unanswered_send(old):  # set aside, and re-sent first as it was (`_aside_step`)
+                then = _aside_step(old, keys)
+                kept = then.detail if then is not None else "set aside"
+                extra = then.credits if then is not None else 0
+                step = Step(job.id, "resubmit", f"{why}: its send is {kept}", cost + extra)
+            else:
+                step = Step(job.id, "resubmit", f"{why}: its paid result is kept aside", cost)
         else:
             record = taken.get(job.id) or before[job.id]
             # a taken-over result is still at its old name, a result whose `output` changed
@@ -129,8 +135,9 @@ def forecast(
                     job.id, step.action, f"{step.detail}; {plan.details[record.id]}", step.credits
                 )
         told[job.id] = step
-    steps: dict[str, Step] = {}
-    spent = 0
+    # first, as the run does: the records set aside that may still hold a paid video
+    aside = {r.id: a for r in records if r.archived and (a := _aside_step(r, keys)) is not None}
+    planned = list(aside.items())
     for job in jobs:
         if job.id in expanded:
             step = _long_step(job.id, [told[s.id] for s in expanded[job.id]])
@@ -138,16 +145,48 @@ def forecast(
             step = Step(job.id, "skip", "done: its segments are stitched")
         else:
             step = told[job.id]
+        planned.append((job.id, step))
+    steps: dict[str, Step] = {}
+    spent = 0
+    for job_id, step in planned:
         if step.action in _PAYING and max_credits is not None:
             if spent + step.credits > max_credits:
                 detail = f"{step.action} held back: it would pass --max-credits {max_credits}"
-                step = Step(job.id, "over-cap", detail)
+                step = Step(job_id, "over-cap", detail)
             else:
                 spent += step.credits
-        steps[job.id] = step
+        steps[job_id] = step
     for job_id, problems in checked.invalid.items():
         steps[job_id] = Step(job_id, "invalid", "; ".join(problems))
-    return [steps[job.id] for job in checked.full.jobs if job.id in steps]
+    return [steps[i] for i in [*aside, *(job.id for job in checked.full.jobs)] if i in steps]
+
+
+def _aside_step(record: JobRecord, key_fps: frozenset[str] | None) -> Step | None:
+    """What the run does first with an archived record (`runner.execute`): polls or fetches
+    a paid video still out, re-sends a send set aside unanswered with its own trace id and key
+    (free if the first arrived); None: nothing."""
+    state = record.state
+    unanswered = unanswered_send(record)
+    if state not in (JobState.GENERATING, JobState.DOWNLOADING) and not unanswered:
+        return None
+    if key_fps is not None and all(foreign_key(record, fp) for fp in key_fps):
+        return Step(
+            record.id, "other-key", f"set aside, sent with key {record.key_fp}: run with that key"
+        )
+    if state is JobState.GENERATING:
+        return Step(record.id, "poll", f"set aside: video {record.video_id} generating: poll it")
+    if state is JobState.DOWNLOADING:
+        return Step(record.id, "download", f"set aside: video {record.video_id} done: download it")
+    if record.sent_body is None:
+        what = (
+            "set aside unanswered, its body not saved (before 0013): left until its inputs return"
+        )
+        return Step(record.id, "held", what)
+    what = (
+        f"set aside unanswered (trace id {record.trace_id}): re-send it with its trace id and"
+        " key (free if it arrived), then fetch its video"
+    )
+    return Step(record.id, "confirm", what, record.sent_estimate or 0)
 
 
 def _expand(

@@ -41,7 +41,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,6 +190,15 @@ def describe_wait(record: JobRecord, now: float, boot: BootClock = boot_time) ->
 def unanswered_send(record: JobRecord) -> bool:
     """A submission whose trace id may have been processed unseen: paid for, perhaps."""
     return record.state is JobState.SUBMITTING and (record.trace_ambiguous or record.awaiting_reply)
+
+
+def set_aside_pending(records: Iterable[JobRecord]) -> list[JobRecord]:
+    """The archived records (after an edit, a removal or `--redo`) a run still works on
+    first (`runner.execute`): a paid video still generating or to be fetched, or a send that
+    may have been processed unseen, re-sent with its own trace id and key. `status` counts
+    them as unfinished; `--dry-run` shows them."""
+    out = (JobState.GENERATING, JobState.DOWNLOADING)
+    return [r for r in records if r.archived and (r.state in out or unanswered_send(r))]
 
 
 def foreign_key(record: JobRecord, key_fp: str) -> bool:

@@ -16,6 +16,7 @@ import anyio
 import pytest
 from aiohttp import web
 
+from pipeline.cli import main
 from pipeline.client import key_fingerprint
 from pipeline.jobstate import JobState
 from pipeline.manifest import load_manifest
@@ -478,3 +479,64 @@ async def test_a_send_that_waited_at_the_overload_gate_arrives_before_its_deadli
     assert paid == 1
     assert len(ahead) == 1
     assert ahead[0] > 0, f"the send arrived {-ahead[0]:.1f} s after its own deadline"
+
+
+async def test_status_and_dry_run_show_a_send_set_aside_and_still_unanswered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Job `a`'s send is lost (run 1), its script is edited, and in run 2 the new send lands
+    while the set-aside one's replies are lost again: `a` is done, but `a@1` may still hold a
+    paid video. `status` names it and exits 75 (a run still has work), and `--dry-run` says
+    the next run re-sends it as it was; neither sends anything."""
+    manifest = project(tmp_path, tts_jobs({"a": "old line"}))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        aside = await left_unanswered(sim, manifest, out)
+        manifest.write_text(tts_jobs({"a": "new line"}), encoding="utf-8")
+
+        async def lose_the_old_one(call: Call, forward: Forward) -> web.Response:
+            if call.path == GENERATE and call.trace_id == aside:
+                return await every_generate_lost(call, forward)
+            return await forward()
+
+        async with gateway_proxy(sim.url, lose_the_old_one) as proxy:
+            second = await run_once(sim, manifest, out, base_url=proxy.url, request_timeout=0.3)
+        assert [r.state for r in second.rows] == ["done"]
+        [archived] = archived_records(out)
+        assert archived.state is JobState.SUBMITTING and archived.trace_id == aside
+        capsys.readouterr()
+        before = len(sim.ledger.requests)
+        status = await anyio.to_thread.run_sync(main, ["status", str(manifest), "--out", str(out)])
+        shown = capsys.readouterr().out
+        planned = await anyio.to_thread.run_sync(
+            main, ["run", str(manifest), "--out", str(out), "--dry-run"]
+        )
+        forecast = capsys.readouterr().out
+        status_json = await anyio.to_thread.run_sync(main, ["status", "--out", str(out), "--json"])
+        document = json.loads(capsys.readouterr().out)
+        assert len(sim.ledger.requests) == before  # nothing sent
+    assert status == status_json == ExitCode.UNFINISHED
+    [line] = [x for x in shown.splitlines() if x.startswith("a@1")]
+    assert aside in line and "re-sends it" in line
+    assert planned == ExitCode.OK
+    [step] = [x for x in forecast.splitlines() if x.startswith("a@1")]
+    assert "confirm" in step and aside in step
+    assert [r["id"] for r in document["set_aside"]] == ["a@1"]
+
+
+async def test_dry_run_says_an_edited_jobs_unanswered_send_is_set_aside_and_re_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run 1 leaves `a`'s send unanswered; its script is edited. The forecast says that the
+    new script is submitted and the old send is set aside and re-sent as it was, each with
+    what it may cost (the re-send pays only if the first never arrived)."""
+    manifest = project(tmp_path, tts_jobs({"a": "old line"}))
+    out = tmp_path / "out"
+    async with serve(fast_sim()) as sim:
+        aside = await left_unanswered(sim, manifest, out)
+    manifest.write_text(tts_jobs({"a": "new line"}), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", str(out), "--dry-run"]) == ExitCode.OK
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("a ")]
+    assert "resubmit" in line and aside in line and "re-send it" in line
+    assert "about 8 credits" in line  # 4 for the new script, 4 for the old one's re-send
