@@ -27,9 +27,12 @@ Contract:
   generations at 0.3 s a call and a 5 s interval make about 36 calls at once, not 200. The
   wait for a free call (as measured) is taken off the next gap, with `GAP_MARGIN` of the
   interval (at least `GAP_MARGIN_SECONDS`) for jitter, so a poll that queued still leaves
-  within the interval. Past `POLLS_AT_MOST` calls of one interval (some 1,000 generations
-  at 0.3 s a call and 5 s) the gaps grow instead of the calls. The calls at once never
-  shrink during a run.
+  within the interval. Sends are booked per stretch of time (`_book`) so that polls the
+  schedule puts at one moment (jobs started together) leave spread out, never as one burst
+  that queues: a poll brought forward is put off within its interval, a poll due at its
+  interval is brought forward. Past `POLLS_AT_MOST` calls at once (some 800 generations at
+  0.3 s a call and 5 s) the gaps grow instead of the calls. The calls at once never shrink
+  during a run.
 * A job resumed from an earlier run is polled at once (`poll_now`), and every job is polled
   by its `poll_by` moment (the 10-minute slot rule), whatever the schedule says.
 """
@@ -61,6 +64,9 @@ POLLS_AT_MOST = 64  # status calls in flight at once, at most: this bounds a bur
 CALLS_HEADROOM = 3.0  # calls at once: this many times what the interval needs on average
 GAP_MARGIN = 0.02  # of poll_interval: a later poll leaves this much early, for jitter,
 GAP_MARGIN_SECONDS = 0.02  # and at least this (a short interval on a busy machine)
+BUCKET_SHARE = 0.02  # of poll_interval: the stretch of time whose sends `_book` counts
+ROOM_SHARE = 0.8  # of the sends the calls at once make in a stretch: what `_book` fills
+WISH_SHARE = 0.5  # of that room: what polls brought forward by the schedule may take
 SMOOTHING = 0.2  # weight of the newest measure in the round-trip and queue-wait averages
 
 
@@ -110,6 +116,8 @@ class Poller:
         self._watched = 0  # watches not yet over
         self._round_trip = 0.0  # a status call's average seconds, from send to reply
         self._queued = 0.0  # a later poll's average seconds from due to sent (for a call)
+        self._booked: dict[int, int] = {}  # polls booked per stretch of time (`_book`)
+        self._bookings = 0
         self.polls = 0  # status calls made (benchmarks read it)
         self.polls_per_job: list[int] = []  # per finished watch, in order (benchmarks read it)
 
@@ -143,7 +151,8 @@ class Poller:
         watch = _Watch(video_id, now - elapsed, size, on_status, learn=not poll_now)
         if poll_by is not None:
             watch.poll_by = watch.started + poll_by
-        self._schedule(watch, now if poll_now else self._next_poll(watch, now))
+        first = now if poll_now else self._next_poll(watch, now)
+        self._schedule(watch, self._book(first, first, first))  # counted, not moved: may be late
         self._watched += 1
         self._size_calls()
         try:
@@ -209,7 +218,45 @@ class Poller:
             max(GAP_MARGIN * self.poll_interval, GAP_MARGIN_SECONDS) + self._queued,
             MIN_GAP_SHARE * self.poll_interval,
         )
-        self._schedule(watch, max(asked + MIN_GAP_SHARE * self.poll_interval, due - lead))
+        earliest = asked + MIN_GAP_SHARE * self.poll_interval
+        deadline = asked + self.poll_interval - lead
+        self._schedule(
+            watch, self._book(min(max(earliest, due - lead), deadline), earliest, deadline)
+        )
+
+    def _book(self, target: float, earliest: float, deadline: float) -> float:
+        """When to send a poll the schedule wants at `target`, with the calls at once in mind:
+        they send `calls / round trip` polls a second, so each stretch of `BUCKET_SHARE` of
+        the interval takes that many (`ROOM_SHARE` of it, for jitter). Jobs started together
+        get the same moments from the schedule; sent as they come, their polls would leave in
+        one burst and the last of them queue past their interval.
+
+        A poll the schedule brings forward (`target` before `deadline`, the latest send that
+        keeps the gap) is a wish: it takes only `WISH_SHARE` of a stretch, and a full one puts
+        it later, up to the deadline. A poll at its deadline must leave: a full stretch puts it
+        in the latest earlier one with room, not before `earliest`. All full: `target` (an
+        overload: the gaps grow)."""
+        width = BUCKET_SHARE * self.poll_interval
+        room = ROOM_SHARE * width * self._calls.total_tokens / max(self._round_trip, 1e-3)
+        wish, must = max(1.0, WISH_SHARE * room), max(1.0, room)  # each stretch takes one
+        booked = self._booked
+        wanted, last = math.floor(target / width), math.floor(deadline / width)
+        later = (b for b in range(wanted, last) if booked.get(b, 0) + 1 <= wish)
+        chosen = next(later, None)
+        if chosen is None:
+            first = math.floor(earliest / width)
+            sooner = (b for b in range(last, first - 1, -1) if booked.get(b, 0) + 1 <= must)
+            chosen = next(sooner, last)
+        booked[chosen] = booked.get(chosen, 0) + 1
+        self._bookings += 1
+        if self._bookings % 1024 == 0:  # stretches past are done with
+            past = math.floor(self._clock() / width) - 1
+            self._booked = {b: n for b, n in booked.items() if b >= past}
+        if chosen == wanted:
+            return target
+        if chosen == last:
+            return deadline
+        return min(deadline, max(earliest, (chosen + 0.5) * width))
 
     def _size_calls(self) -> None:
         """Calls at once: what polling every watched job once an interval needs, with room.

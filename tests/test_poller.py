@@ -52,10 +52,12 @@ async def run_jobs(
     slots: int,
     interval: float,
     sizes: list[float] | None = None,
+    latency: float = 0.0,
 ) -> tuple[Account, Poller]:
-    """`durations[i]` long generations, `slots` at a time, each watched until seen ended."""
+    """`durations[i]` long generations, `slots` at a time, each watched until seen ended;
+    status calls answered `latency` after they are read."""
     time = FakeTime()
-    account = Account(time)
+    account = SlowAccount(time, latency) if latency else Account(time)
     poller = Poller(account.status, interval, clock=time.clock, sleep=time.sleep)
     free = anyio.Semaphore(slots)
 
@@ -85,19 +87,23 @@ async def test_the_poll_that_sees_the_end_hands_it_back_at_once() -> None:
         assert account.detected[video_id] == after_end[0]  # handed back by that same poll
 
 
-async def test_gaps_stay_within_the_interval_and_the_schedule_learns() -> None:
-    """Issue 6's figure: generations 4-8 s, --poll-interval 1 polled 7.5 times each."""
+@pytest.mark.parametrize("latency", [0.0, 0.1])
+async def test_gaps_stay_within_the_interval_and_the_schedule_learns(latency: float) -> None:
+    """Issue 6's figure: generations 4-8 s, --poll-interval 1 polled 7.5 times each. With
+    replies 0.1 s after each call too: the polls the schedule brings forward still leave
+    (spreading the sends out must not put them all off to the interval's end)."""
     rng = random.Random(6)
     durations = [rng.uniform(4.0, 8.0) for _ in range(60)]
-    account, poller = await run_jobs(durations, slots=4, interval=1.0)
+    account, poller = await run_jobs(durations, slots=4, interval=1.0, latency=latency)
     for video_id, times in account.polls.items():
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(gap <= 1.0 + 1e-9 for gap in gaps), video_id
     learned = range(10, 60)  # once a few have been seen to end
     polls = [len(account.polls[v]) for v in learned]
-    delays = [account.detected[v] - account.ends[v] for v in learned]
+    delays = [account.detected[v] - latency - account.ends[v] for v in learned]
     assert statistics.median(polls) <= 4
-    assert statistics.fmean(delays) <= 0.5
+    # the issue's 0.5 s, and less: polls on a plain beat after the first would make 0.49 s
+    assert statistics.fmean(delays) <= 0.35
     assert poller.polls == sum(len(t) for t in account.polls.values())
     assert not poller.size_predicts()  # these times follow nothing
 
@@ -240,3 +246,17 @@ async def test_status_calls_at_once_grow_with_the_jobs_watched_and_stay_bounded(
         crowd.detected[video_id] <= 20.0 + 2 * 2000 * 0.3 / POLLS_AT_MOST
         for video_id in range(2000)
     )
+
+
+@pytest.mark.parametrize(("jobs", "latency"), [(30, 0.3), (200, 0.3), (200, 1.0)])
+async def test_polls_of_jobs_started_together_leave_spread_within_the_interval(
+    jobs: int, latency: float
+) -> None:
+    """Generations started together taking 20-40 s: once the schedule learns, it gives them
+    nearly the same moments, more than the calls at once take together; their sends are
+    spread out ahead of time, so every gap stays within the interval (review 10, R10-1)."""
+    rng = random.Random(2)
+    account = SlowAccount(FakeTime(), latency=latency)
+    poller = await watch_all(account, 5.0, [rng.uniform(20.0, 40.0) for _ in range(jobs)])
+    assert max(gaps(account)) <= 5.0
+    assert poller.polls <= 8 * jobs  # spread, not multiplied: a plain 5 s beat makes 6-9
