@@ -172,7 +172,7 @@ async def test_a_generation_is_polled_by_its_poll_by_moment_whatever_the_schedul
         tg.start_soon(time.run_until, finished)
         async with anyio.create_task_group() as first:
             for video_id in range(3):
-                first.start_soon(poller.watch, video_id, account.on_status(video_id))
+                first.start_soon(poller.watch, video_id, account.on_status(video_id))  # type: ignore[arg-type]
         start = time.now
         account.ends[3] = start + 900.0
         await poller.watch(3, account.on_status(3), poll_by=600.0)  # type: ignore[arg-type]
@@ -211,7 +211,7 @@ async def watch_all(account: SlowAccount, interval: float, ends: list[float]) ->
         async with anyio.create_task_group() as jobs:
             for video_id, end in enumerate(ends):
                 account.ends[video_id] = end
-                jobs.start_soon(poller.watch, video_id, account.on_status(video_id))
+                jobs.start_soon(poller.watch, video_id, account.on_status(video_id))  # type: ignore[arg-type]
         finished.set()
         tg.cancel_scope.cancel()
     return poller
