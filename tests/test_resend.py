@@ -503,7 +503,7 @@ async def test_status_and_dry_run_show_a_send_set_aside_and_still_unanswered(
             second = await run_once(sim, manifest, out, base_url=proxy.url, request_timeout=0.3)
         assert [r.state for r in second.rows] == ["done"]
         [archived] = archived_records(out)
-        assert archived.state is JobState.SUBMITTING and archived.trace_id == aside
+        assert (archived.state, archived.trace_id) == (JobState.SUBMITTING, aside)
         capsys.readouterr()
         before = len(sim.ledger.requests)
         status = await anyio.to_thread.run_sync(main, ["status", str(manifest), "--out", str(out)])
@@ -517,10 +517,12 @@ async def test_status_and_dry_run_show_a_send_set_aside_and_still_unanswered(
         assert len(sim.ledger.requests) == before  # nothing sent
     assert status == status_json == ExitCode.UNFINISHED
     [line] = [x for x in shown.splitlines() if x.startswith("a@1")]
-    assert aside in line and "re-sends it" in line
+    assert aside in line
+    assert "re-sends it" in line
     assert planned == ExitCode.OK
     [step] = [x for x in forecast.splitlines() if x.startswith("a@1")]
-    assert "confirm" in step and aside in step
+    assert "confirm" in step
+    assert aside in step
     assert [r["id"] for r in document["set_aside"]] == ["a@1"]
 
 
@@ -538,5 +540,7 @@ async def test_dry_run_says_an_edited_jobs_unanswered_send_is_set_aside_and_re_s
     capsys.readouterr()
     assert main(["run", str(manifest), "--out", str(out), "--dry-run"]) == ExitCode.OK
     [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("a ")]
-    assert "resubmit" in line and aside in line and "re-send it" in line
+    assert "resubmit" in line
+    assert aside in line
+    assert "re-send it" in line
     assert "about 8 credits" in line  # 4 for the new script, 4 for the old one's re-send
