@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
+
 from pipeline._samples import make_audio, make_video
 
-__all__ = ["make_audio", "make_truncated", "make_video"]
+__all__ = ["make_audio", "make_truncated", "make_video", "remux"]
 
 
 def make_truncated(path: Path, *, keep: float = 0.5) -> Path:
@@ -27,3 +29,19 @@ def make_truncated(path: Path, *, keep: float = 0.5) -> Path:
     data = make_video(path).read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
+
+
+def remux(src: Path, dest: Path, options: dict[str, str], container: str | None = None) -> Path:
+    """`src`'s packets, as they are, muxed again into `dest` with muxer `options` (such as
+    FFmpeg's mov/mp4 `movflags`: faststart, fragmented); `container` as in `make_video`."""
+    with (
+        av.open(str(src)) as inp,
+        av.open(str(dest), "w", format=container, options=options) as out,
+    ):
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is None:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dest

@@ -9,7 +9,6 @@ import tempfile
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import av
 import pytest
 from aiohttp import web
 
@@ -17,7 +16,7 @@ from pipeline.client import ClientConfig, PixverseClient
 from pipeline.download import Link, fetch_to_file
 from pipeline.errors import TransportError
 from tests.harness import FAST_RETRY
-from tests.media_factory import make_video
+from tests.media_factory import make_video, remux
 from tests.raw_http import serve_raw
 from tests.test_client import serve_app
 
@@ -29,18 +28,7 @@ def _faststart_mp4() -> bytes:
     half alone still probes as a whole 3 s mp4 video whose first frame decodes."""
     with tempfile.TemporaryDirectory() as folder:
         src = make_video(Path(folder) / "src.mp4", seconds=3)
-        dest = Path(folder) / "fast.mp4"
-        with (
-            av.open(str(src)) as inp,
-            av.open(str(dest), "w", options={"movflags": "faststart"}) as out,
-        ):
-            streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
-            for packet in inp.demux():
-                if packet.dts is None:
-                    continue
-                packet.stream = streams[packet.stream.index]
-                out.mux(packet)
-        return dest.read_bytes()
+        return remux(src, Path(folder) / "fast.mp4", {"movflags": "faststart"}).read_bytes()
 
 
 FASTSTART = _faststart_mp4()
