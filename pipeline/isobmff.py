@@ -7,11 +7,21 @@ its first frame. But the file's own boxes say how long it is: the top-level boxe
 file") must add up to the file's length exactly, with a `moov` and an `mdat` among them; and
 every chunk of samples the `moov`'s sample tables point at (`stco`/`co64` offsets, `stsc`
 samples per chunk, `stsz`/`stz2` sizes) must end within the file, which also catches a cut
-`mdat` that declared size 0. Only the `moov` is read (kilobytes), never the media.
+`mdat` that declared size 0. A fragmented file (an empty `moov`, then `moof` + `mdat` pairs)
+keeps its sample tables in each `moof`: every run of samples a `trun` places (from the `tfhd`'s
+base or the `moof`'s start, sizes per sample or by default from the `tfhd` or the `moov`'s
+`trex`) must end within the file too. Only the `moov` and the `moof`s are read (kilobytes),
+never the media; no table is expanded beyond the bytes that hold it (a hostile count costs
+nothing).
+
+A limit: a fragmented file cut exactly between two fragments is whole by its boxes (FFmpeg
+writes no total there, and `skip_trailer` files end so legitimately); the length check against
+the voice (`media.judge_result`) is what is left to notice it.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Iterator
@@ -41,7 +51,15 @@ def check_whole(path: Path) -> None:
         start, end = next((s, e) for kind, s, e in boxes if kind == b"moov")
         file.seek(start)
         moov = file.read(end - start)
-    for reach in _sample_reaches(moov):
+        reaches = list(_sample_reaches(moov))
+        defaults = _trex_sizes(moov)
+        moof_at = 0  # each box starts where the one before it ends
+        for kind, payload, box_end in boxes:
+            if kind == b"moof":
+                file.seek(payload)
+                reaches += _fragment_reaches(file.read(box_end - payload), moof_at, defaults)
+            moof_at = box_end
+    for reach in reaches:
         if reach > length:
             raise IncompleteError(
                 f"its samples reach byte {reach}, {reach - length} past the file's end"
@@ -113,15 +131,22 @@ def _sample_reaches(moov: bytes) -> Iterator[int]:
 
 def _chunk_reaches(tables: dict[bytes, bytes]) -> Iterator[int]:
     offsets = _offsets(tables)
-    sizes = _sizes(tables)
+    constant, sizes = _sizes(tables)
+    # ends[i]: the bytes of the first i samples (table sizes), so each chunk costs O(1)
+    ends = [0, *itertools.accumulate(sizes)]
+    count = len(sizes) if constant is None else constant[1]
     runs = _runs(tables.get(b"stsc", b""))
     sample = run = per_chunk = 0
     for number, offset in enumerate(offsets, start=1):
         while run < len(runs) and runs[run][0] <= number:  # runs come in chunk order
             per_chunk = runs[run][1]
             run += 1
-        yield offset + sum(sizes[sample : sample + per_chunk])
-        sample += per_chunk
+        take = max(0, min(per_chunk, count - sample))
+        if constant is not None:
+            yield offset + constant[0] * take
+        else:
+            yield offset + ends[sample + take] - ends[sample]
+        sample += take
 
 
 def _offsets(tables: dict[bytes, bytes]) -> list[int]:
@@ -130,20 +155,89 @@ def _offsets(tables: dict[bytes, bytes]) -> list[int]:
     return _entries(tables.get(b"stco", b""), 8, "I")
 
 
-def _sizes(tables: dict[bytes, bytes]) -> list[int]:
+def _sizes(tables: dict[bytes, bytes]) -> tuple[tuple[int, int] | None, list[int]]:
+    """((size, count) when every sample has one size, else None; the sizes from the table,
+    as many as its bytes hold). A constant size is never expanded: its count comes from the
+    file and may be anything."""
     if b"stsz" in tables and len(tables[b"stsz"]) >= 12:
         table = tables[b"stsz"]
         constant, count = struct.unpack_from(">II", table, 4)
-        return [constant] * count if constant else _entries(table, 12, "I")
+        return ((constant, count), []) if constant else (None, _entries(table, 12, "I"))
     if b"stz2" in tables and len(tables[b"stz2"]) >= 12:
         table = tables[b"stz2"]
         bits, count = table[7], struct.unpack_from(">I", table, 8)[0]
         if bits == 4:
             nibbles = [n for byte in table[12:] for n in (byte >> 4, byte & 0x0F)]
-            return nibbles[:count]
+            return None, nibbles[:count]
         if bits in (8, 16):
-            return _entries(table, 12, "B" if bits == 8 else "H")
-    return []  # no sizes: each chunk is checked by its offset alone
+            return None, _entries(table, 12, "B" if bits == 8 else "H")
+    return None, []  # no sizes: each chunk is checked by its offset alone
+
+
+def _trex_sizes(moov: bytes) -> dict[int, int]:
+    """A fragmented file's default sample size per track (`mvex`/`trex`)."""
+    sizes: dict[int, int] = {}
+    for kind, start, end in _children(moov, 0, len(moov)):
+        if kind != b"mvex":
+            continue
+        for child, s, e in _children(moov, start, end):
+            if child == b"trex" and e - s >= 24:
+                sizes[_u32(moov, s + 4)] = _u32(moov, s + 16)  # track id, default size
+    return sizes
+
+
+def _fragment_reaches(moof: bytes, moof_at: int, defaults: dict[int, int]) -> Iterator[int]:
+    """Where each run of samples of a `moof` (its payload; the box starts at `moof_at`)
+    ends: ISO/IEC 14496-12 8.8.7 (`tfhd`) and 8.8.8 (`trun`)."""
+    for kind, start, end in _children(moof, 0, len(moof)):
+        if kind != b"traf":
+            continue
+        boxes = list(_children(moof, start, end))
+        tfhd = next((moof[s:e] for k, s, e in boxes if k == b"tfhd"), b"")
+        if len(tfhd) < 8:
+            continue
+        flags = int.from_bytes(tfhd[1:4], "big")
+        track = _u32(tfhd, 4)
+        at = 8
+        base = moof_at  # the moof's first byte, unless the tfhd says otherwise
+        if flags & 0x01 and len(tfhd) >= at + 8:
+            base = int.from_bytes(tfhd[at : at + 8], "big")
+            at += 8
+        at += 4 * bool(flags & 0x02) + 4 * bool(flags & 0x08)
+        default = defaults.get(track, 0)
+        if flags & 0x10 and len(tfhd) >= at + 4:
+            default = _u32(tfhd, at)
+        cursor = base
+        for k, s, e in boxes:
+            if k == b"trun":
+                cursor = _run_end(moof[s:e], base, cursor, default)
+                yield cursor
+
+
+def _run_end(trun: bytes, base: int, cursor: int, default: int) -> int:
+    """Where a `trun`'s samples end: from `base` plus its data offset, or from `cursor` (the
+    end of the run before) without one."""
+    if len(trun) < 8:
+        return cursor
+    flags = int.from_bytes(trun[1:4], "big")
+    count = _u32(trun, 4)
+    at = 8
+    if flags & 0x01 and len(trun) >= at + 4:
+        cursor = base + int.from_bytes(trun[at : at + 4], "big", signed=True)
+        at += 4
+    at += 4 * bool(flags & 0x04)
+    fields = [bit for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit]
+    if 0x200 not in fields:
+        return cursor + default * count
+    width = 4 * len(fields)
+    count = min(count, (len(trun) - at) // width)  # as many as the bytes hold
+    where = fields.index(0x200)
+    values: tuple[int, ...] = struct.unpack_from(f">{count * len(fields)}I", trun, at)
+    return cursor + sum(values[where :: len(fields)])
+
+
+def _u32(data: bytes, at: int) -> int:
+    return int.from_bytes(data[at : at + 4], "big")
 
 
 def _runs(table: bytes) -> list[tuple[int, int]]:

@@ -94,11 +94,6 @@ def _after_a_middle_moof() -> int:
     return following[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R11-1: check_whole never reads a moof: a fragmented mp4 cut between a moof and"
-    " its mdat tiles, has a moov and an mdat, and lands as DONE with part of its video",
-)
 async def test_a_fragmented_result_cut_between_a_moof_and_its_mdat_is_refused(
     tmp_path: Path,
 ) -> None:
@@ -199,11 +194,6 @@ def _fetch_in_capped_child(tmp_path: Path, video: bytes) -> tuple[str, int]:
     return outcome, int(peak)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R11-2: isobmff._sizes builds [constant] * count from the file's stsz count:"
-    " a 26 kB file asks for 34 GB, MemoryError, not a failed try",
-)
 def test_an_stsz_with_four_billion_samples_is_a_failed_try_not_a_memory_error(
     tmp_path: Path,
 ) -> None:
@@ -221,11 +211,6 @@ def test_an_stsz_with_four_billion_samples_is_a_failed_try_not_a_memory_error(
     assert outcome in {"landed", "TransportError"}, outcome
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R11-2: a 26 kB result whose stsz says 200 million constant-size samples costs"
-    " over a gigabyte of memory (and seconds of CPU) in check_whole",
-)
 def test_checking_a_small_result_takes_little_memory_whatever_its_stsz_count(
     tmp_path: Path,
 ) -> None:
