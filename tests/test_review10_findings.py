@@ -5,6 +5,7 @@ injected), its status calls answered `latency` after they are read, as any serve
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -56,3 +57,45 @@ async def test_r10_1_gaps_stay_within_the_interval_when_generation_times_vary() 
     await watch_all(account, 5.0, [rng.uniform(20.0, 40.0) for _ in range(30)])
     assert account.twice_at_once == 0  # sound: never two calls of one video at once
     assert max(gaps(account)) <= 5.0 + 1e-9, f"widest gap {max(gaps(account)):.2f} s"
+
+
+class _TwoKeys(SlowAccount):
+    """Two API keys' generations polled through the one poller: key A's videos (`gated`) meet
+    A's overload gate, closed from `closes` to `opens` (the client holds a call there, inside
+    `status`, until the step or the server's `Retry-After` has passed: `pipeline.gate`)."""
+
+    def __init__(self, time: FakeTime, gated: set[int], closes: float, opens: float) -> None:
+        super().__init__(time, latency=0.3)
+        self.gated, self.closes, self.opens = gated, closes, opens
+
+    async def status(self, video_id: int) -> VideoStatus:
+        if video_id in self.gated and self.closes <= self.time.now < self.opens:
+            await self.time.sleep(self.opens - self.time.now)  # waiting at A's gate
+        return await super().status(video_id)
+
+
+@pytest.mark.xfail(strict=True, reason="R10-2: one key's closed gate holds every status call")
+async def test_r10_2_a_key_whose_gate_is_closed_does_not_stop_the_other_keys_polls() -> None:
+    """Defect: every key's status calls go through the one poller and its one count of calls
+    at once (8 until the measured round trips say more). A status call of a key whose API
+    answers 429 or 500069 waits at that key's overload gate, inside `client.status`, for the
+    gate's step or the server's `Retry-After` (up to 120 s by default), and holds one of the
+    poller's calls all that time; the calls at once grow only from round trips measured when
+    calls *end*, so they do not grow while the gate holds them. Once as many of key A's polls
+    are waiting as there are calls, no poll of key B leaves, though B's API answers at once:
+    B's generations that end meanwhile hold their slots idle until A's gate opens (sin: idle
+    slots while work waits), and `--poll-interval`'s promise is broken for B.
+
+    Expected: key B's generations polled every 5 s at most (B's calls are not held by A's).
+    Here: 10 generations per key, 0.3 s calls, interval 5; A's gate closed from 12 s to 72 s
+    (a 60 s Retry-After): B's gaps reach about a minute."""
+    key_a = set(range(10))
+    account = _TwoKeys(FakeTime(), key_a, closes=12.0, opens=72.0)
+    await watch_all(account, 5.0, [100.0] * 20)
+    b_gaps = [
+        later - earlier
+        for video_id, times in account.polls.items()
+        if video_id not in key_a
+        for earlier, later in itertools.pairwise(times)
+    ]
+    assert max(b_gaps) <= 5.0 + 1e-9, f"key B waited {max(b_gaps):.1f} s between two polls"
