@@ -99,3 +99,46 @@ async def test_r10_2_a_key_whose_gate_is_closed_does_not_stop_the_other_keys_pol
         for earlier, later in itertools.pairwise(times)
     ]
     assert max(b_gaps) <= 5.0 + 1e-9, f"key B waited {max(b_gaps):.1f} s between two polls"
+
+
+class _Overloads(SlowAccount):
+    """Status calls of 0.3 s, except while the API refuses (`windows`: from, to): then each
+    call waits at the client's overload gate until the window ends, and all that wait there
+    leave together when a probe is answered (`pipeline.gate`); `released` counts them."""
+
+    def __init__(self, time: FakeTime, windows: list[tuple[float, float]]) -> None:
+        super().__init__(time, latency=0.3)
+        self.windows = windows
+        self.released = [0 for _ in windows]
+
+    async def status(self, video_id: int) -> VideoStatus:
+        for index, (closes, opens) in enumerate(self.windows):
+            if closes <= self.time.now < opens:
+                self.released[index] += 1
+                await self.time.sleep(opens - self.time.now)  # waiting at the gate
+        return await super().status(video_id)
+
+
+@pytest.mark.xfail(strict=True, reason="R10-3: gate waits count as round trips: 64 calls at once")
+async def test_r10_3_an_overload_does_not_grow_the_status_calls_sent_at_once() -> None:
+    """Defect: the poller sizes its calls at once by a status call's measured round trip, but
+    it measures from its own send to the reply, so a call's time waiting at the client's
+    overload gate (500069, 429 and their `Retry-After`) and in the retrier's backoff counts as
+    round trip. One overload of 20 s makes the "round trip" some 4 s, and the calls at once
+    jump to `POLLS_AT_MOST` (64, or every job watched) for the rest of the run: they never
+    shrink. The next time the API sheds load, every watched job's poll is let through to wait
+    at the gate, and all of them leave together the moment the gate's probe is answered; a
+    rate limiter that let the probe through refuses the rest, each a refused request (sin:
+    hammering: the gate's "about one refused request per step" becomes one per job). Over
+    loopback (80 jobs, 40 at a time, polled every 4 s; status calls behind a token bucket of
+    20 a second, bursts of 4): 362 HTTP 429s on main, 159 with `POLLS_AT_MOST` set to 8.
+
+    Expected: what waits at the gate in the second overload is what the interval needs of real
+    round trips (40 x 0.3 s / 5 s, times the headroom of 3: 8 calls), as in the first.
+    Here: 40 generations, status calls of 0.3 s, interval 5; the API refuses from 12 s to 32 s
+    and from 60 s to 80 s."""
+    account = _Overloads(FakeTime(), [(12.0, 32.0), (60.0, 80.0)])
+    await watch_all(account, 5.0, [120.0] * 40)
+    first, second = account.released
+    assert first <= 8  # sound: the first overload lets out only the calls at once it found
+    assert second <= 8, f"{second} status calls left together when the gate opened"
