@@ -35,7 +35,6 @@ class _Account(SlowAccount):
             self.calls_of[video_id] -= 1
 
 
-@pytest.mark.xfail(strict=True, reason="R10-1: polls the learned schedule bunches queue past it")
 async def test_r10_1_gaps_stay_within_the_interval_when_generation_times_vary() -> None:
     """Defect: the poller promises that between two polls of one job there is never more than
     `--poll-interval`, and 13bca67 shows it for 200 generations that all take exactly 30 s.
