@@ -21,10 +21,17 @@ Contract:
   more than `poll_interval` (nor less than `MIN_GAP_SHARE` of it), counted from when each
   poll was sent, not when its reply came; only the first poll may come later than that after
   the submission, and never later than the quantile says.
-* Status calls at once. Polls due together are sent together, up to a number sized to what
-  the interval needs: the jobs watched times a status call's round trip (as measured) over
-  the interval, times `CALLS_HEADROOM`, between `POLLS_AT_ONCE` and `POLLS_AT_MOST`. So 200
-  generations at 0.3 s a call and a 5 s interval make about 36 calls at once, not 200. The
+* Lanes. Each API key's jobs are watched in a lane of their own (`watch(lane=...)`): its own
+  calls at once, round trips, queue waits and bookings. A key whose overload gate is closed
+  holds its own status calls there (inside `status`), never another key's.
+* Status calls at once (per lane). Polls due together are sent together, up to a number sized
+  to what the interval needs: the jobs watched times a status call's round trip over the
+  interval, times `CALLS_HEADROOM`, between `POLLS_AT_ONCE` and `POLLS_AT_MOST`. The round
+  trip is the median of the last `ROUND_TRIPS` calls that did not wait at the overload gate
+  (`gate_waited`: such a call measures the overload, its waits and its refused tries), each
+  taken as at most the interval: an overload does not grow the calls at once, which the gate
+  would let out together when it opens.
+  So 200 generations at 0.3 s a call and a 5 s interval make about 36 calls at once, not 200. The
   wait for a free call (as measured) is taken off the next gap, with `GAP_MARGIN` of the
   interval (at least `GAP_MARGIN_SECONDS`) for jitter, so a poll that queued still leaves
   within the interval. Sends are booked per stretch of time (`_book`) so that polls the
@@ -46,13 +53,14 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 
 from pipeline.client import VideoStatus
+from pipeline.gate import gate_waited
 
 MIN_SAMPLES = 3  # generations seen to end before the schedule follows them
 WINDOW = 200  # the most recent generations the schedule learns from
@@ -67,7 +75,23 @@ GAP_MARGIN_SECONDS = 0.02  # and at least this (a short interval on a busy machi
 BUCKET_SHARE = 0.02  # of poll_interval: the stretch of time whose sends `_book` counts
 ROOM_SHARE = 0.8  # of the sends the calls at once make in a stretch: what `_book` fills
 WISH_SHARE = 0.5  # of that room: what polls brought forward by the schedule may take
-SMOOTHING = 0.2  # weight of the newest measure in the round-trip and queue-wait averages
+SMOOTHING = 0.2  # weight of the newest measure in the queue-wait average
+ROUND_TRIPS = 32  # the latest status calls whose median is a lane's round trip
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One API key's share of the poller: its status calls at once and what sizes them."""
+
+    calls: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(POLLS_AT_ONCE)
+    )
+    watched: int = 0  # watches not yet over
+    trips: deque[float] = field(default_factory=lambda: deque(maxlen=ROUND_TRIPS))
+    round_trip: float = 0.0  # a status call's seconds, from send to reply: median of `trips`
+    queued: float = 0.0  # a later poll's average seconds from due to sent (for a call)
+    booked: dict[int, int] = field(default_factory=dict)  # polls per stretch of time (`_book`)
+    bookings: int = 0
 
 
 @dataclass(eq=False)
@@ -76,6 +100,7 @@ class _Watch:
     started: float  # the poller's clock when the generation started
     size: float | None
     on_status: Callable[[VideoStatus], bool]
+    lane: _Lane
     learn: bool  # its finish may teach the schedule (watched from its start, in this run)
     poll_by: float | None = None  # the poller's clock: a poll no later than this
     due: float = 0.0
@@ -112,12 +137,7 @@ class Poller:
         self._cdfs: dict[bool, _Cdf] = {}  # per model, built on first use after a change
         self._built_at = 0  # samples learned when the distributions were last dropped
         self._wake: anyio.CancelScope | None = None
-        self._calls = anyio.CapacityLimiter(POLLS_AT_ONCE)
-        self._watched = 0  # watches not yet over
-        self._round_trip = 0.0  # a status call's average seconds, from send to reply
-        self._queued = 0.0  # a later poll's average seconds from due to sent (for a call)
-        self._booked: dict[int, int] = {}  # polls booked per stretch of time (`_book`)
-        self._bookings = 0
+        self._lanes: dict[Hashable, _Lane] = {}
         self.polls = 0  # status calls made (benchmarks read it)
         self.polls_per_job: list[int] = []  # per finished watch, in order (benchmarks read it)
 
@@ -144,22 +164,28 @@ class Poller:
         size: float | None = None,
         poll_now: bool = False,
         poll_by: float | None = None,
+        lane: Hashable = None,
     ) -> None:
         """Until `on_status` says the generation is over; `elapsed`: how long it has run;
-        `poll_by`: seconds after its start by which it is polled at least once."""
+        `poll_by`: seconds after its start by which it is polled at least once; `lane`: whose
+        status calls these are (an API key's fingerprint): each lane has its own calls."""
         now = self._clock()
-        watch = _Watch(video_id, now - elapsed, size, on_status, learn=not poll_now)
+        lane_of = self._lanes.get(lane)
+        if lane_of is None:
+            lane_of = self._lanes[lane] = _Lane()
+        watch = _Watch(video_id, now - elapsed, size, on_status, lane_of, learn=not poll_now)
         if poll_by is not None:
             watch.poll_by = watch.started + poll_by
         first = now if poll_now else self._next_poll(watch, now)
-        self._schedule(watch, self._book(first, first, first))  # counted, not moved: may be late
-        self._watched += 1
-        self._size_calls()
+        # counted, not moved: may be late
+        self._schedule(watch, self._book(lane_of, first, first, first))
+        lane_of.watched += 1
+        self._size_calls(lane_of)
         try:
             await watch.done.wait()
         finally:
             watch.done.set()  # cancelled: the poller drops it
-            self._watched -= 1
+            lane_of.watched -= 1
         if watch.error is not None:
             raise watch.error
 
@@ -178,15 +204,18 @@ class Poller:
     # polling --------------------------------------------------------------------------------
 
     async def _poll(self, watch: _Watch) -> None:
-        async with self._calls:
+        lane = watch.lane
+        async with lane.calls:
             asked = self._clock()
             if watch.polls:  # a first poll may queue behind a burst of them: not a gap
-                self._queued += SMOOTHING * (max(0.0, asked - watch.due) - self._queued)
+                lane.queued += SMOOTHING * (max(0.0, asked - watch.due) - lane.queued)
             try:
+                waited = gate_waited()  # this task's (each poll has its own)
                 status = await self._status(watch.video_id)
-                took = self._clock() - asked
-                self._round_trip += SMOOTHING * (took - self._round_trip) if self.polls else took
-                self._size_calls()
+                if gate_waited() == waited:  # one that waited at the gate measured an overload
+                    lane.trips.append(min(self._clock() - asked, self.poll_interval))
+                    lane.round_trip = statistics.median(lane.trips)
+                    self._size_calls(lane)
                 watch.polls += 1
                 self.polls += 1
                 ended = watch.on_status(status)
@@ -215,16 +244,16 @@ class Poller:
         # within the interval however long the replies take
         due = self._next_poll(watch, asked)
         lead = min(
-            max(GAP_MARGIN * self.poll_interval, GAP_MARGIN_SECONDS) + self._queued,
+            max(GAP_MARGIN * self.poll_interval, GAP_MARGIN_SECONDS) + lane.queued,
             MIN_GAP_SHARE * self.poll_interval,
         )
         earliest = asked + MIN_GAP_SHARE * self.poll_interval
         deadline = asked + self.poll_interval - lead
         self._schedule(
-            watch, self._book(min(max(earliest, due - lead), deadline), earliest, deadline)
+            watch, self._book(lane, min(max(earliest, due - lead), deadline), earliest, deadline)
         )
 
-    def _book(self, target: float, earliest: float, deadline: float) -> float:
+    def _book(self, lane: _Lane, target: float, earliest: float, deadline: float) -> float:
         """When to send a poll the schedule wants at `target`, with the calls at once in mind:
         they send `calls / round trip` polls a second, so each stretch of `BUCKET_SHARE` of
         the interval takes that many (`ROOM_SHARE` of it, for jitter). Jobs started together
@@ -237,9 +266,9 @@ class Poller:
         in the latest earlier one with room, not before `earliest`. All full: `target` (an
         overload: the gaps grow)."""
         width = BUCKET_SHARE * self.poll_interval
-        room = ROOM_SHARE * width * self._calls.total_tokens / max(self._round_trip, 1e-3)
+        room = ROOM_SHARE * width * lane.calls.total_tokens / max(lane.round_trip, 1e-3)
         wish, must = max(1.0, WISH_SHARE * room), max(1.0, room)  # each stretch takes one
-        booked = self._booked
+        booked = lane.booked
         wanted, last = math.floor(target / width), math.floor(deadline / width)
         later = (b for b in range(wanted, last) if booked.get(b, 0) + 1 <= wish)
         chosen = next(later, None)
@@ -248,25 +277,25 @@ class Poller:
             sooner = (b for b in range(last, first - 1, -1) if booked.get(b, 0) + 1 <= must)
             chosen = next(sooner, last)
         booked[chosen] = booked.get(chosen, 0) + 1
-        self._bookings += 1
-        if self._bookings % 1024 == 0:  # stretches past are done with
+        lane.bookings += 1
+        if lane.bookings % 1024 == 0:  # stretches past are done with
             past = math.floor(self._clock() / width) - 1
-            self._booked = {b: n for b, n in booked.items() if b >= past}
+            lane.booked = {b: n for b, n in booked.items() if b >= past}
         if chosen == wanted:
             return target
         if chosen == last:
             return deadline
         return min(deadline, max(earliest, (chosen + 0.5) * width))
 
-    def _size_calls(self) -> None:
+    def _size_calls(self, lane: _Lane) -> None:
         """Calls at once: what polling every watched job once an interval needs, with room.
         Never fewer later in the run: polls come in clusters (jobs started together stay
         together), and a cluster still due as its jobs end would queue behind fewer calls;
         a burst is at most the jobs watched anyway."""
-        needed = CALLS_HEADROOM * self._watched * self._round_trip / self.poll_interval
+        needed = CALLS_HEADROOM * lane.watched * lane.round_trip / self.poll_interval
         calls = min(POLLS_AT_MOST, math.ceil(needed))
-        if calls > self._calls.total_tokens:
-            self._calls.total_tokens = calls
+        if calls > lane.calls.total_tokens:
+            lane.calls.total_tokens = calls
 
     def _schedule(self, watch: _Watch, due: float) -> None:
         if watch.poll_by is not None and self._clock() < watch.poll_by < due:

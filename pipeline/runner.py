@@ -1063,6 +1063,7 @@ class _Run:
                 size=size,
                 poll_now=poll_first,
                 poll_by=self.options.slot_release_after,
+                lane=account.key_fp,  # a key's closed gate holds only its own status calls
             )
         finally:
             self._watched.pop(video_id, None)

@@ -6,13 +6,17 @@ import itertools
 import random
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Hashable
+from functools import partial
 
 import anyio
 import pytest
 
 from pipeline.client import VideoStatus
 from pipeline.errors import TransientError
+from pipeline.gate import OverloadGate
 from pipeline.poller import POLLS_AT_MOST, Poller
+from pipeline.retry import RetryPolicy
 from tests.fake_time import FakeTime
 
 pytestmark = pytest.mark.anyio
@@ -201,7 +205,13 @@ class SlowAccount(Account):
             self.in_flight -= 1
 
 
-async def watch_all(account: SlowAccount, interval: float, ends: list[float]) -> Poller:
+async def watch_all(
+    account: SlowAccount,
+    interval: float,
+    ends: list[float],
+    lane_of: Callable[[int], Hashable] = lambda video_id: None,
+) -> Poller:
+    """Each of `ends` watched from 0 (video ids 0, 1, ...), in `lane_of` its video id."""
     time = account.time
     poller = Poller(account.status, interval, clock=time.clock, sleep=time.sleep)
     finished = anyio.Event()
@@ -211,7 +221,8 @@ async def watch_all(account: SlowAccount, interval: float, ends: list[float]) ->
         async with anyio.create_task_group() as jobs:
             for video_id, end in enumerate(ends):
                 account.ends[video_id] = end
-                jobs.start_soon(poller.watch, video_id, account.on_status(video_id))  # type: ignore[arg-type]
+                watch = partial(poller.watch, lane=lane_of(video_id))
+                jobs.start_soon(watch, video_id, account.on_status(video_id))  # type: ignore[arg-type]
         finished.set()
         tg.cancel_scope.cancel()
     return poller
@@ -260,3 +271,45 @@ async def test_polls_of_jobs_started_together_leave_spread_within_the_interval(
     poller = await watch_all(account, 5.0, [rng.uniform(20.0, 40.0) for _ in range(jobs)])
     assert max(gaps(account)) <= 5.0
     assert poller.polls <= 8 * jobs  # spread, not multiplied: a plain 5 s beat makes 6-9
+
+
+class GatedAccount(SlowAccount):
+    """Status calls through a real overload gate (`pipeline.gate`, on fake time): while a
+    window of `refusing` lasts, each call sent is refused with a 5 s `Retry-After` and the
+    call waits at the gate and tries again, as the client does; `busiest` holds the most
+    status calls inside `status` at once while each window lasts."""
+
+    def __init__(self, time: FakeTime, refusing: list[tuple[float, float]]) -> None:
+        super().__init__(time, latency=0.3)
+        policy = RetryPolicy(attempts=1000, max_elapsed=1e6, initial_wait=1.0, max_wait=5.0)
+        self.gate = OverloadGate(policy, sleep=time.sleep, clock=time.clock)
+        self.refusing = refusing
+        self.busiest = [0 for _ in refusing]
+
+    async def status(self, video_id: int) -> VideoStatus:
+        self.in_flight += 1
+        try:
+            while True:
+                for index, (start, end) in enumerate(self.refusing):
+                    if start <= self.time.now < end:
+                        self.busiest[index] = max(self.busiest[index], self.in_flight)
+                entry = await self.gate.admit()
+                await self.time.sleep(self.latency)
+                if any(start <= self.time.now < end for start, end in self.refusing):
+                    self.gate.refused(entry, retry_after=5.0)
+                    continue
+                self.gate.answered(entry)
+                return await Account.status(self, video_id)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_time_waiting_at_the_overload_gate_is_no_round_trip() -> None:
+    """40 generations, interval 5, the API refusing from the first reply for 20 s, so that
+    nearly every call measured in the first overload waited at the gate: the calls at once
+    stay what 0.3 s calls need (8), and the second overload finds only those waiting, not
+    every job's poll let out together when its probe is answered."""
+    account = GatedAccount(FakeTime(), [(0.2, 20.0), (60.0, 80.0)])
+    await watch_all(account, 5.0, [120.0] * 40)
+    assert account.busiest[0] <= 8
+    assert account.busiest[1] <= 8, f"{account.busiest[1]} status calls waited at the gate"
