@@ -19,14 +19,17 @@ Contract:
   each next one when another `STEP_SHARE` of those still running would have finished: polls
   come more often where finishing is likely. Between two polls of one job there is never
   more than `poll_interval` (nor less than `MIN_GAP_SHARE` of it), counted from when each
-  poll was sent, not when its reply came; only the first poll may come later than that after
-  the submission, and never later than the quantile says.
+  poll was sent, not when its reply came (a call the overload gate held was sent when it
+  left the gate; a retried call's last try, about a round trip before its reply); only the
+  first poll may come later than that after the submission, and never later than the
+  quantile says.
 * Lanes. Each API key's jobs are watched in a lane of their own (`watch(lane=...)`): its own
   calls at once, round trips, queue waits and bookings. A key whose overload gate is closed
   holds its own status calls there (inside `status`), never another key's.
 * Status calls at once (per lane). Polls due together are sent together, up to a number sized
-  to what the interval needs: the jobs watched times a status call's round trip over the
-  interval, times `CALLS_HEADROOM`, between `POLLS_AT_ONCE` and `POLLS_AT_MOST`. The round
+  to what the interval needs: the most jobs the lane watched at once times a status call's
+  round trip over the interval, times `CALLS_HEADROOM`, between `POLLS_AT_ONCE` and
+  `POLLS_AT_MOST`; they follow the round trip up and down. The round
   trip is the median of the last `ROUND_TRIPS` calls that did not wait at the overload gate
   (`gate_waited`: such a call measures the overload, its waits and its refused tries), each
   taken as at most the interval: an overload does not grow the calls at once, which the gate
@@ -38,8 +41,7 @@ Contract:
   schedule puts at one moment (jobs started together) leave spread out, never as one burst
   that queues: a poll brought forward is put off within its interval, a poll due at its
   interval is brought forward. Past `POLLS_AT_MOST` calls at once (some 800 generations at
-  0.3 s a call and 5 s) the gaps grow instead of the calls. The calls at once never shrink
-  during a run.
+  0.3 s a call and 5 s) the gaps grow instead of the calls.
 * A job resumed from an earlier run is polled at once (`poll_now`), and every job is polled
   by its `poll_by` moment (the 10-minute slot rule), whatever the schedule says.
 """
@@ -87,6 +89,7 @@ class _Lane:
         default_factory=lambda: anyio.CapacityLimiter(POLLS_AT_ONCE)
     )
     watched: int = 0  # watches not yet over
+    most: int = 0  # the most watched at once
     trips: deque[float] = field(default_factory=lambda: deque(maxlen=ROUND_TRIPS))
     round_trip: float = 0.0  # a status call's seconds, from send to reply: median of `trips`
     queued: float = 0.0  # a later poll's average seconds from due to sent (for a call)
@@ -212,8 +215,9 @@ class Poller:
             try:
                 waited = gate_waited()  # this task's (each poll has its own)
                 status = await self._status(watch.video_id)
-                if gate_waited() == waited:  # one that waited at the gate measured an overload
-                    lane.trips.append(min(self._clock() - asked, self.poll_interval))
+                replied, gated = self._clock(), gate_waited() - waited
+                if not gated:  # one that waited at the gate measured an overload
+                    lane.trips.append(min(replied - asked, self.poll_interval))
                     lane.round_trip = statistics.median(lane.trips)
                     self._size_calls(lane)
                 watch.polls += 1
@@ -238,17 +242,22 @@ class Poller:
             self.polls_per_job.append(watch.polls)
             watch.done.set()
             return
-        watch.last_running = asked - watch.started
-        # counted from the send, less what a poll waits for a free call and a margin for the
-        # loop's and the network's jitter: the gap the server sees between two polls stays
-        # within the interval however long the replies take
-        due = self._next_poll(watch, asked)
+        # counted from the send (the last one: a call the gate held left it `gated` later),
+        # less what a poll waits for a free call and a margin for the loop's and the network's
+        # jitter: the gap the server sees between two polls stays within the interval however
+        # long the replies take
+        sent = asked + gated
+        watch.last_running = sent - watch.started
+        due = self._next_poll(watch, sent)
         lead = min(
             max(GAP_MARGIN * self.poll_interval, GAP_MARGIN_SECONDS) + lane.queued,
             MIN_GAP_SHARE * self.poll_interval,
         )
-        earliest = asked + MIN_GAP_SHARE * self.poll_interval
-        deadline = asked + self.poll_interval - lead
+        # a call retried (in the retrier's backoff, or refused after the gate) sent its last try
+        # about a round trip before its reply: the next poll not sooner than the shortest gap
+        # after that, even where the interval counted from the first try is already over
+        earliest = max(sent, replied - lane.round_trip) + MIN_GAP_SHARE * self.poll_interval
+        deadline = max(sent + self.poll_interval - lead, earliest)
         self._schedule(
             watch, self._book(lane, min(max(earliest, due - lead), deadline), earliest, deadline)
         )
@@ -288,13 +297,17 @@ class Poller:
         return min(deadline, max(earliest, (chosen + 0.5) * width))
 
     def _size_calls(self, lane: _Lane) -> None:
-        """Calls at once: what polling every watched job once an interval needs, with room.
-        Never fewer later in the run: polls come in clusters (jobs started together stay
-        together), and a cluster still due as its jobs end would queue behind fewer calls;
-        a burst is at most the jobs watched anyway."""
-        needed = CALLS_HEADROOM * lane.watched * lane.round_trip / self.poll_interval
-        calls = min(POLLS_AT_MOST, math.ceil(needed))
-        if calls > lane.calls.total_tokens:
+        """Calls at once: what polling the most jobs the lane watched at once, once an
+        interval, needs at its round trip, with room. For the most watched, not those watched
+        now: polls come in clusters (jobs started together stay together), and a cluster
+        still due as its jobs end would queue behind fewer calls. They follow the round trip
+        down again: a few slow calls (a retried one, a cold connection) as a lane starts must
+        not leave it more calls than it needs for the rest of the run, all of which its
+        overload gate would let out together."""
+        lane.most = max(lane.most, lane.watched)
+        needed = CALLS_HEADROOM * lane.most * lane.round_trip / self.poll_interval
+        calls = min(POLLS_AT_MOST, max(POLLS_AT_ONCE, math.ceil(needed)))
+        if calls != lane.calls.total_tokens:
             lane.calls.total_tokens = calls
 
     def _schedule(self, watch: _Watch, due: float) -> None:

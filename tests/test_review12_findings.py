@@ -83,11 +83,6 @@ def sends(account: RetriedAccount) -> dict[int, list[float]]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R12-1: a poll that waited at the overload gate is polled again one round trip"
-    " after its reply: the next gap is counted from when it took a call, not when it left",
-)
 async def test_a_poll_that_waited_at_the_gate_is_not_sent_again_at_once() -> None:
     """R12-1 (hammering; breaks the module's "nor less than MIN_GAP_SHARE" promise).
 
@@ -114,11 +109,6 @@ async def test_a_poll_that_waited_at_the_gate_is_not_sent_again_at_once() -> Non
     assert not close, f"sends of one job less than 0.5 s apart: {close}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R12-2: the first status calls' reply is the whole median: one retried call at the"
-    " start grows the calls at once for the run (they never shrink)",
-)
 async def test_one_retried_call_at_the_start_does_not_grow_the_calls_at_once() -> None:
     """R12-2 (hammering: the burst the gate lets out, as in R10-2).
 
