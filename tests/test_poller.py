@@ -222,7 +222,7 @@ async def watch_all(
             for video_id, end in enumerate(ends):
                 account.ends[video_id] = end
                 watch = partial(poller.watch, lane=lane_of(video_id))
-                jobs.start_soon(watch, video_id, account.on_status(video_id))  # type: ignore[arg-type]
+                jobs.start_soon(watch, video_id, account.on_status(video_id))
         finished.set()
         tg.cancel_scope.cancel()
     return poller
