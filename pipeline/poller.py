@@ -29,19 +29,18 @@ Contract:
 * Status calls at once (per lane). Polls due together are sent together, up to a number sized
   to what the interval needs: the most jobs the lane watched at once times a status call's
   round trip over the interval, times `CALLS_HEADROOM`, between `POLLS_AT_ONCE` and
-  `POLLS_AT_MOST`; they follow the round trip up and down. The round
-  trip is the median of the last `ROUND_TRIPS` calls that did not wait at the overload gate
-  (`gate_waited`: such a call measures the overload, its waits and its refused tries), each
-  taken as at most the interval: an overload does not grow the calls at once, which the gate
-  would let out together when it opens.
-  So 200 generations at 0.3 s a call and a 5 s interval make about 36 calls at once, not 200. The
-  wait for a free call (as measured) is taken off the next gap, with `GAP_MARGIN` of the
-  interval (at least `GAP_MARGIN_SECONDS`) for jitter, so a poll that queued still leaves
-  within the interval. Sends are booked per stretch of time (`_book`) so that polls the
-  schedule puts at one moment (jobs started together) leave spread out, never as one burst
-  that queues: a poll brought forward is put off within its interval, a poll due at its
-  interval is brought forward. Past `POLLS_AT_MOST` calls at once (some 800 generations at
-  0.3 s a call and 5 s) the gaps grow instead of the calls.
+  `POLLS_AT_MOST`; they follow the round trip up and down. The round trip is the median of
+  the last `ROUND_TRIPS` calls that did not wait at the overload gate (`gate_waited`: such a
+  call measures the overload, its waits and its refused tries), each taken as at most the
+  interval: an overload does not grow the calls at once, which the gate would let out
+  together when it opens. So 200 generations at 0.3 s a call and a 5 s interval make about
+  36 calls at once, not 200. The wait for a free call (as measured) is taken off the next
+  gap, with `GAP_MARGIN` of the interval (at least `GAP_MARGIN_SECONDS`) for jitter, so a
+  poll that queued still leaves within the interval. Sends are booked per stretch of time
+  (`_book`) so that polls the schedule puts at one moment (jobs started together) leave
+  spread out, never as one burst that queues: a poll brought forward is put off within its
+  interval, a poll due at its interval is brought forward. Past `POLLS_AT_MOST` calls at
+  once (some 800 generations at 0.3 s a call and 5 s) the gaps grow instead of the calls.
 * A job resumed from an earlier run is polled at once (`poll_now`), and every job is polled
   by its `poll_by` moment (the 10-minute slot rule), whatever the schedule says.
 """
