@@ -179,10 +179,10 @@ class Poller:
         if poll_by is not None:
             watch.poll_by = watch.started + poll_by
         first = now if poll_now else self._next_poll(watch, now)
-        lane_of.watched += 1
-        self._size_calls(lane_of)
         # counted, not moved: may be late
         self._schedule(watch, self._book(lane_of, first, first, first))
+        lane_of.watched += 1
+        self._size_calls(lane_of)
         try:
             await watch.done.wait()
         finally:
@@ -272,11 +272,7 @@ class Poller:
         keeps the gap) is a wish: it takes only `WISH_SHARE` of a stretch, and a full one puts
         it later, up to the deadline. A poll at its deadline must leave: a full stretch puts it
         in the latest earlier one with room, not before `earliest`. All full: `target` (an
-        overload: the gaps grow). While the lane's calls at once are as many as its jobs, no poll
-        can queue behind another (a job has one poll out at most): `target`, as it is; moving
-        it would only leave a slot idle longer."""
-        if lane.watched <= lane.calls.total_tokens:
-            return target
+        overload: the gaps grow)."""
         width = BUCKET_SHARE * self.poll_interval
         room = ROOM_SHARE * width * lane.calls.total_tokens / max(lane.round_trip, 1e-3)
         wish, must = max(1.0, WISH_SHARE * room), max(1.0, room)  # each stretch takes one
