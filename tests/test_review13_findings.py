@@ -76,11 +76,6 @@ class SlowAtFirst(SlowAccount):
             self.in_flight -= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R13-2: polls scheduled unbooked while the calls at once were as many as the jobs"
-    " (17a8686) queue past the interval once the calls shrink to the round trip (12d4d4b)",
-)
 async def test_polls_left_unbooked_do_not_queue_past_the_interval_when_the_calls_shrink() -> None:
     """R13-2 (a slot left idle: breaks "never more than poll_interval apart"; the two
     commits together, each alone keeps it).
